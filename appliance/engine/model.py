@@ -1,0 +1,85 @@
+"""Llama-family decoder (Llama, Mistral, Qwen2, SmolLM) written for a paged, ragged batch.
+
+Tokens of all scheduled sequences are flattened into one dimension T; attention goes through a
+`kernels` backend that reads and writes the paged KV cache. Q/K/V and gate/up projections are fused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from appliance.engine.model_config import ModelConfig
+from kernels.base import AttentionBackend
+from kernels.rope import RotaryEmbedding, apply_rotary
+
+
+class DecoderLayer:
+    """One transformer block: RMSNorm -> attention -> RMSNorm -> SwiGLU MLP, both with residuals."""
+
+    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], prefix: str, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        def get(name: str) -> torch.Tensor:
+            return w[prefix + name].to(dtype=dtype, device=device)
+
+        attn = "self_attn."
+        self.qkv_weight = torch.cat([get(attn + "q_proj.weight"), get(attn + "k_proj.weight"),
+                                     get(attn + "v_proj.weight")])  # [(H + 2*KVH) * D, hidden]
+        self.qkv_bias = (torch.cat([get(attn + "q_proj.bias"), get(attn + "k_proj.bias"), get(attn + "v_proj.bias")])
+                         if cfg.attention_bias else None)
+        self.o_weight = get(attn + "o_proj.weight")  # [hidden, H * D]
+        self.gate_up_weight = torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")])  # [2I, hidden]
+        self.down_weight = get("mlp.down_proj.weight")  # [hidden, I]
+        self.input_norm = get("input_layernorm.weight")
+        self.post_norm = get("post_attention_layernorm.weight")
+        self.eps = cfg.rms_norm_eps
+        self.q_size = cfg.num_heads * cfg.head_dim
+        self.kv_size = cfg.num_kv_heads * cfg.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                 v_cache: torch.Tensor, backend: AttentionBackend, plan: Any) -> torch.Tensor:
+        """x: [T, hidden] -> [T, hidden]."""
+        t = x.shape[0]
+        h = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps)
+        qkv = F.linear(h, self.qkv_weight, self.qkv_bias)  # [T, (H + 2*KVH) * D]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = apply_rotary(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, D]
+        k = apply_rotary(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, KVH, D]
+        v = v.view(t, self.num_kv_heads, self.head_dim)
+        attn = backend.forward(q, k, v, k_cache, v_cache, plan)  # [T, H, D]
+        x = x + F.linear(attn.reshape(t, self.q_size), self.o_weight)
+        h = F.rms_norm(x, (x.shape[-1],), self.post_norm, self.eps)
+        gate, up = F.linear(h, self.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
+        return x + F.linear(F.silu(gate) * up, self.down_weight)
+
+
+class CausalLM:
+    """The whole model: embeddings, decoder layers, final norm and LM head."""
+
+    def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype,
+                 device: torch.device) -> None:
+        self.config = cfg
+        self.dtype, self.device = dtype, device
+        self.embed = weights["model.embed_tokens.weight"].to(dtype=dtype, device=device)  # [V, hidden]
+        head = weights.get("lm_head.weight")
+        self.lm_head = self.embed if cfg.tie_word_embeddings or head is None else head.to(dtype=dtype, device=device)
+        self.norm = weights["model.norm.weight"].to(dtype=dtype, device=device)
+        self.layers = [DecoderLayer(cfg, weights, f"model.layers.{i}.", dtype, device) for i in range(cfg.num_layers)]
+        scaling = dict(cfg.rope_scaling) if cfg.rope_scaling else None
+        self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, scaling, dtype, device)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                backend: AttentionBackend, plan: Any) -> torch.Tensor:
+        """input_ids, positions: [T] -> final hidden states [T, hidden] (before the LM head)."""
+        x = self.embed[input_ids]
+        cos, sin = self.rope.tables(positions)
+        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
+            x = layer(x, cos, sin, k_cache, v_cache, backend, plan)
+        return F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden: [N, hidden] -> float32 logits [N, V]."""
+        return F.linear(hidden, self.lm_head).float()

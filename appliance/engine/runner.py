@@ -1,0 +1,76 @@
+"""Runs one scheduled batch through the model: builds the flat inputs, calls the model, samples.
+
+The runner owns the KV cache tensors and never decides anything: which requests run, and how many
+tokens each, comes from the scheduler.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from appliance.engine.model import CausalLM
+from appliance.engine.request import Request
+from appliance.engine.sampling import Sampler
+from kernels.base import AttentionBackend, AttentionBatch
+
+
+class ModelRunner:
+    def __init__(self, model: CausalLM, backend: AttentionBackend, num_blocks: int, block_size: int) -> None:
+        cfg = model.config
+        self.model = model
+        self.backend = backend
+        self.block_size = block_size
+        shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        self.kv_caches = [(torch.zeros(shape, dtype=model.dtype, device=model.device),
+                           torch.zeros(shape, dtype=model.dtype, device=model.device))
+                          for _ in range(cfg.num_layers)]
+        self.sampler = Sampler()
+
+    @torch.inference_mode()
+    def execute(self, items: list[tuple[Request, int]]) -> list[int | None]:
+        """Compute `n` new tokens of each request; return the sampled next token of each request whose
+        computed tokens reach its end (None for requests still in the middle of their prompt)."""
+        batch, input_ids = self._prepare(items)
+        plan = self.backend.plan(batch)
+        hidden = self.model.forward(input_ids, batch.positions, self.kv_caches, self.backend, plan)  # [T, hidden]
+        rows = [i for i, (req, n) in enumerate(items) if req.num_computed_tokens + n == req.num_tokens]
+        sampled: list[int | None] = [None] * len(items)
+        if rows:
+            last = torch.tensor([batch.query_start_loc[i + 1] - 1 for i in rows])
+            logits = self.model.logits(hidden[last])  # [len(rows), V]
+            reqs = [items[i][0] for i in rows]
+            tokens = self.sampler(logits, [r.params for r in reqs], [r.generator for r in reqs],
+                                  [r.output_token_ids for r in reqs])
+            for i, token in zip(rows, tokens, strict=True):
+                sampled[i] = token
+        return sampled
+
+    def _prepare(self, items: list[tuple[Request, int]]) -> tuple[AttentionBatch, torch.Tensor]:
+        bs = self.block_size
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        starts = [0]
+        seq_lens = []
+        max_blocks = max(len(req.block_table) for req, _ in items)
+        tables = torch.zeros(len(items), max_blocks, dtype=torch.int64)
+        for i, (req, n) in enumerate(items):
+            start = req.num_computed_tokens
+            table = req.block_table
+            ids.extend(req.token_ids[start:start + n])
+            pos = range(start, start + n)
+            positions.extend(pos)
+            slots.extend(table[p // bs] * bs + p % bs for p in pos)
+            starts.append(starts[-1] + n)
+            seq_lens.append(start + n)
+            tables[i, :len(table)] = torch.tensor(table, dtype=torch.int64)
+        device = self.model.device
+        batch = AttentionBatch(
+            query_start_loc=starts,
+            seq_lens=seq_lens,
+            positions=torch.tensor(positions, dtype=torch.int64, device=device),
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+            block_tables=tables.to(device),
+            block_size=bs,
+        )
+        return batch, torch.tensor(ids, dtype=torch.int64, device=device)

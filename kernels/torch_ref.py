@@ -1,0 +1,91 @@
+"""The `torch` attention backend: the CPU production path and the reference for the GPU backends.
+
+Per step, sequences are sorted into three groups so each uses the cheapest exact computation:
+  * fresh prefills (no cached context): causal SDPA over the new tokens, no cache read;
+  * single-token queries (decode): one batched SDPA over keys gathered from the paged cache;
+  * chunks continuing a cached context: SDPA over the gathered keys with a true-position mask.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from kernels.base import AttentionBackend, AttentionBatch
+
+
+@dataclass
+class TorchPlan:
+    slot_mapping: torch.Tensor  # [T]
+    fresh: list[tuple[int, int]] = field(default_factory=list)  # token ranges [start, end)
+    decode_rows: torch.Tensor | None = None  # [Bd] token index of each single-token query
+    decode_slots: torch.Tensor | None = None  # [Bd, L] cache slots of each sequence's keys (padded)
+    decode_mask: torch.Tensor | None = None  # [Bd, 1, 1, L] bool, True where the key is visible
+    chunks: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    # (start, end, slots [L], mask [q, L])
+
+
+def sequence_slots(block_table: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
+    """Cache slots of tokens 0..length-1 of one sequence. block_table: [max_blocks] -> [length]."""
+    idx = torch.arange(length)
+    return block_table[idx // block_size] * block_size + idx % block_size
+
+
+class TorchAttention(AttentionBackend):
+    name = "torch"
+
+    def plan(self, batch: AttentionBatch) -> TorchPlan:
+        plan = TorchPlan(slot_mapping=batch.slot_mapping)
+        decode: list[int] = []
+        for i in range(batch.num_seqs):
+            start, end = batch.query_start_loc[i], batch.query_start_loc[i + 1]
+            q_len, seq_len = end - start, batch.seq_lens[i]
+            if q_len == seq_len:
+                plan.fresh.append((start, end))
+            elif q_len == 1:
+                decode.append(i)
+            else:
+                slots = sequence_slots(batch.block_tables[i], seq_len, batch.block_size)
+                mask = torch.arange(seq_len)[None, :] <= batch.positions[start:end, None]
+                plan.chunks.append((start, end, slots, mask))
+        if decode:
+            max_len = max(batch.seq_lens[i] for i in decode)
+            lens = torch.tensor([batch.seq_lens[i] for i in decode])
+            idx = torch.arange(max_len)
+            tables = batch.block_tables[decode]  # [Bd, max_blocks]
+            plan.decode_slots = tables.gather(1, (idx // batch.block_size).expand(len(decode), -1)) \
+                * batch.block_size + idx % batch.block_size  # [Bd, L]
+            plan.decode_mask = (idx[None, :] < lens[:, None])[:, None, None, :]
+            plan.decode_rows = torch.tensor([batch.query_start_loc[i] for i in decode])
+        return plan
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                v_cache: torch.Tensor, plan: TorchPlan) -> torch.Tensor:
+        num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+        k_flat = k_cache.view(-1, num_kv_heads, head_dim)  # [num_blocks * block_size, KVH, D]
+        v_flat = v_cache.view(-1, num_kv_heads, head_dim)
+        k_flat.index_copy_(0, plan.slot_mapping, k.to(k_flat.dtype))
+        v_flat.index_copy_(0, plan.slot_mapping, v.to(v_flat.dtype))
+        out = torch.empty_like(q)
+        for start, end in plan.fresh:
+            out[start:end] = _sdpa(q[start:end], k[start:end], v[start:end], None, causal=True)
+        for start, end, slots, mask in plan.chunks:
+            out[start:end] = _sdpa(q[start:end], k_flat[slots], v_flat[slots], mask, causal=False)
+        if plan.decode_rows is not None:
+            qd = q[plan.decode_rows].unsqueeze(2)  # [Bd, H, 1, D]
+            kd = k_flat[plan.decode_slots].transpose(1, 2)  # [Bd, KVH, L, D]
+            vd = v_flat[plan.decode_slots].transpose(1, 2)
+            od = F.scaled_dot_product_attention(qd, kd.to(q.dtype), vd.to(q.dtype), attn_mask=plan.decode_mask,
+                                                enable_gqa=True)
+            out[plan.decode_rows] = od.squeeze(2)
+        return out
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
+          ) -> torch.Tensor:
+    """One sequence. q: [Q, H, D], k/v: [L, KVH, D], mask: [Q, L] bool or None -> [Q, H, D]."""
+    o = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1).to(q.dtype), v.transpose(0, 1).to(q.dtype),
+                                       attn_mask=mask, is_causal=causal, enable_gqa=True)
+    return o.transpose(0, 1)
