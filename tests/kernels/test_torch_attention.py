@@ -1,0 +1,78 @@
+"""The torch attention backend against a naive float64 reference on fresh random inputs."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from kernels.base import AttentionBatch, get_backend
+
+
+def naive_attention(q, k_all, v_all, positions):
+    """q: [Q, H, D]; k_all/v_all: [L, KVH, D] (the whole sequence); float64 softmax(QK^T)V with j <= pos."""
+    q, k_all, v_all = q.double(), k_all.double(), v_all.double()
+    group = q.shape[1] // k_all.shape[1]
+    k = k_all.repeat_interleave(group, dim=1)  # [L, H, D]
+    v = v_all.repeat_interleave(group, dim=1)
+    scores = torch.einsum("qhd,lhd->hql", q, k) / q.shape[-1] ** 0.5
+    visible = torch.arange(k.shape[0])[None, :] <= positions[:, None]  # [Q, L]
+    scores = scores.masked_fill(~visible[None], float("-inf"))
+    return torch.einsum("hql,lhd->qhd", scores.softmax(-1), v)
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 16])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (6, 2), (8, 1)])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ragged_batch_matches_reference(block_size: int, heads: int, kv_heads: int, seed: int) -> None:
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    d, num_blocks = 32, 256
+    backend = get_backend("torch", torch.device("cpu"))
+    k_cache = torch.randn(num_blocks, block_size, kv_heads, d, generator=gen)
+    v_cache = torch.randn(num_blocks, block_size, kv_heads, d, generator=gen)
+    free = list(range(num_blocks))
+    rng.shuffle(free)
+    # (context already cached, new tokens): decodes, a fresh prefill, a continued chunk
+    shapes = [(rng.randint(1, 40), 1), (0, rng.randint(2, 30)), (rng.randint(1, 25), rng.randint(2, 20)),
+              (rng.randint(1, 60), 1)]
+    rng.shuffle(shapes)
+    tables, starts, seq_lens, positions, slots, full_k, full_v = [], [0], [], [], [], [], []
+    for ctx, new in shapes:
+        n_blocks = -(-(ctx + new) // block_size)
+        table = [free.pop() for _ in range(n_blocks)]
+        tables.append(table)
+        seq_slots = [table[p // block_size] * block_size + p % block_size for p in range(ctx + new)]
+        k_seq = torch.randn(ctx + new, kv_heads, d, generator=gen)
+        v_seq = torch.randn(ctx + new, kv_heads, d, generator=gen)
+        flat_k, flat_v = k_cache.view(-1, kv_heads, d), v_cache.view(-1, kv_heads, d)
+        flat_k[seq_slots[:ctx]] = k_seq[:ctx]
+        flat_v[seq_slots[:ctx]] = v_seq[:ctx]
+        full_k.append(k_seq)
+        full_v.append(v_seq)
+        positions.extend(range(ctx, ctx + new))
+        slots.extend(seq_slots[ctx:])
+        starts.append(starts[-1] + new)
+        seq_lens.append(ctx + new)
+    block_tables = torch.zeros(len(shapes), max(len(t) for t in tables), dtype=torch.int64)
+    for i, t in enumerate(tables):
+        block_tables[i, :len(t)] = torch.tensor(t)
+    batch = AttentionBatch(starts, seq_lens, torch.tensor(positions), torch.tensor(slots), block_tables, block_size)
+    total = starts[-1]
+    q = torch.randn(total, heads, d, generator=gen)
+    k_new = torch.cat([k[ctx:] for k, (ctx, _) in zip(full_k, shapes, strict=True)])
+    v_new = torch.cat([v[ctx:] for v, (ctx, _) in zip(full_v, shapes, strict=True)])
+    out = backend.forward(q, k_new, v_new, k_cache, v_cache, backend.plan(batch))
+    for i in range(len(shapes)):
+        s, e = starts[i], starts[i + 1]
+        expected = naive_attention(q[s:e], full_k[i], full_v[i], batch.positions[s:e])
+        torch.testing.assert_close(out[s:e].double(), expected, atol=2e-5, rtol=1e-4)
+    # the new tokens were written where the block table says
+    flat_k = k_cache.view(-1, kv_heads, d)
+    torch.testing.assert_close(flat_k[batch.slot_mapping], k_new)
+
+
+def test_unknown_backend_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        get_backend("nope", torch.device("cpu"))
