@@ -73,18 +73,22 @@ class LLMEngine:
     def from_config(cls, config: EngineConfig) -> LLMEngine:
         return cls(load_model(config.model, config.data_dir), config)
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:
-        """Queue a request; raises RequestError if it can never fit."""
+    def validate_prompt(self, prompt_token_ids: list[int]) -> None:
+        """Raise RequestError if the prompt can never be served (safe to call from any thread)."""
         if not prompt_token_ids:
             raise RequestError("the prompt is empty")
         if len(prompt_token_ids) >= self.max_model_len:
             raise RequestError(f"the prompt has {len(prompt_token_ids)} tokens; this engine serves at most "
                                f"{self.max_model_len - 1} prompt tokens")
-        if request_id in self.requests:
-            raise RequestError(f"duplicate request id {request_id}")
         vocab = self.model_config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise RequestError("the prompt contains token ids outside the vocabulary")
+
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:
+        """Queue a request; raises RequestError if it can never fit."""
+        self.validate_prompt(prompt_token_ids)
+        if request_id in self.requests:
+            raise RequestError(f"duplicate request id {request_id}")
         req = Request(request_id, list(prompt_token_ids), params)
         self.requests[request_id] = req
         self.outputs.add(req)

@@ -1,0 +1,95 @@
+"""The `appliance` command. Every option can also be set as an environment variable APPLIANCE_<NAME>."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from appliance.config import Settings
+from appliance.errors import ApplianceError
+
+app = typer.Typer(help="RAG appliance: ingest documents, search them, and answer questions with citations.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+bench_app = typer.Typer(help="Measure the appliance against its peers (figures go to docs/BENCHMARKS.md).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+err = Console(stderr=True)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, with the flags that were given on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [default: 8000]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the store, indexes and model cache live [default: ./data]")] = None,
+    model: Annotated[str | None, typer.Option(help="'default', a .gguf file or a Hugging Face folder")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16")] = None,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
+) -> None:
+    """Start the HTTP server (OpenAI-compatible API, search, ask, admin and the web UI)."""
+    import uvicorn
+
+    from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.engine import LLMEngine
+    from appliance.server.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(host=host, port=port, data_dir=data_dir, model=model, device=device, dtype=dtype)
+    except ValueError as exc:
+        raise fail(str(exc).splitlines()[0]) from None
+    if not is_loopback(settings.host) and not settings.admin_key:
+        raise fail(f"refusing to listen on {settings.host} without an API key: set APPLIANCE_ADMIN_KEY "
+                   "(unauthenticated access is only allowed on loopback)")
+    try:
+        with err.status(f"loading model {settings.model} ..."):
+            engine = LLMEngine.from_config(settings.engine_config())
+    except ApplianceError as exc:
+        raise fail(str(exc)) from None
+    async_engine = AsyncEngine(engine, settings.max_queue)
+    uvicorn.run(create_app(settings, async_engine, engine.model_name), host=settings.host, port=settings.port,
+                log_level=log_level)
+
+
+@bench_app.command("engine")
+def bench_engine_command(
+    json_file: Annotated[Path | None, typer.Option("--json", help="Also write the raw figures to this file")] = None,
+    vs: Annotated[str, typer.Option(help="Peers to run: all | llama-cpp | transformers | none")] = "all",
+    repeats: Annotated[int, typer.Option(help="Repeats per figure (the median is reported)")] = 3,
+) -> None:
+    """Prefill and decode throughput of our engine vs llama.cpp and transformers, in one run."""
+    from appliance.bench.engine import bench_engine
+
+    bench_engine(json_file=json_file, vs=vs, repeats=repeats)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

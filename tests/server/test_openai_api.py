@@ -1,0 +1,115 @@
+"""The OpenAI-compatible API on a real server socket, driven by the official `openai` client."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from appliance.config import Settings
+from appliance.engine.async_engine import AsyncEngine
+from appliance.server.app import create_app
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def base_url(make_engine, tmp_path_factory) -> Iterator[str]:
+    engine = make_engine()
+    settings = Settings(data_dir=tmp_path_factory.mktemp("srv"), max_queue=4)
+    app = create_app(settings, AsyncEngine(engine, max_queue=4), "smollm2")
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+
+
+def test_health_ready_and_models(base_url: str, client: openai.OpenAI) -> None:
+    assert httpx.get(f"{base_url}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{base_url}/ready").status_code == 200
+    assert [m.id for m in client.models.list().data] == ["smollm2"]
+
+
+def test_chat_completion_non_stream(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(model="smollm2", temperature=0, max_tokens=20,
+                                          messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in resp.choices[0].message.content
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage.prompt_tokens > 10 and 0 < resp.usage.completion_tokens <= 20
+
+
+def test_chat_completion_stream_matches_non_stream(client: openai.OpenAI) -> None:
+    kwargs = dict(model="smollm2", temperature=0, max_tokens=16,
+                  messages=[{"role": "user", "content": "Name three colors."}])
+    whole = client.chat.completions.create(**kwargs)
+    full = whole.choices[0].message.content
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == full
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 3  # really streamed
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_second_identical_request_reuses_the_prefix(client: openai.OpenAI) -> None:
+    kwargs = dict(model="smollm2", temperature=0, max_tokens=4,
+                  messages=[{"role": "user", "content": "Tell me about the history of printing presses."}])
+    client.chat.completions.create(**kwargs)
+    again = client.chat.completions.create(**kwargs)
+    assert again.usage.prompt_tokens_details.cached_tokens >= 16
+
+
+def test_bad_requests_get_json_errors(base_url: str) -> None:
+    r = httpx.post(f"{base_url}/v1/chat/completions", json={"messages": []})
+    assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
+    r = httpx.post(f"{base_url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "error" in r.json()
+    r = httpx.post(f"{base_url}/v1/chat/completions",
+                   json={"messages": [{"role": "user", "content": "x" * 60000}], "max_tokens": 1})
+    assert r.status_code == 400 and "prompt" in r.json()["error"]["message"]
+    r = httpx.post(f"{base_url}/v1/chat/completions",
+                   json={"messages": [{"role": "user", "content": "hi"}], "temperature": -1})
+    assert r.status_code == 422
+
+
+def test_queue_bound_answers_503(base_url: str) -> None:
+    body = {"messages": [{"role": "user", "content": "Count to one hundred."}], "max_tokens": 64}
+    with httpx.Client(timeout=60) as http:
+        results: list[int] = []
+
+        def call() -> None:
+            results.append(http.post(f"{base_url}/v1/chat/completions", json=body).status_code)
+
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert results.count(200) >= 4 and 503 in results
