@@ -44,7 +44,7 @@ def fail(message: str) -> typer.Exit:
 def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind [default: 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="Port [default: 8000]")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Where the store, indexes and model cache live [default: ./data]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Store, indexes and model cache [default: ./data]")] = None,
     model: Annotated[str | None, typer.Option(help="'default', a .gguf file or a Hugging Face folder")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16")] = None,

@@ -15,6 +15,8 @@ from appliance.engine.model_config import ModelConfig
 from kernels.base import AttentionBackend
 from kernels.rope import RotaryEmbedding, apply_rotary
 
+KVPair = tuple[torch.Tensor, torch.Tensor]  # (k_cache, v_cache) of one layer, each [num_blocks, block_size, KVH, D]
+
 
 class DecoderLayer:
     """One transformer block: RMSNorm -> attention -> RMSNorm -> SwiGLU MLP, both with residuals."""
@@ -45,9 +47,9 @@ class DecoderLayer:
         t = x.shape[0]
         h = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps)
         qkv = F.linear(h, self.qkv_weight, self.qkv_bias)  # [T, (H + 2*KVH) * D]
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = apply_rotary(q.view(t, self.num_heads, self.head_dim), cos, sin)  # [T, H, D]
-        k = apply_rotary(k.view(t, self.num_kv_heads, self.head_dim), cos, sin)  # [T, KVH, D]
+        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qk = apply_rotary(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)  # [T, H+KVH, D]
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [T, H, D], [T, KVH, D]
         v = v.view(t, self.num_kv_heads, self.head_dim)
         attn = backend.forward(q, k, v, k_cache, v_cache, plan)  # [T, H, D]
         x = x + F.linear(attn.reshape(t, self.q_size), self.o_weight)
@@ -71,7 +73,7 @@ class CausalLM:
         scaling = dict(cfg.rope_scaling) if cfg.rope_scaling else None
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, scaling, dtype, device)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVPair],
                 backend: AttentionBackend, plan: Any) -> torch.Tensor:
         """input_ids, positions: [T] -> final hidden states [T, hidden] (before the LM head)."""
         x = self.embed[input_ids]

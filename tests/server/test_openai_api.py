@@ -89,7 +89,8 @@ def test_second_identical_request_reuses_the_prefix(client: openai.OpenAI) -> No
 def test_bad_requests_get_json_errors(base_url: str) -> None:
     r = httpx.post(f"{base_url}/v1/chat/completions", json={"messages": []})
     assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request"
-    r = httpx.post(f"{base_url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    r = httpx.post(f"{base_url}/v1/chat/completions", content=b"{not json",
+                   headers={"content-type": "application/json"})
     assert r.status_code == 422 and "error" in r.json()
     r = httpx.post(f"{base_url}/v1/chat/completions",
                    json={"messages": [{"role": "user", "content": "x" * 60000}], "max_tokens": 1})
