@@ -1,0 +1,81 @@
+"""Loading models: Hugging Face folders (Llama, Qwen2) against transformers, the GGUF cache, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from appliance.config import EngineConfig
+from appliance.engine.engine import LLMEngine
+from appliance.engine.loader import load_model, load_tokenizer, resolve_model_path
+from appliance.engine.sampling import SamplingParams
+from appliance.errors import ModelLoadError
+
+
+def _tiny_hf_folder(kind: str, dest: Path, cached_tokenizer_dir: Path) -> torch.nn.Module:
+    """Save a small random transformers model of `kind` with the real SmolLM2 tokenizer; return it."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
+                  rope_theta=10000.0)
+    torch.manual_seed(0)
+    if kind == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**common, tie_word_embeddings=False))
+    else:
+        model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
+    model.eval().save_pretrained(dest, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(cached_tokenizer_dir / name, dest / name)
+    return model
+
+
+@pytest.fixture(scope="module")
+def cached_dir(loaded_model, model_cache_dir: Path) -> Path:
+    """The GGUF conversion cache written when the session's model was loaded."""
+    (folder,) = [p for p in (model_cache_dir / "models").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return folder
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_hf_folder_matches_transformers(kind: str, tmp_path: Path, cached_dir: Path) -> None:
+    ref = _tiny_hf_folder(kind, tmp_path / kind, cached_dir)
+    engine = LLMEngine(load_model(str(tmp_path / kind)), EngineConfig(dtype="float32", kv_cache_mb=16))
+    prompt = engine.tokenizer.encode("The quick brown fox jumps over the lazy dog")
+    ours = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))[0].token_ids
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(8):
+            ids.append(int(ref(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert ours == ids[len(prompt):]
+
+
+def test_gguf_conversion_is_cached(loaded_model, model_cache_dir: Path, cached_dir: Path) -> None:
+    assert (cached_dir / "model.safetensors").is_file()
+    again = load_model("default", model_cache_dir)
+    assert again.source == cached_dir
+    for name in ("model.embed_tokens.weight", "model.layers.3.self_attn.q_proj.weight"):
+        assert torch.equal(again.weights[name], loaded_model.weights[name])
+    text = "cache me 42"
+    assert load_tokenizer("default", model_cache_dir).encode(text) == loaded_model.tokenizer.encode(text)
+
+
+def test_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="model not found"):
+        resolve_model_path(str(tmp_path / "missing.gguf"))
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(ModelLoadError, match="unsupported model file"):
+        resolve_model_path(str(tmp_path / "notes.txt"))
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        resolve_model_path(str(tmp_path))
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 12)
+    with pytest.raises(ModelLoadError, match="cannot read GGUF"):
+        load_model(str(broken))
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelLoadError, match="not supported"):
+        load_model(str(tmp_path / "bert"))
