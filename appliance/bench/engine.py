@@ -314,6 +314,7 @@ def run_engine_bench(systems: list[str] | None = None, repeats: int = 3,
     systems = systems or ["ours-float32", "ours-bfloat16", *PEERS]
     model_path = model_path or default_model_path()
     data_dir = Path(data_dir or Settings().data_dir).resolve()
+    machine = describe_machine()  # before the run: its load average says whether the machine was idle
     w = build_workload(model_path, data_dir, prefill_lengths or [512, 2048], decode_tokens,
                        concurrency or [1, 4, 16], repeats)
     results: dict[str, dict[str, Any]] = {}
@@ -331,7 +332,7 @@ def run_engine_bench(systems: list[str] | None = None, repeats: int = 3,
     workload = {"model": Path(w.model_path).name, "prefill_lengths": [int(n) for n in w.prefill],
                 "decode_tokens": w.decode_tokens, "concurrency": w.concurrency, "repeats": w.repeats,
                 **w.extra}
-    return {"machine": describe_machine(), "workload": workload, "systems": results,
+    return {"machine": machine, "workload": workload, "systems": results,
             "ratios": compute_ratios(results)}
 
 
@@ -395,6 +396,9 @@ def bench_engine(
     from appliance.bench.report import engine_rich_table, write_engine_report
 
     console = Console()
+    if os.getloadavg()[0] > 0.5:
+        console.print(f"[yellow]warning: load average {os.getloadavg()[0]:.2f} — other work on this machine "
+                      "will slow every system; run on an idle machine for figures worth keeping[/yellow]")
     result = run_engine_bench(_systems_for(vs, dtypes), repeats=repeats, decode_tokens=decode_tokens,
                               progress=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     console.print(engine_rich_table(result))

@@ -47,7 +47,11 @@ def _version(dist: str) -> str:
 
 
 def describe_machine() -> dict[str, str]:
-    """CPU model, usable cores, memory, ISA extensions, torch threads and library versions."""
+    """CPU model, usable cores, memory, ISA extensions, torch threads, library versions and load.
+
+    The load average is there because other work on the machine (a test run, a build) slows every
+    system; a benchmark should start on an idle machine and say if it did not.
+    """
     import torch
 
     cpu = _cpuinfo()
@@ -65,6 +69,7 @@ def describe_machine() -> dict[str, str]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
         "transformers": _version("transformers"),
         "llama_cpp_python": _version("llama-cpp-python"),
+        "load_average": " ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1/5/15 min, when described)",
     }
 
 
