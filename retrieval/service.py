@@ -1,0 +1,221 @@
+"""RetrievalService: the one facade the server and the CLI use for collections, ingestion and search.
+
+Layout under `data_dir`: `retrieval.sqlite3` (the store, source of truth), `indexes/` (FAISS + BM25
+snapshots, rebuilt from the store whenever they disagree with it), `uploads/` (uploaded files, named by
+content hash, kept only until their job has read them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from retrieval.chunk import Chunker, Tokenizer
+from retrieval.embed import Embedder
+from retrieval.errors import NotFoundError, TooLargeError
+from retrieval.indexes import IndexManager
+from retrieval.jobs import IngestItem, IngestLimits, Ingestor, JobRunner, ProgressFn
+from retrieval.jobstore import JobRecords
+from retrieval.parse import EXTENSIONS, detect_kind
+from retrieval.search import fuse
+from retrieval.store import Store, check_collection_name
+from retrieval.types import Chunk, Collection, Document, Hit, JobStatus, SearchMode
+
+_UNSAFE_NAME = re.compile(r"[^\w.\- ()+,@]")
+
+
+def safe_upload_name(raw: str) -> str:
+    """The base name of an uploaded file, reduced to harmless characters (never a path)."""
+    base = PurePosixPath(raw.replace("\\", "/")).name
+    cleaned = _UNSAFE_NAME.sub("_", base).strip(" .")[:200]
+    return cleaned or "upload"
+
+
+class RetrievalService:
+    """Collections, documents, ingestion jobs and hybrid search over one data dir.
+
+    Thread-safe. Several processes may open the same data dir (e.g. a server and `appliance ingest`):
+    the store serializes writes, index changes hold a per-collection file lock, and a search reloads a
+    collection's indexes when the store says another process changed them.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        store: Store,
+        embedder: Embedder,
+        chunker: Chunker,
+        indexes: IndexManager,
+        limits: IngestLimits,
+    ) -> None:
+        self.data_dir = data_dir
+        self.store = store
+        self.embedder = embedder
+        self.chunker = chunker
+        self.indexes = indexes
+        self.limits = limits
+        self.jobs = JobRecords(store)
+        self.ingestor = Ingestor(store, self.jobs, indexes, chunker, embedder, limits)
+        self._runner: JobRunner | None = None
+        self.uploads = data_dir / "uploads"
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: Path,
+        tokenizer: Tokenizer,
+        embedder: str = "default",
+        chunk_tokens: int = 256,
+        *,
+        device: str = "auto",
+        limits: IngestLimits | None = None,
+        hnsw_threshold: int = 20_000,
+    ) -> RetrievalService:
+        """Open (creating if needed) the store under `data_dir`, fail jobs whose process died, and check
+        every collection's indexes against the store (rebuilding those that differ). The embedding model
+        loads on first use."""
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(data_dir / "retrieval.sqlite3")
+        model = Embedder(embedder, device=device)
+        indexes = IndexManager(data_dir / "indexes", store, lambda: model.dim, hnsw_threshold)
+        service = cls(
+            data_dir, store, model, Chunker(tokenizer, chunk_tokens), indexes, limits or IngestLimits()
+        )
+        service.jobs.recover_interrupted()
+        for collection in service.list_collections():
+            indexes.check(collection.name)
+        return service
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.stop()
+        self.ingestor.close()
+        self.store.close()
+
+    # --- collections and documents -------------------------------------------------------------------
+    def create_collection(self, name: str) -> Collection:
+        self.store.create_collection(name)
+        return next(c for c in self.store.list_collections() if c.name == name)
+
+    def list_collections(self) -> list[Collection]:
+        return self.store.list_collections()
+
+    def delete_collection(self, name: str) -> None:
+        check_collection_name(name)
+        self.store.require_collection(name)
+        self.indexes.drop(name, lambda: self.store.delete_collection(name))
+
+    def list_documents(self, collection: str) -> list[Document]:
+        return self.store.list_documents(collection)
+
+    def document_chunks(self, doc_id: str) -> list[Chunk]:
+        return self.store.document_chunks(doc_id)
+
+    def delete_document(self, collection: str, doc_id: str) -> None:
+        """Remove a ready document and its chunks from the store and the collection's indexes."""
+        self.store.require_collection(collection)
+        self.indexes.change(collection, lambda: self.store.delete_document(collection, doc_id))
+
+    # --- ingestion ---------------------------------------------------------------------------------
+    def ingest_paths(
+        self, collection: str, paths: Sequence[Path], progress: ProgressFn | None = None, create: bool = True
+    ) -> JobStatus:
+        """Ingest files, folders (recursively: files with a supported extension) and zips, in this process,
+        and return the finished job. Creates the collection when `create` and it does not exist."""
+        if create and not any(c.name == collection for c in self.store.list_collections()):
+            self.store.create_collection(collection)
+        self.store.require_collection(collection)
+        items = [IngestItem(str(p), p) for p in _expand(paths)]
+        job_id = self.jobs.create(collection, [i.source for i in items])
+        return self.ingestor.run(job_id, collection, items, progress)
+
+    def stage_upload(self, filename: str, stream: BinaryIO) -> IngestItem:
+        """Copy an uploaded file under `uploads/` (named by its content hash), checking its type from its
+        name and first bytes and its size while copying. Raises UnsupportedTypeError, TooLargeError."""
+        name = safe_upload_name(filename)
+        head = stream.read(1024)
+        detect_kind(name, head)
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        tmp = self.uploads / f".part-{uuid.uuid4().hex}"
+        digest, size = hashlib.sha256(), 0
+        try:
+            with open(tmp, "wb") as out:
+                piece = head
+                while piece:
+                    size += len(piece)
+                    if size > self.limits.max_file_bytes:
+                        raise TooLargeError(
+                            f"{name}: larger than the limit of {self.limits.max_file_bytes} bytes"
+                        )
+                    digest.update(piece)
+                    out.write(piece)
+                    piece = stream.read(1024 * 1024)
+            final = self.uploads / digest.hexdigest()
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return IngestItem(name, final, staged=True)
+
+    def submit(self, collection: str, items: list[IngestItem]) -> str:
+        """Queue a background job over staged items; returns its id at once."""
+        self.store.require_collection(collection)
+        job_id = self.jobs.create(collection, [i.source for i in items])
+        if self._runner is None:
+            self._runner = JobRunner(self.ingestor)
+        self._runner.submit(job_id, collection, items)
+        return job_id
+
+    def job(self, job_id: str) -> JobStatus:
+        return self.jobs.get(job_id)
+
+    def wait(self, job_id: str, timeout_s: float = 600.0) -> JobStatus:
+        """Poll until the job is done or failed (or the timeout passes; then its current status)."""
+        deadline = time.monotonic() + timeout_s
+        while (status := self.jobs.get(job_id)).state in (
+            "queued",
+            "running",
+        ) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return status
+
+    # --- search ------------------------------------------------------------------------------------
+    def search(
+        self, query: str, collections: Iterable[str], k: int = 10, mode: SearchMode = "hybrid"
+    ) -> list[Hit]:
+        """The top `k` chunks of ready documents in `collections` for `query`, best first.
+
+        Raises NotFoundError for an unknown collection. Sees other processes' changes at once.
+        """
+        names = list(dict.fromkeys(collections))
+        versions = self.store.versions(names)
+        missing = [n for n in names if n not in versions]
+        if missing:
+            raise NotFoundError(f"collection {missing[0]!r} does not exist")
+        if not query.strip() or k <= 0:
+            return []
+        indexes = [self.indexes.get(name, versions[name]) for name in names]
+        vector = self.embedder.encode([query])[0] if mode != "bm25" else None
+        ranked = fuse(indexes, vector, query, k + 4, mode)
+        chunks = self.store.chunks([cid for cid, _ in ranked])
+        return [Hit(chunks[cid], score) for cid, score in ranked if cid in chunks][:k]
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return self.embedder.encode(texts).tolist()
+
+
+def _expand(paths: Sequence[Path]) -> list[Path]:
+    """Files as given; folders become their files with a supported extension, sorted."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+        else:
+            out.append(path)
+    return out

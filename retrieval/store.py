@@ -1,0 +1,356 @@
+"""The durable store: SQLite in WAL mode, the source of truth for collections, documents, chunks (text,
+token ids, embedding) and jobs. Indexes are rebuilt from it whenever they disagree with it.
+
+Visibility rule: a document is `pending` while its job runs and becomes `ready` in `publish`, one
+transaction per job that also replaces older versions of the same source and bumps the collection's
+`index_version`. Searches only ever return chunks of `ready` documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.errors import ConflictError, InvalidNameError, NotFoundError
+from retrieval.types import Chunk, ChunkDraft, Collection, Document
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS collections(
+    name TEXT PRIMARY KEY, created_at REAL NOT NULL, index_version INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS documents(
+    doc_id TEXT PRIMARY KEY, collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+    source TEXT NOT NULL, title TEXT NOT NULL, content_hash TEXT NOT NULL, size INTEGER NOT NULL,
+    chunks INTEGER NOT NULL, state TEXT NOT NULL, job_id TEXT, created_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS documents_by_hash ON documents(collection, content_hash);
+CREATE INDEX IF NOT EXISTS documents_by_source ON documents(collection, source);
+CREATE INDEX IF NOT EXISTS documents_by_job ON documents(job_id);
+CREATE TABLE IF NOT EXISTS chunks(
+    chunk_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE, ordinal INTEGER NOT NULL,
+    text TEXT NOT NULL, token_ids BLOB NOT NULL, page INTEGER, heading_path TEXT NOT NULL,
+    embedding BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id);
+CREATE TABLE IF NOT EXISTS jobs(
+    job_id TEXT PRIMARY KEY, collection TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
+    finished_at REAL, pid INTEGER, message TEXT);
+CREATE TABLE IF NOT EXISTS job_files(
+    job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE, seq INTEGER NOT NULL,
+    source TEXT NOT NULL, state TEXT NOT NULL, error TEXT, doc_id TEXT, chunks INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(job_id, seq));
+"""
+_CHUNK_COLUMNS = (
+    "c.chunk_id, c.doc_id, d.collection, c.ordinal, c.text, c.token_ids, d.title, d.source, "
+    "c.page, c.heading_path"
+)
+
+
+def check_collection_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidNameError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def document_id(collection: str, content_hash: str) -> str:
+    return hashlib.sha256(f"{collection}\0{content_hash}".encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class Published:
+    """What one `publish` changed in a collection: chunk ids to add to / remove from its indexes."""
+
+    version: int
+    added: list[int]
+    removed: list[int]
+    duplicates: list[str]  # pending doc ids dropped because an identical document became ready meanwhile
+
+
+def _chunk(row: tuple) -> Chunk:
+    return Chunk(
+        chunk_id=row[0],
+        doc_id=row[1],
+        collection=row[2],
+        ordinal=row[3],
+        text=row[4],
+        token_ids=np.frombuffer(row[5], dtype=np.int32).tolist(),
+        title=row[6],
+        source=row[7],
+        page=row[8],
+        heading_path=tuple(json.loads(row[9])),
+    )
+
+
+def _document(row: tuple) -> Document:
+    return Document(*row)
+
+
+class Store:
+    """Thread-safe (one connection per thread); several processes may share the file (WAL + busy wait)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE: one writer at a time across processes)."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        return self._conn().execute(sql, params).fetchall()
+
+    # --- collections -------------------------------------------------------------------------------
+    def create_collection(self, name: str) -> None:
+        check_collection_name(name)
+        try:
+            with self.transaction() as db:
+                db.execute("INSERT INTO collections(name, created_at) VALUES (?, ?)", (name, time.time()))
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"collection {name!r} already exists") from exc
+
+    def require_collection(self, name: str) -> None:
+        if not self.query("SELECT 1 FROM collections WHERE name = ?", (name,)):
+            raise NotFoundError(f"collection {name!r} does not exist")
+
+    def list_collections(self) -> list[Collection]:
+        rows = self.query(
+            "SELECT c.name, c.created_at, COUNT(d.doc_id), COALESCE(SUM(d.chunks), 0) FROM collections c "
+            "LEFT JOIN documents d ON d.collection = c.name AND d.state = 'ready' "
+            "GROUP BY c.name ORDER BY c.name"
+        )
+        return [Collection(*row) for row in rows]
+
+    def versions(self, names: list[str]) -> dict[str, int]:
+        marks = ",".join("?" * len(names))
+        return dict(self.query(f"SELECT name, index_version FROM collections WHERE name IN ({marks})", names))
+
+    def delete_collection(self, name: str) -> None:
+        with self.transaction() as db:
+            if db.execute("DELETE FROM collections WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFoundError(f"collection {name!r} does not exist")
+
+    # --- documents ---------------------------------------------------------------------------------
+    def list_documents(self, collection: str) -> list[Document]:
+        self.require_collection(collection)
+        rows = self.query(
+            "SELECT doc_id, collection, source, title, content_hash, size, chunks, state, created_at "
+            "FROM documents WHERE collection = ? AND state = 'ready' ORDER BY source",
+            (collection,),
+        )
+        return [_document(row) for row in rows]
+
+    def find_document(
+        self, collection: str, *, content_hash: str | None = None, source: str | None = None
+    ) -> Document | None:
+        """A document (ready, or pending in any job) with this content hash, or a ready one at `source`."""
+        if content_hash is not None:
+            sql, arg = "content_hash = ?", content_hash
+        else:
+            sql, arg = "source = ? AND state = 'ready'", source
+        rows = self.query(
+            "SELECT doc_id, collection, source, title, content_hash, size, chunks, state, created_at "
+            f"FROM documents WHERE collection = ? AND {sql} LIMIT 1",
+            (collection, arg),
+        )
+        return _document(rows[0]) if rows else None
+
+    def add_pending_document(
+        self,
+        collection: str,
+        job_id: str,
+        source: str,
+        title: str,
+        content_hash: str,
+        size: int,
+        drafts: list[ChunkDraft],
+        embeddings: np.ndarray,
+    ) -> str:
+        """Store a parsed document and its chunks as `pending` (invisible to search) in one transaction."""
+        doc_id = document_id(collection, content_hash)
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
+                (doc_id, collection, source, title, content_hash, size, len(drafts), job_id, time.time()),
+            )
+            db.executemany(
+                "INSERT INTO chunks(doc_id, ordinal, text, token_ids, page, heading_path, embedding) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        doc_id,
+                        i,
+                        d.text,
+                        np.asarray(d.token_ids, dtype=np.int32).tobytes(),
+                        d.page,
+                        json.dumps(list(d.heading_path)),
+                        np.asarray(vec, dtype=np.float32).tobytes(),
+                    )
+                    for i, (d, vec) in enumerate(zip(drafts, embeddings, strict=True))
+                ],
+            )
+        return doc_id
+
+    def publish(self, collection: str, job_id: str) -> Published:
+        """Make the job's pending documents ready, replacing ready documents of the same source; drop
+        pending ones whose content became ready meanwhile (another process). Bumps the index version."""
+        with self.transaction() as db:
+            pending = db.execute(
+                "SELECT doc_id, source, content_hash FROM documents "
+                "WHERE job_id = ? AND collection = ? AND state = 'pending'",
+                (job_id, collection),
+            ).fetchall()
+            added: list[int] = []
+            removed: list[int] = []
+            duplicates: list[str] = []
+            for doc_id, source, content_hash in pending:
+                if db.execute(
+                    "SELECT 1 FROM documents WHERE collection = ? AND content_hash = ? AND state = 'ready'",
+                    (collection, content_hash),
+                ).fetchone():
+                    db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+                    duplicates.append(doc_id)
+                    continue
+                for (old,) in db.execute(
+                    "SELECT doc_id FROM documents WHERE collection = ? AND source = ? AND state = 'ready'",
+                    (collection, source),
+                ).fetchall():
+                    removed += [
+                        r[0] for r in db.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (old,))
+                    ]
+                    db.execute("DELETE FROM documents WHERE doc_id = ?", (old,))
+                db.execute("UPDATE documents SET state = 'ready' WHERE doc_id = ?", (doc_id,))
+                added += [r[0] for r in db.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (doc_id,))]
+            version = self._bump(db, collection)
+        return Published(version, added, removed, duplicates)
+
+    def delete_document(self, collection: str, doc_id: str) -> Published:
+        with self.transaction() as db:
+            removed = [
+                r[0]
+                for r in db.execute(
+                    "SELECT c.chunk_id FROM chunks c JOIN documents d USING (doc_id) WHERE d.doc_id = ? "
+                    "AND d.collection = ? AND d.state = 'ready'",
+                    (doc_id, collection),
+                )
+            ]
+            if (
+                db.execute(
+                    "DELETE FROM documents WHERE doc_id = ? AND collection = ? AND state = 'ready'",
+                    (doc_id, collection),
+                ).rowcount
+                == 0
+            ):
+                raise NotFoundError(f"document {doc_id!r} not found in collection {collection!r}")
+            version = self._bump(db, collection)
+        return Published(version, [], removed, [])
+
+    def discard_pending(self, job_id: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM documents WHERE job_id = ? AND state = 'pending'", (job_id,))
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, collection: str) -> int:
+        db.execute("UPDATE collections SET index_version = index_version + 1 WHERE name = ?", (collection,))
+        row = db.execute("SELECT index_version FROM collections WHERE name = ?", (collection,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"collection {collection!r} does not exist (deleted meanwhile?)")
+        return int(row[0])
+
+    # --- chunks ------------------------------------------------------------------------------------
+    def chunks(self, chunk_ids: list[int]) -> dict[int, Chunk]:
+        """Chunks of ready documents among `chunk_ids` (others are silently absent)."""
+        if not chunk_ids:
+            return {}
+        marks = ",".join("?" * len(chunk_ids))
+        rows = self.query(
+            f"SELECT {_CHUNK_COLUMNS} FROM chunks c JOIN documents d USING (doc_id) "
+            f"WHERE c.chunk_id IN ({marks}) AND d.state = 'ready'",
+            list(chunk_ids),
+        )
+        return {row[0]: _chunk(row) for row in rows}
+
+    def document_chunks(self, doc_id: str) -> list[Chunk]:
+        rows = self.query(
+            f"SELECT {_CHUNK_COLUMNS} FROM chunks c JOIN documents d USING (doc_id) "
+            "WHERE c.doc_id = ? ORDER BY c.ordinal",
+            (doc_id,),
+        )
+        return [_chunk(row) for row in rows]
+
+    def ready_chunk_ids(self, collection: str) -> np.ndarray:
+        rows = self.query(
+            "SELECT c.chunk_id FROM chunks c JOIN documents d USING (doc_id) "
+            "WHERE d.collection = ? AND d.state = 'ready' ORDER BY c.chunk_id",
+            (collection,),
+        )
+        return np.asarray([r[0] for r in rows], dtype=np.int64)
+
+    def embeddings(self, chunk_ids: list[int]) -> np.ndarray:
+        """Stored vectors of `chunk_ids`, in that order."""
+        marks = ",".join("?" * len(chunk_ids))
+        found = dict(
+            self.query(f"SELECT chunk_id, embedding FROM chunks WHERE chunk_id IN ({marks})", chunk_ids)
+        )
+        return np.stack([np.frombuffer(found[i], dtype=np.float32) for i in chunk_ids])
+
+    def ready_corpus(
+        self, collection: str, with_vectors: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+        """(chunk ids, embeddings (None when empty or not asked for), BM25 texts: title + headings + text)
+        of the collection's ready chunks, by chunk id."""
+        vector_column = "c.embedding" if with_vectors else "NULL"
+        rows = self.query(
+            f"SELECT c.chunk_id, {vector_column}, d.title, c.heading_path, c.text FROM chunks c "
+            "JOIN documents d USING (doc_id) WHERE d.collection = ? AND d.state = 'ready' "
+            "ORDER BY c.chunk_id",
+            (collection,),
+        )
+        ids = np.asarray([r[0] for r in rows], dtype=np.int64)
+        vectors = (
+            np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]) if rows and with_vectors else None
+        )
+        texts = [context_text(r[2], tuple(json.loads(r[3])), r[4]) for r in rows]
+        return ids, vectors, texts
+
+
+def context_text(title: str, heading_path: tuple[str, ...], text: str) -> str:
+    """What gets embedded and BM25-indexed for a chunk: its title and heading path give it context."""
+    headings = " > ".join(h for h in heading_path if h != title)
+    return f"{title}\n{headings}\n{text}" if headings else f"{title}\n{text}"

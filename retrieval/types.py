@@ -1,0 +1,111 @@
+"""Plain data passed between the retrieval modules (dataclasses; pydantic lives at the HTTP boundary)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+SearchMode = Literal["hybrid", "vector", "bm25"]
+JobState = Literal["queued", "running", "done", "failed"]
+FileState = Literal["pending", "done", "skipped", "failed", "expanded"]
+
+
+@dataclass(frozen=True)
+class Section:
+    """A run of text under one heading path on one page (page is 1-based; None when the format has none)."""
+
+    text: str
+    heading_path: tuple[str, ...] = ()
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    """What a parser returns: the document's title and its text as ordered sections."""
+
+    title: str
+    sections: list[Section]
+    kind: str  # "pdf" | "html" | "md" | "txt" | "docx"
+
+
+@dataclass(frozen=True)
+class ChunkDraft:
+    """A chunk before it has an id: `token_ids == tokenizer.encode(text)` exactly."""
+
+    text: str
+    token_ids: list[int]
+    heading_path: tuple[str, ...]
+    page: int | None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A stored chunk. `chunk_id` is unique across the store and never reused (it is also the FAISS id)."""
+
+    chunk_id: int
+    doc_id: str
+    collection: str
+    ordinal: int
+    text: str
+    token_ids: list[int]
+    title: str
+    source: str
+    page: int | None
+    heading_path: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a chunk with its fused score (higher is better)."""
+
+    chunk: Chunk
+    score: float
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    created_at: float
+    documents: int
+    chunks: int
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    collection: str
+    source: str
+    title: str
+    content_hash: str
+    size: int
+    chunks: int
+    state: Literal["pending", "ready"]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class JobFile:
+    source: str
+    state: FileState
+    error: str | None = None
+    doc_id: str | None = None
+    chunks: int = 0
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """A job's progress: `done` of `total` files processed (archives count their entries as files)."""
+
+    job_id: str
+    collection: str
+    state: JobState
+    done: int
+    total: int
+    created_at: float
+    finished_at: float | None
+    message: str | None
+    files: list[JobFile] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[JobFile]:
+        return [f for f in self.files if f.state == "failed"]
