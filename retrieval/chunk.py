@@ -78,9 +78,7 @@ class Chunker:
         for section in doc.sections:
             for paragraph in _PARAGRAPH.split(section.text):
                 if paragraph.strip():
-                    units.extend(
-                        _Unit(text, count, section) for text, count in self._pieces(paragraph.strip())
-                    )
+                    units.extend(_Unit(text, count, section) for text, count in self._pieces(paragraph.strip()))
         return units
 
     def chunk(self, doc: ParsedDocument) -> list[ChunkDraft]:

@@ -65,6 +65,9 @@ class Embedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             import torch
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
 
             device = self.requested_device
             if device == "auto":

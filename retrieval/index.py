@@ -55,9 +55,7 @@ class VectorIndex:
             inner = faiss.IndexFlatIP(dim)
         index = faiss.IndexIDMap2(inner)
         if vectors is not None and len(ids):
-            index.add_with_ids(
-                np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
-            )
+            index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
         return cls(index)
 
     @property
@@ -98,9 +96,7 @@ class VectorIndex:
             else:
                 tombstones = np.union1d(tombstones, remove_ids).astype(np.int64)
         if len(add_ids):
-            index.add_with_ids(
-                np.ascontiguousarray(add_vectors, dtype=np.float32), np.asarray(add_ids, dtype=np.int64)
-            )
+            index.add_with_ids(np.ascontiguousarray(add_vectors, dtype=np.float32), np.asarray(add_ids, dtype=np.int64))
         return VectorIndex(index, tombstones)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -37,9 +37,7 @@ class CollectionIndex:
 
 
 class IndexManager:
-    def __init__(
-        self, root: Path, store: Store, dim: Callable[[], int], hnsw_threshold: int = 20_000
-    ) -> None:
+    def __init__(self, root: Path, store: Store, dim: Callable[[], int], hnsw_threshold: int = 20_000) -> None:
         self.root = root
         self.store = store
         self._dim = dim  # called only when an index must be built, so the embedder loads lazily
@@ -125,9 +123,7 @@ class IndexManager:
     def _read(self, collection: str, version: int) -> CollectionIndex | None:
         folder = self.root / collection / f"v{version}"
         try:
-            vector = VectorIndex.from_bytes(
-                (folder / "vectors.faiss").read_bytes(), np.load(folder / "tombstones.npy")
-            )
+            vector = VectorIndex.from_bytes((folder / "vectors.faiss").read_bytes(), np.load(folder / "tombstones.npy"))
             return CollectionIndex(version, vector, LexicalIndex.load(folder / "bm25"))
         except FileNotFoundError:
             return None

@@ -108,9 +108,7 @@ class Ingestor:
             if progress is not None:
                 progress(FileEvent(source, state, error, chunks, counts["done"], counts["total"]))
 
-        def prepare(
-            seq: int, source: str, data: bytes, in_archive: bool
-        ) -> Iterator[tuple[_Work, str, bytes]]:
+        def prepare(seq: int, source: str, data: bytes, in_archive: bool) -> Iterator[tuple[_Work, str, bytes]]:
             digest = hashlib.sha256(data).hexdigest()
             same = self.store.find_document(collection, content_hash=digest)
             if same is not None:
@@ -149,9 +147,7 @@ class Ingestor:
                 if not drafts:
                     settle(work_item.seq, work_item.source, "failed", f"{work_item.source}: no text to index")
                     continue
-                vectors = self.embedder.encode(
-                    [context_text(result.title, d.heading_path, d.text) for d in drafts]
-                )
+                vectors = self.embedder.encode([context_text(result.title, d.heading_path, d.text) for d in drafts])
                 try:
                     doc_id = self.store.add_pending_document(
                         collection,
@@ -185,9 +181,7 @@ class Ingestor:
         try:
             size = item.path.stat().st_size
             if size > self.limits.max_file_bytes:
-                raise TooLargeError(
-                    f"{item.source}: {size} bytes is over the limit of {self.limits.max_file_bytes}"
-                )
+                raise TooLargeError(f"{item.source}: {size} bytes is over the limit of {self.limits.max_file_bytes}")
             return item.path.read_bytes()
         except OSError as exc:
             raise FileError(f"{item.source}: cannot be read ({exc.strerror or exc})") from exc

@@ -40,9 +40,9 @@ class JobRecords:
 
     def add_file(self, job_id: str, source: str) -> int:
         with self.store.transaction() as db:
-            seq = db.execute(
-                "SELECT COALESCE(MAX(seq), -1) + 1 FROM job_files WHERE job_id = ?", (job_id,)
-            ).fetchone()[0]
+            seq = db.execute("SELECT COALESCE(MAX(seq), -1) + 1 FROM job_files WHERE job_id = ?", (job_id,)).fetchone()[
+                0
+            ]
             db.execute(
                 "INSERT INTO job_files(job_id, seq, source, state) VALUES (?, ?, ?, 'pending')",
                 (job_id, seq, source),
@@ -60,8 +60,7 @@ class JobRecords:
     ) -> None:
         with self.store.transaction() as db:
             db.execute(
-                "UPDATE job_files SET state = ?, error = ?, doc_id = ?, chunks = ? "
-                "WHERE job_id = ? AND seq = ?",
+                "UPDATE job_files SET state = ?, error = ?, doc_id = ?, chunks = ? WHERE job_id = ? AND seq = ?",
                 (state, error, doc_id, chunks, job_id, seq),
             )
 
@@ -69,8 +68,7 @@ class JobRecords:
         finished = time.time() if state in ("done", "failed") else None
         with self.store.transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, message = COALESCE(?, message), finished_at = ?, pid = ? "
-                "WHERE job_id = ?",
+                "UPDATE jobs SET state = ?, message = COALESCE(?, message), finished_at = ?, pid = ? WHERE job_id = ?",
                 (state, message, finished, os.getpid(), job_id),
             )
 
@@ -96,9 +94,7 @@ class JobRecords:
         """Fail the queued/running jobs whose process is gone and drop their pending documents."""
         lost = [
             job_id
-            for job_id, pid in self.store.query(
-                "SELECT job_id, pid FROM jobs WHERE state IN ('queued', 'running')"
-            )
+            for job_id, pid in self.store.query("SELECT job_id, pid FROM jobs WHERE state IN ('queued', 'running')")
             if pid is None or (pid != os.getpid() and not _alive(pid))
         ]
         for job_id in lost:

@@ -85,9 +85,7 @@ class RetrievalService:
         store = Store(data_dir / "retrieval.sqlite3")
         model = Embedder(embedder, device=device)
         indexes = IndexManager(data_dir / "indexes", store, lambda: model.dim, hnsw_threshold)
-        service = cls(
-            data_dir, store, model, Chunker(tokenizer, chunk_tokens), indexes, limits or IngestLimits()
-        )
+        service = cls(data_dir, store, model, Chunker(tokenizer, chunk_tokens), indexes, limits or IngestLimits())
         service.jobs.recover_interrupted()
         for collection in service.list_collections():
             indexes.check(collection.name)
@@ -151,13 +149,11 @@ class RetrievalService:
                 while piece:
                     size += len(piece)
                     if size > self.limits.max_file_bytes:
-                        raise TooLargeError(
-                            f"{name}: larger than the limit of {self.limits.max_file_bytes} bytes"
-                        )
+                        raise TooLargeError(f"{name}: larger than the limit of {self.limits.max_file_bytes} bytes")
                     digest.update(piece)
                     out.write(piece)
                     piece = stream.read(1024 * 1024)
-            final = self.uploads / digest.hexdigest()
+            final = self.uploads / f"{digest.hexdigest()}.{uuid.uuid4().hex[:8]}"  # two jobs may stage one file
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
@@ -186,9 +182,7 @@ class RetrievalService:
         return status
 
     # --- search ------------------------------------------------------------------------------------
-    def search(
-        self, query: str, collections: Iterable[str], k: int = 10, mode: SearchMode = "hybrid"
-    ) -> list[Hit]:
+    def search(self, query: str, collections: Iterable[str], k: int = 10, mode: SearchMode = "hybrid") -> list[Hit]:
         """The top `k` chunks of ready documents in `collections` for `query`, best first.
 
         Raises NotFoundError for an unknown collection. Sees other processes' changes at once.

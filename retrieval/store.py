@@ -50,8 +50,7 @@ CREATE TABLE IF NOT EXISTS job_files(
     PRIMARY KEY(job_id, seq));
 """
 _CHUNK_COLUMNS = (
-    "c.chunk_id, c.doc_id, d.collection, c.ordinal, c.text, c.token_ids, d.title, d.source, "
-    "c.page, c.heading_path"
+    "c.chunk_id, c.doc_id, d.collection, c.ordinal, c.text, c.token_ids, d.title, d.source, c.page, c.heading_path"
 )
 
 
@@ -251,9 +250,7 @@ class Store:
                     "SELECT doc_id FROM documents WHERE collection = ? AND source = ? AND state = 'ready'",
                     (collection, source),
                 ).fetchall():
-                    removed += [
-                        r[0] for r in db.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (old,))
-                    ]
+                    removed += [r[0] for r in db.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (old,))]
                     db.execute("DELETE FROM documents WHERE doc_id = ?", (old,))
                 db.execute("UPDATE documents SET state = 'ready' WHERE doc_id = ?", (doc_id,))
                 added += [r[0] for r in db.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (doc_id,))]
@@ -325,9 +322,7 @@ class Store:
     def embeddings(self, chunk_ids: list[int]) -> np.ndarray:
         """Stored vectors of `chunk_ids`, in that order."""
         marks = ",".join("?" * len(chunk_ids))
-        found = dict(
-            self.query(f"SELECT chunk_id, embedding FROM chunks WHERE chunk_id IN ({marks})", chunk_ids)
-        )
+        found = dict(self.query(f"SELECT chunk_id, embedding FROM chunks WHERE chunk_id IN ({marks})", chunk_ids))
         return np.stack([np.frombuffer(found[i], dtype=np.float32) for i in chunk_ids])
 
     def ready_corpus(
@@ -343,9 +338,7 @@ class Store:
             (collection,),
         )
         ids = np.asarray([r[0] for r in rows], dtype=np.int64)
-        vectors = (
-            np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]) if rows and with_vectors else None
-        )
+        vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]) if rows and with_vectors else None
         texts = [context_text(r[2], tuple(json.loads(r[3])), r[4]) for r in rows]
         return ids, vectors, texts
 

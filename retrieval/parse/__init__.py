@@ -67,9 +67,7 @@ def detect_kind(name: str, data: bytes) -> str:
         return sniffed
     if suffix == "" and data and not looks_binary(data):
         return "txt"
-    raise UnsupportedTypeError(
-        f"{name}: unsupported file type {suffix or '(no extension)'}; supported: {SUPPORTED}"
-    )
+    raise UnsupportedTypeError(f"{name}: unsupported file type {suffix or '(no extension)'}; supported: {SUPPORTED}")
 
 
 def parse_bytes(data: bytes, name: str) -> ParsedDocument:

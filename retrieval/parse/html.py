@@ -36,11 +36,8 @@ def parse_html(data: bytes, name: str) -> ParsedDocument:
         raise CorruptFileError(f"{name}: no readable main text found in the HTML page")
     first_heading, sections = markdown_sections(_clean(markdown))
     metadata = trafilatura.extract_metadata(html)
-    title = _clean(
-        (metadata.title if metadata and metadata.title else None) or first_heading or stem_title(name)
-    )
+    title = _clean((metadata.title if metadata and metadata.title else None) or first_heading or stem_title(name))
     cleaned = [
-        Section(text=s.text, heading_path=tuple(h.replace("`", "").strip() for h in s.heading_path))
-        for s in sections
+        Section(text=s.text, heading_path=tuple(h.replace("`", "").strip() for h in s.heading_path)) for s in sections
     ]
     return ParsedDocument(title=title.strip(), sections=cleaned, kind="html")

@@ -57,9 +57,7 @@ class ParserPool(Generic[T]):
             self._pool.join()
             self._pool = None
 
-    def parse_many(
-        self, items: Iterable[tuple[T, str, bytes]]
-    ) -> Iterator[tuple[T, ParsedDocument | FileError]]:
+    def parse_many(self, items: Iterable[tuple[T, str, bytes]]) -> Iterator[tuple[T, ParsedDocument | FileError]]:
         source = iter(items)
         flight: deque[tuple[T, str, bytes, multiprocessing.pool.AsyncResult]] = deque()
 
@@ -83,9 +81,7 @@ class ParserPool(Generic[T]):
             except multiprocessing.TimeoutError:
                 result = ParseTimeoutError(f"{name}: parsing took longer than {self.timeout_s:g} s")
                 self.close()  # the stuck worker dies; files still in flight go to a fresh one
-                flight = deque(
-                    (t, n, d, self._worker().apply_async(_parse_in_worker, (d, n))) for t, n, d, _ in flight
-                )
+                flight = deque((t, n, d, self._worker().apply_async(_parse_in_worker, (d, n))) for t, n, d, _ in flight)
             ready_at = time.monotonic()
             fill()
             yield tag, result

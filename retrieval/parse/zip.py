@@ -33,9 +33,7 @@ def _safe_name(raw: str, archive: str) -> str:
     return str(path)
 
 
-def _checked_entries(
-    archive: zipfile.ZipFile, name: str, limits: ArchiveLimits
-) -> list[tuple[zipfile.ZipInfo, str]]:
+def _checked_entries(archive: zipfile.ZipFile, name: str, limits: ArchiveLimits) -> list[tuple[zipfile.ZipInfo, str]]:
     infos = archive.infolist()
     if len(infos) > limits.max_entries:
         raise TooLargeError(f"{name}: {len(infos)} entries, more than the limit of {limits.max_entries}")
@@ -87,9 +85,7 @@ def iter_archive(data: bytes, name: str, limits: ArchiveLimits) -> Iterator[tupl
         for info, safe in entries:
             cap = min(info.file_size, limits.max_entry_bytes, budget)
             if info.file_size > limits.max_entry_bytes:
-                raise TooLargeError(
-                    f"{name}: entry {info.filename!r} is larger than {limits.max_entry_bytes} bytes"
-                )
+                raise TooLargeError(f"{name}: entry {info.filename!r} is larger than {limits.max_entry_bytes} bytes")
             try:
                 content = _read_capped(archive, info, cap, name)
             except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:

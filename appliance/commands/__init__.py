@@ -1,0 +1,1 @@
+"""Typer command functions, registered on the `appliance` app in `appliance/cli.py`."""

@@ -1,0 +1,164 @@
+"""`appliance ingest` and `appliance search`: the retrieval layer from the command line.
+
+Both work whether or not a server runs on the same data dir (the store and the index file locks make
+that safe; the server picks the new documents up at its next search). Every option is also the env
+var `APPLIANCE_<NAME>`; unset options come from `appliance.config.Settings`.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from appliance.config import Settings
+from appliance.errors import ApplianceError
+from retrieval.service import RetrievalService
+from retrieval.types import JobStatus
+
+console = Console()
+err = Console(stderr=True)
+
+
+class Mode(StrEnum):
+    hybrid = "hybrid"
+    vector = "vector"
+    bm25 = "bm25"
+
+
+def open_service(data_dir: Path | None, model: str | None, embedder: str | None, chunk_tokens: int) -> RetrievalService:
+    """The retrieval service of the configured data dir, chunking with the configured LLM's tokenizer."""
+    from appliance.engine.loader import load_tokenizer
+
+    overrides = {"data_dir": data_dir, "model": model, "embedder": embedder}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    tokenizer = load_tokenizer(settings.model, data_dir=settings.data_dir)
+    return RetrievalService.open(
+        settings.data_dir,
+        tokenizer,
+        embedder=settings.embedder,
+        chunk_tokens=chunk_tokens,
+        device="cpu" if settings.device == "cpu" else "auto",
+    )
+
+
+def _summary(status: JobStatus) -> None:
+    done = [f for f in status.files if f.state == "done"]
+    skipped = [f for f in status.files if f.state == "skipped"]
+    failed = [f for f in status.files if f.state == "failed"]
+    chunks = sum(f.chunks for f in done)
+    console.print(
+        f"[bold]{len(done)} ingested[/] ({chunks} chunks), {len(skipped)} skipped, "
+        f"[{'red' if failed else 'green'}]{len(failed)} failed[/] — job {status.job_id}: {status.state}"
+    )
+    for label, files in (("skipped", skipped), ("failed", failed)):
+        for f in files:
+            console.print(
+                f"  [dim]{label}[/] {f.error}"
+                if f.error and f.source in f.error
+                else f"  [dim]{label}[/] {f.source}: {f.error}"
+            )
+
+
+DataDir = Annotated[Path | None, typer.Option(envvar="APPLIANCE_DATA_DIR", help="Data dir [default: ./data]")]
+Model = Annotated[str | None, typer.Option(envvar="APPLIANCE_MODEL", help="LLM whose tokenizer chunks [default]")]
+Embedder = Annotated[
+    str | None, typer.Option(envvar="APPLIANCE_EMBEDDER", help="'default' or a local sentence-transformers folder")
+]
+ChunkTokens = Annotated[int, typer.Option(envvar="APPLIANCE_CHUNK_TOKENS", help="Tokens per chunk", min=16)]
+
+
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(exists=True, help="Files, folders and .zip archives")],
+    collection: Annotated[
+        str, typer.Option("--collection", "-c", envvar="APPLIANCE_COLLECTION", help="Collection (created if missing)")
+    ],
+    warm: Annotated[bool, typer.Option(envvar="APPLIANCE_WARM", help="Pre-encode the chunks' KV")] = False,
+    data_dir: DataDir = None,
+    model: Model = None,
+    embedder: Embedder = None,
+    chunk_tokens: ChunkTokens = 256,
+) -> None:
+    """Ingest documents into a collection: parse, chunk, embed and index them (progress bar + summary)."""
+    try:
+        service = open_service(data_dir, model, embedder, chunk_tokens)
+    except ApplianceError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[current]}", style="dim"),
+    )
+    try:
+        with Progress(*columns, console=console, transient=False) as progress:
+            task = progress.add_task("ingesting", total=None, current="")
+            status = service.ingest_paths(
+                collection,
+                paths,
+                progress=lambda e: progress.update(task, completed=e.done, total=e.total, current=e.source[-60:]),
+            )
+        _summary(status)
+        if warm:
+            console.print(
+                "[yellow]--warm:[/] pre-encoding chunk KV comes with the engine's document cache; skipped for now"
+            )
+    except ApplianceError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        service.close()
+    if status.state != "done" or status.errors:
+        raise typer.Exit(1)
+
+
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for")],
+    collection: Annotated[str, typer.Option("--collection", "-c", envvar="APPLIANCE_COLLECTION")],
+    k: Annotated[int, typer.Option(min=1, max=100, help="Number of results")] = 10,
+    json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+    mode: Annotated[Mode, typer.Option(help="hybrid | vector | bm25")] = Mode.hybrid,
+    data_dir: DataDir = None,
+    model: Model = None,
+    embedder: Embedder = None,
+) -> None:
+    """Search a collection and print the best chunks."""
+    try:
+        service = open_service(data_dir, model, embedder, 256)
+        try:
+            hits = service.search(query, [collection], k=k, mode=mode.value)
+        finally:
+            service.close()
+    except ApplianceError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if json:
+        rows = [
+            {
+                "chunk_id": h.chunk.chunk_id,
+                "doc_id": h.chunk.doc_id,
+                "title": h.chunk.title,
+                "source": h.chunk.source,
+                "page": h.chunk.page,
+                "heading_path": list(h.chunk.heading_path),
+                "text": h.chunk.text,
+                "score": h.score,
+            }
+            for h in hits
+        ]
+        print(jsonlib.dumps({"hits": rows}, ensure_ascii=False, indent=2))
+        return
+    table = Table("#", "score", "title / section", "page", "text")
+    for n, hit in enumerate(hits, 1):
+        where = " > ".join((hit.chunk.title, *hit.chunk.heading_path[1:]))
+        snippet = " ".join(hit.chunk.text.split())[:160]
+        table.add_row(str(n), f"{hit.score:.3f}", where, str(hit.chunk.page or ""), snippet)
+    console.print(table)

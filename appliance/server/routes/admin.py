@@ -1,0 +1,91 @@
+"""Admin endpoints (admin key required): collections, multipart document uploads (-> background job),
+job status, documents and their deletion. Shapes follow DESIGN.md §4."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from appliance.server.deps import AppState, get_state, require_admin
+from appliance.server.errors import ApiError
+from appliance.server.schemas_retrieval import (
+    CollectionOut,
+    CreateCollection,
+    DocumentOut,
+    JobOut,
+    retrieval_of,
+    service_errors,
+)
+from retrieval.jobs import IngestItem
+
+router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)])
+
+MAX_FILES_PER_UPLOAD = 1000
+
+
+@router.post("/collections", status_code=201, response_model=CollectionOut)
+def create_collection(body: CreateCollection, state: AppState = Depends(get_state)) -> CollectionOut:
+    with service_errors():
+        return CollectionOut.of(retrieval_of(state).create_collection(body.name))
+
+
+@router.get("/collections")
+def list_collections(state: AppState = Depends(get_state)) -> dict[str, list[CollectionOut]]:
+    return {"collections": [CollectionOut.of(c) for c in retrieval_of(state).list_collections()]}
+
+
+@router.delete("/collections/{name}")
+def delete_collection(name: str, state: AppState = Depends(get_state)) -> dict[str, str]:
+    with service_errors():
+        retrieval_of(state).delete_collection(name)
+    return {"deleted": name}
+
+
+@router.get("/collections/{name}/documents")
+def list_documents(name: str, state: AppState = Depends(get_state)) -> dict[str, list[DocumentOut]]:
+    with service_errors():
+        return {"documents": [DocumentOut.of(d) for d in retrieval_of(state).list_documents(name)]}
+
+
+@router.delete("/collections/{name}/documents/{doc_id}")
+def delete_document(name: str, doc_id: str, state: AppState = Depends(get_state)) -> dict[str, str]:
+    with service_errors():
+        retrieval_of(state).delete_document(name, doc_id)
+    return {"deleted": doc_id}
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut)
+def get_job(job_id: str, state: AppState = Depends(get_state)) -> JobOut:
+    with service_errors():
+        return JobOut.of(retrieval_of(state).job(job_id))
+
+
+@router.post("/collections/{name}/documents", status_code=202)
+async def upload_documents(name: str, request: Request, state: AppState = Depends(get_state)) -> dict[str, str]:
+    """Multipart field(s) of files -> 202 {job_id}. Every file is type-checked (415) and size-checked (413)
+    before the job starts; the job then parses, chunks and indexes them in the background."""
+    service = retrieval_of(state)
+    with service_errors():
+        await run_in_threadpool(service.store.require_collection, name)
+    limit = service.limits.max_file_bytes
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > limit * 4 + 1024 * 1024:
+        raise ApiError(413, "too_large", f"upload of {declared} bytes is over the limit of {limit * 4} bytes")
+    form = await request.form(max_files=MAX_FILES_PER_UPLOAD)
+    files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    if not files:
+        raise ApiError(422, "invalid_request", "no files in the multipart body (use field name 'files')")
+    staged: list[IngestItem] = []
+    try:
+        with service_errors():
+            for upload in files:
+                staged.append(await run_in_threadpool(service.stage_upload, upload.filename or "upload", upload.file))
+            job_id = await run_in_threadpool(service.submit, name, staged)
+    except ApiError:
+        for item in staged:
+            item.path.unlink(missing_ok=True)
+        raise
+    finally:
+        await form.close()
+    return {"job_id": job_id}
