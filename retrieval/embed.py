@@ -7,6 +7,7 @@ local sentence-transformers folder. Vectors are float32, L2-normalized (inner pr
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 import threading
@@ -37,6 +38,12 @@ def resolve_embedder(spec: str) -> Path:
     if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
         raise RetrievalError(f"{folder} is not a sentence-transformers model folder")
     return folder
+
+
+@functools.cache
+def shared_embedder(spec: str = "default", device: str = "auto") -> Embedder:
+    """One Embedder per (model, device) in a process: services on several data dirs share the weights."""
+    return Embedder(spec, device=device)
 
 
 class Embedder:

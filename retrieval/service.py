@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from retrieval.chunk import Chunker, Tokenizer
-from retrieval.embed import Embedder
+from retrieval.embed import Embedder, shared_embedder
 from retrieval.errors import NotFoundError, TooLargeError
 from retrieval.indexes import IndexManager
 from retrieval.jobs import IngestItem, IngestLimits, Ingestor, JobRunner, ProgressFn
@@ -83,7 +83,7 @@ class RetrievalService:
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(data_dir / "retrieval.sqlite3")
-        model = Embedder(embedder, device=device)
+        model = shared_embedder(embedder, device)
         indexes = IndexManager(data_dir / "indexes", store, lambda: model.dim, hnsw_threshold)
         service = cls(data_dir, store, model, Chunker(tokenizer, chunk_tokens), indexes, limits or IngestLimits())
         service.jobs.recover_interrupted()
