@@ -72,3 +72,4 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     threads: int = 0
     kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)
+    int4_decode_tokens: int = 32  # steps of at most this many tokens use 4-bit GGUF weights (CPU, bfloat16)

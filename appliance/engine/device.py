@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 from appliance.errors import ModelLoadError
@@ -16,8 +19,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), per /proc/cpuinfo."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` -> bfloat16 on CUDA, float32 on CPU (see docs/BENCHMARKS.md for the CPU measurement)."""
+    """`auto` -> bfloat16 on CUDA and on CPUs with native bf16 (measured faster: docs/BENCHMARKS.md), else float32."""
     if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return torch.bfloat16 if device.type == "cuda" or cpu_has_bf16() else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]

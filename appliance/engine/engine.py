@@ -21,6 +21,7 @@ from appliance.engine.device import resolve_device, resolve_dtype
 from appliance.engine.loader import LoadedModel, load_model
 from appliance.engine.model import CausalLM
 from appliance.engine.outputs import OutputProcessor, RequestOutput
+from appliance.engine.quant import int4_kernel_available
 from appliance.engine.request import Request
 from appliance.engine.runner import ModelRunner
 from appliance.engine.sampling import SamplingParams
@@ -53,7 +54,8 @@ class LLMEngine:
         self.model_name = loaded.name
         self.model_config = loaded.config
         self.tokenizer: TextTokenizer = loaded.tokenizer
-        self.model = CausalLM(loaded.config, loaded.weights, self.dtype, self.device)
+        small_batch = config.int4_decode_tokens if self._int4_decode() else 0
+        self.model = CausalLM(loaded.config, loaded.weights, self.dtype, self.device, loaded.int4, small_batch)
         backend = get_backend(config.attention_backend, self.device)
         bytes_per_block = loaded.config.kv_bytes_per_token(self.dtype.itemsize) * config.block_size
         num_blocks = config.kv_blocks or max(2, config.kv_cache_mb * 2**20 // bytes_per_block)
@@ -68,6 +70,10 @@ class LLMEngine:
         self.stats = EngineStats()
         log.info("engine ready: %s on %s/%s, backend %s, %d KV blocks of %d tokens (%d tokens)", loaded.name,
                  self.device, self.dtype, backend.name, num_blocks, config.block_size, pool_tokens)
+
+    def _int4_decode(self) -> bool:
+        """Small batches run on the GGUF's own 4-bit weights: CPU, bfloat16, and the kernel present."""
+        return self.device.type == "cpu" and self.dtype == torch.bfloat16 and int4_kernel_available()
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:

@@ -13,18 +13,20 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from appliance.engine.model_config import ModelConfig, config_from_gguf, config_from_hf
+from appliance.engine.quant import Int4Weight, int4_from_gguf
 from appliance.engine.tokenizer import TextTokenizer, tokenizer_from_gguf_fields, tokenizer_from_hf_folder
 from appliance.errors import ModelLoadError
 
 log = logging.getLogger("appliance.loader")
 
-_CACHE_FORMAT = "1"
+_CACHE_FORMAT = "2"
+_INT4_PARTS = ("int4_q", "int4_scale", "int4_zero")
 _CONFIG_FILE = "appliance_config.json"
 
 _GGUF_GLOBAL_NAMES = {
@@ -50,13 +52,17 @@ _GGUF_LAYER_NAMES = {
 
 @dataclass
 class LoadedModel:
-    """Weights (HF names, float32 on CPU), shape and tokenizer of one model."""
+    """Weights (HF names, float32 on CPU), shape and tokenizer of one model.
+
+    `int4` holds, for weights stored as Q4_0/Q4_1 in a GGUF file, the exact 4-bit form as well.
+    """
 
     name: str
     config: ModelConfig
     weights: dict[str, torch.Tensor]
     tokenizer: TextTokenizer
     source: Path
+    int4: dict[str, Int4Weight] = field(default_factory=dict)
 
 
 def default_model_path() -> Path:
@@ -121,9 +127,9 @@ def _cache_dir(path: Path, data_dir: Path) -> Path:
 
 def _gguf_fields(reader) -> dict:
     fields = {}
-    for key, field in reader.fields.items():
+    for key, entry in reader.fields.items():
         try:
-            fields[key] = field.contents()
+            fields[key] = entry.contents()
         except Exception:  # noqa: BLE001 - metadata we do not need may use types `contents` cannot read
             continue
     return fields
@@ -142,6 +148,7 @@ def _load_gguf(path: Path) -> LoadedModel:
     names = {t.name for t in reader.tensors}
     config = config_from_gguf(fields, has_output_weight="output.weight" in names)
     weights: dict[str, torch.Tensor] = {}
+    int4: dict[str, Int4Weight] = {}
     for tensor in reader.tensors:
         hf_name = _hf_name(tensor.name)
         if hf_name is None:
@@ -150,14 +157,17 @@ def _load_gguf(path: Path) -> LoadedModel:
         shape = tuple(int(d) for d in reversed(tensor.shape))
         array = np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(shape)
         weight = torch.from_numpy(array)
-        if config.architecture in ("llama", "mistral"):
-            if hf_name.endswith("q_proj.weight"):
-                weight = _unpermute_rope(weight, config.num_heads)
-            elif hf_name.endswith("k_proj.weight"):
-                weight = _unpermute_rope(weight, config.num_kv_heads)
+        packed = int4_from_gguf(tensor.data, int(tensor.tensor_type), *shape) if len(shape) == 2 else None
+        heads = _rope_heads(config, hf_name)
+        if heads:
+            order = _rope_row_order(shape[0], heads)
+            weight = weight[order]
+            packed = packed.rows(order) if packed is not None else None
         weights[hf_name] = weight
+        if packed is not None and hf_name != "model.embed_tokens.weight":
+            int4[hf_name] = packed
     tokenizer = tokenizer_from_gguf_fields(fields)
-    return LoadedModel(path.stem, config, weights, tokenizer, path)
+    return LoadedModel(path.stem, config, weights, tokenizer, path, int4)
 
 
 def _hf_name(gguf_name: str) -> str | None:
@@ -169,11 +179,18 @@ def _hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def _unpermute_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Undo llama.cpp's row permutation of Q/K (interleaved RoPE pairs -> HF's rotate-half layout)."""
-    rows = weight.shape[0]
-    return (weight.reshape(n_heads, rows // n_heads // 2, 2, -1).transpose(1, 2)
-            .reshape(weight.shape).contiguous())
+def _rope_heads(config: ModelConfig, hf_name: str) -> int:
+    """Heads of a Q/K projection whose rows llama.cpp permuted (Llama/Mistral only), else 0."""
+    if config.architecture not in ("llama", "mistral"):
+        return 0
+    if hf_name.endswith("q_proj.weight"):
+        return config.num_heads
+    return config.num_kv_heads if hf_name.endswith("k_proj.weight") else 0
+
+
+def _rope_row_order(rows: int, n_heads: int) -> torch.Tensor:
+    """Row order undoing llama.cpp's Q/K permutation (interleaved RoPE pairs -> HF's rotate-half layout)."""
+    return torch.arange(rows).reshape(n_heads, rows // n_heads // 2, 2).transpose(1, 2).reshape(rows)
 
 
 def _load_hf_folder(folder: Path, name: str) -> LoadedModel:
@@ -188,7 +205,9 @@ def _load_hf_folder(folder: Path, name: str) -> LoadedModel:
     for file in files:
         for key, tensor in load_file(str(file)).items():
             weights[key] = tensor.float() if tensor.is_floating_point() else tensor
-    return LoadedModel(name, config, weights, tokenizer_from_hf_folder(folder), folder)
+    int4 = {key[:-len(".int4_q")]: Int4Weight(*(weights.pop(f"{key[:-len('.int4_q')]}.{part}") for part in _INT4_PARTS))
+            for key in [k for k in weights if k.endswith(".int4_q")]}
+    return LoadedModel(name, config, weights, tokenizer_from_hf_folder(folder), folder, int4)
 
 
 def _write_cache(cache: Path, loaded: LoadedModel) -> None:
@@ -198,7 +217,10 @@ def _write_cache(cache: Path, loaded: LoadedModel) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache.parent))
     try:
-        save_file(loaded.weights, str(tmp / "model.safetensors"))
+        tensors = dict(loaded.weights)
+        for key, w in loaded.int4.items():
+            tensors.update({f"{key}.int4_q": w.q, f"{key}.int4_scale": w.scale, f"{key}.int4_zero": w.zero})
+        save_file(tensors, str(tmp / "model.safetensors"))
         (tmp / _CONFIG_FILE).write_text(loaded.config.to_json())
         tok = loaded.tokenizer
         tok._tok.save(str(tmp / "tokenizer.json"))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from appliance.engine.model_config import ModelConfig
+from appliance.engine.quant import Int4Weight, Linear
 from kernels.base import AttentionBackend
 from kernels.rope import RotaryEmbedding, apply_rotary
 
@@ -21,19 +22,23 @@ KVPair = tuple[torch.Tensor, torch.Tensor]  # (k_cache, v_cache) of one layer, e
 class DecoderLayer:
     """One transformer block: RMSNorm -> attention -> RMSNorm -> SwiGLU MLP, both with residuals."""
 
-    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], prefix: str, dtype: torch.dtype,
-                 device: torch.device) -> None:
+    def __init__(self, cfg: ModelConfig, w: dict[str, torch.Tensor], int4: dict[str, Int4Weight], prefix: str,
+                 dtype: torch.dtype, device: torch.device, small_batch: int) -> None:
         def get(name: str) -> torch.Tensor:
             return w[prefix + name].to(dtype=dtype, device=device)
 
+        def linear(*names: str, bias: bool = False) -> Linear:
+            """Fused projection over the rows of `names` (dense, plus int4 when every part has it)."""
+            parts = [int4.get(prefix + n + ".weight") for n in names]
+            packed = Int4Weight.cat(parts) if all(p is not None for p in parts) else None  # type: ignore[misc]
+            return Linear(torch.cat([get(n + ".weight") for n in names]),
+                          torch.cat([get(n + ".bias") for n in names]) if bias else None, packed, small_batch)
+
         attn = "self_attn."
-        self.qkv_weight = torch.cat([get(attn + "q_proj.weight"), get(attn + "k_proj.weight"),
-                                     get(attn + "v_proj.weight")])  # [(H + 2*KVH) * D, hidden]
-        self.qkv_bias = (torch.cat([get(attn + "q_proj.bias"), get(attn + "k_proj.bias"), get(attn + "v_proj.bias")])
-                         if cfg.attention_bias else None)
-        self.o_weight = get(attn + "o_proj.weight")  # [hidden, H * D]
-        self.gate_up_weight = torch.cat([get("mlp.gate_proj.weight"), get("mlp.up_proj.weight")])  # [2I, hidden]
-        self.down_weight = get("mlp.down_proj.weight")  # [hidden, I]
+        self.qkv = linear(attn + "q_proj", attn + "k_proj", attn + "v_proj", bias=cfg.attention_bias)
+        self.o_proj = linear(attn + "o_proj")  # [hidden, H * D]
+        self.gate_up = linear("mlp.gate_proj", "mlp.up_proj")  # [2I, hidden]
+        self.down = linear("mlp.down_proj")  # [hidden, I]
         self.input_norm = get("input_layernorm.weight")
         self.post_norm = get("post_attention_layernorm.weight")
         self.eps = cfg.rms_norm_eps
@@ -46,30 +51,32 @@ class DecoderLayer:
         """x: [T, hidden] -> [T, hidden]."""
         t = x.shape[0]
         h = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps)
-        qkv = F.linear(h, self.qkv_weight, self.qkv_bias)  # [T, (H + 2*KVH) * D]
+        qkv = self.qkv(h)  # [T, (H + 2*KVH) * D]
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         qk = apply_rotary(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)  # [T, H+KVH, D]
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [T, H, D], [T, KVH, D]
         v = v.view(t, self.num_kv_heads, self.head_dim)
         attn = backend.forward(q, k, v, k_cache, v_cache, plan)  # [T, H, D]
-        x = x + F.linear(attn.reshape(t, self.q_size), self.o_weight)
+        x = x + self.o_proj(attn.reshape(t, self.q_size))
         h = F.rms_norm(x, (x.shape[-1],), self.post_norm, self.eps)
-        gate, up = F.linear(h, self.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
-        return x + F.linear(F.silu(gate) * up, self.down_weight)
+        gate, up = self.gate_up(h).chunk(2, dim=-1)  # [T, I] each
+        return x + self.down(F.silu(gate) * up)
 
 
 class CausalLM:
     """The whole model: embeddings, decoder layers, final norm and LM head."""
 
     def __init__(self, cfg: ModelConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, int4: dict[str, Int4Weight] | None = None, small_batch: int = 0) -> None:
+        """`int4` weights serve steps of at most `small_batch` tokens (0: always dense)."""
         self.config = cfg
         self.dtype, self.device = dtype, device
         self.embed = weights["model.embed_tokens.weight"].to(dtype=dtype, device=device)  # [V, hidden]
         head = weights.get("lm_head.weight")
         self.lm_head = self.embed if cfg.tie_word_embeddings or head is None else head.to(dtype=dtype, device=device)
         self.norm = weights["model.norm.weight"].to(dtype=dtype, device=device)
-        self.layers = [DecoderLayer(cfg, weights, f"model.layers.{i}.", dtype, device) for i in range(cfg.num_layers)]
+        self.layers = [DecoderLayer(cfg, weights, int4 or {}, f"model.layers.{i}.", dtype, device, small_batch)
+                       for i in range(cfg.num_layers)]
         scaling = dict(cfg.rope_scaling) if cfg.rope_scaling else None
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, scaling, dtype, device)
 
