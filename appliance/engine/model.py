@@ -29,8 +29,8 @@ class DecoderLayer:
 
         def linear(*names: str, bias: bool = False) -> Linear:
             """Fused projection over the rows of `names` (dense, plus int4 when every part has it)."""
-            parts = [int4.get(prefix + n + ".weight") for n in names]
-            packed = Int4Weight.cat(parts) if all(p is not None for p in parts) else None  # type: ignore[misc]
+            parts = [int4[prefix + n + ".weight"] for n in names if prefix + n + ".weight" in int4]
+            packed = Int4Weight.cat(parts) if len(parts) == len(names) else None
             return Linear(torch.cat([get(n + ".weight") for n in names]),
                           torch.cat([get(n + ".bias") for n in names]) if bias else None, packed, small_batch)
 
