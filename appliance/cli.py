@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from appliance.commands.retrieval import ingest, search
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 
@@ -18,6 +19,8 @@ app = typer.Typer(help="RAG appliance: ingest documents, search them, and answer
 bench_app = typer.Typer(help="Measure the appliance against its peers (figures go to docs/BENCHMARKS.md).",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.command("ingest")(ingest)
+app.command("search")(search)
 err = Console(stderr=True)
 
 

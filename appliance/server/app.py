@@ -1,10 +1,12 @@
-"""The FastAPI application factory: routes, error handlers and the lifespan that owns the engine."""
+"""The FastAPI application factory: routes, error handlers and the lifespan that owns engine and indexes."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -13,29 +15,41 @@ from appliance.config import Settings
 from appliance.engine.async_engine import AsyncEngine
 from appliance.server.deps import AppState
 from appliance.server.errors import install_error_handlers
-from appliance.server.routes import health, openai
+from appliance.server.routes import admin, health, openai, search
+
+if TYPE_CHECKING:
+    from retrieval.service import RetrievalService
 
 log = logging.getLogger("appliance.server")
 
 
-def create_app(settings: Settings, engine: AsyncEngine | None = None, model_name: str = "default") -> FastAPI:
-    """Build the app around an already-loaded engine (`appliance serve` loads it first, so a bad model
-    is one clear error line before anything listens)."""
-    state = AppState(settings=settings, engine=engine, model_name=model_name)
+def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "default",
+               retrieval: RetrievalService | None = None) -> FastAPI:
+    """Build the app around an already-loaded engine (`appliance serve` loads it first, so a bad model is
+    one clear error line before anything listens). Without `retrieval`, the lifespan opens the store and
+    checks the indexes under `settings.data_dir`; `/ready` answers 200 once that is done."""
+    state = AppState(settings=settings, engine=engine, model_name=model_name, retrieval=retrieval)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.ready = state.engine is not None
+        opened_here = state.retrieval is None
+        if opened_here:
+            from retrieval.service import RetrievalService
+
+            state.retrieval = await asyncio.to_thread(
+                RetrievalService.open, settings.data_dir, engine.tokenizer, settings.embedder)
+        state.ready = True
         try:
             yield
         finally:
             state.ready = False
-            if state.engine is not None:
-                state.engine.close()
+            engine.close()
+            if opened_here:
+                state.retrieval.close()
 
     app = FastAPI(title="RAG appliance", version=__version__, lifespan=lifespan)
     app.state.appliance = state
     install_error_handlers(app)
-    app.include_router(health.router)
-    app.include_router(openai.router)
+    for module in (health, openai, search, admin):
+        app.include_router(module.router)
     return app

@@ -16,6 +16,7 @@ from appliance.server.errors import ApiError
 if TYPE_CHECKING:
     from appliance.config import Settings
     from appliance.engine.async_engine import AsyncEngine
+    from retrieval.service import RetrievalService
 
 
 @dataclass
@@ -24,7 +25,7 @@ class AppState:
 
     settings: Settings
     engine: AsyncEngine | None = None
-    retrieval: Any = None  # retrieval.service.RetrievalService once loaded
+    retrieval: RetrievalService | None = None
     model_name: str = "default"
     ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)
