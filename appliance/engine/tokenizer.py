@@ -6,7 +6,9 @@ with a chunk at ingestion are exactly the ids the engine later reads (the KV cac
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +41,16 @@ class ChatMessage:
 class TextTokenizer:
     """Encode/decode text and render chat prompts for one model.
 
-    Contract: `encode` never adds BOS/EOS; `apply_chat_template` returns the ids of the whole rendered
-    prompt (special tokens of the template parsed as such) ready for the engine.
+    Contract: `encode` treats its text as plain text — never adds BOS/EOS and never turns text such as
+    "<|im_end|>" into a control token (document and user text cannot forge turns); `apply_chat_template`
+    returns the ids of the whole prompt, the template's own special tokens parsed as such.
     """
 
     def __init__(self, tok: Tokenizer, chat_template: str | None, bos_token: str | None,
                  eos_token: str | None, add_bos: bool) -> None:
         self._tok = tok
+        self._plain = copy.deepcopy(tok)
+        self._plain.encode_special_tokens = True
         self.chat_template = chat_template
         self.bos_token = bos_token
         self.eos_token = eos_token
@@ -63,7 +68,11 @@ class TextTokenizer:
         )
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text`, without BOS/EOS."""
+        """Token ids of `text` as plain text, without BOS/EOS."""
+        return self._plain.encode(text, add_special_tokens=False).ids
+
+    def encode_template(self, text: str) -> list[int]:
+        """Token ids of template text, whose special tokens (e.g. `<|im_start|>`) are parsed as such."""
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
@@ -85,9 +94,20 @@ class TextTokenizer:
         )
 
     def apply_chat_template(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
-        """Prompt token ids for a chat (BOS added when the model wants it and the template did not)."""
-        text = self.render_chat(messages, add_generation_prompt)
-        ids = self.encode(text)
+        """Prompt token ids for a chat (BOS added when the model wants it and the template did not).
+
+        The template is rendered around placeholders; its own text is encoded with special tokens and each
+        message's content as plain text.
+        """
+        marks = [f"\x00{i}\x00" for i in range(len(messages))]
+        text = self.render_chat([ChatMessage(m.role, mark) for m, mark in zip(messages, marks, strict=True)],
+                                add_generation_prompt)
+        ids: list[int] = []
+        for piece in re.split("(\x00\\d+\x00)", text):
+            if piece.startswith("\x00") and piece.endswith("\x00") and len(piece) > 2:
+                ids += self.encode(messages[int(piece[1:-1])].content)
+            elif piece:
+                ids += self.encode_template(piece)
         if self.add_bos and self.bos_token_id is not None and (not ids or ids[0] != self.bos_token_id):
             ids = [self.bos_token_id, *ids]
         return ids
