@@ -25,9 +25,10 @@ from retrieval.parse import detect_kind
 from retrieval.parse.pool import ParserPool
 from retrieval.parse.zip import ArchiveLimits, iter_archive
 from retrieval.store import Store, context_text
-from retrieval.types import FileState, JobStatus
+from retrieval.types import ChunkDraft, FileState, JobStatus, ParsedDocument
 
 log = logging.getLogger("retrieval.jobs")
+EMBED_BATCH_CHUNKS = 256  # chunks of several small files are embedded together
 
 
 @dataclass(frozen=True)
@@ -131,38 +132,49 @@ class Ingestor:
                 except FileError as exc:
                     settle(seq, item.source, "failed", str(exc))
 
-        self.records.set_state(job_id, "running")
-        try:
-            for work_item, result in self.pool.parse_many(work()):
-                if isinstance(result, FileError):
-                    unsupported_entry = work_item.in_archive and isinstance(result, UnsupportedTypeError)
-                    settle(
-                        work_item.seq,
-                        work_item.source,
-                        "skipped" if unsupported_entry else "failed",
-                        str(result),
-                    )
-                    continue
-                drafts = self.chunker.chunk(result)
-                if not drafts:
-                    settle(work_item.seq, work_item.source, "failed", f"{work_item.source}: no text to index")
-                    continue
-                vectors = self.embedder.encode([context_text(result.title, d.heading_path, d.text) for d in drafts])
+        pending: list[tuple[_Work, ParsedDocument, list[ChunkDraft]]] = []
+
+        def flush() -> None:
+            """Embed the chunks of several files in one call (better length sorting), then store each file."""
+            texts = [context_text(doc.title, d.heading_path, d.text) for _, doc, drafts in pending for d in drafts]
+            vectors = self.embedder.encode(texts)
+            offset = 0
+            for work_item, doc, drafts in pending:
+                part = vectors[offset : offset + len(drafts)]
+                offset += len(drafts)
                 try:
                     doc_id = self.store.add_pending_document(
                         collection,
                         job_id,
                         work_item.source,
-                        result.title,
+                        doc.title,
                         work_item.content_hash,
                         work_item.size,
                         drafts,
-                        vectors,
+                        part,
                     )
-                except sqlite3.IntegrityError:  # the same content arrived meanwhile through another job
+                except sqlite3.IntegrityError:  # the same content arrived meanwhile (this job or another)
                     settle(work_item.seq, work_item.source, "skipped", "same content ingested meanwhile")
                     continue
                 settle(work_item.seq, work_item.source, "done", None, doc_id, len(drafts))
+            pending.clear()
+
+        self.records.set_state(job_id, "running")
+        try:
+            for work_item, result in self.pool.parse_many(work()):
+                if isinstance(result, FileError):
+                    unsupported_entry = work_item.in_archive and isinstance(result, UnsupportedTypeError)
+                    state: FileState = "skipped" if unsupported_entry else "failed"
+                    settle(work_item.seq, work_item.source, state, str(result))
+                    continue
+                drafts = self.chunker.chunk(result)
+                if not drafts:
+                    settle(work_item.seq, work_item.source, "failed", f"{work_item.source}: no text to index")
+                    continue
+                pending.append((work_item, result, drafts))
+                if sum(len(p[2]) for p in pending) >= EMBED_BATCH_CHUNKS:
+                    flush()
+            flush()
             published = self.indexes.change(collection, lambda: self.store.publish(collection, job_id))
             if published.duplicates:
                 self._mark_duplicates(job_id, published.duplicates)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
+import os
 import resource
 import time
 from collections import deque
@@ -19,8 +20,10 @@ T = TypeVar("T")
 WORKER_MEMORY_BYTES = 4 * 1024**3
 
 
-def _limit_memory() -> None:
+def _init_worker() -> None:
+    """Cap the worker's memory, and let the embedding (the ingestion's critical path) win the CPU."""
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    os.nice(10)
 
 
 def _ready() -> None:
@@ -52,7 +55,7 @@ class ParserPool(Generic[T]):
 
     def _worker(self) -> multiprocessing.pool.Pool:
         if self._pool is None:
-            self._pool = multiprocessing.get_context("spawn").Pool(1, initializer=_limit_memory)
+            self._pool = multiprocessing.get_context("spawn").Pool(1, initializer=_init_worker)
             self._pool.apply(_ready)  # start-up (interpreter + parser imports) is not charged to a file
         return self._pool
 
