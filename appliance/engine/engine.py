@@ -141,8 +141,10 @@ class LLMEngine:
                 self.scheduler.finish(req, reason)
                 self.requests.pop(req.request_id, None)
                 self.outputs.remove(req.request_id)
+            queue_s = (req.first_scheduled_time or now) - req.arrival_time
             outputs.append(RequestOutput(req.request_id, text, [token], reason is not None, reason,
-                                         req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens))
+                                         req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens,
+                                         queue_s))
         self.stats.steps += 1
         self.stats.busy_seconds += time.perf_counter() - started
         return outputs

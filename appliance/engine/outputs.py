@@ -20,6 +20,7 @@ class RequestOutput:
     num_prompt_tokens: int
     num_output_tokens: int
     num_cached_tokens: int  # prompt tokens reused from the KV cache
+    queue_s: float = 0.0  # from arrival in the engine to first scheduled
 
     @property
     def num_computed_prompt_tokens(self) -> int:

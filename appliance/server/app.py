@@ -15,7 +15,7 @@ from appliance.config import Settings
 from appliance.engine.async_engine import AsyncEngine
 from appliance.server.deps import AppState
 from appliance.server.errors import install_error_handlers
-from appliance.server.routes import admin, health, openai, search
+from appliance.server.routes import admin, ask, health, openai, search
 
 if TYPE_CHECKING:
     from retrieval.service import RetrievalService
@@ -50,6 +50,6 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
     app = FastAPI(title="RAG appliance", version=__version__, lifespan=lifespan)
     app.state.appliance = state
     install_error_handlers(app)
-    for module in (health, openai, search, admin):
+    for module in (health, openai, search, ask, admin):
         app.include_router(module.router)
     return app

@@ -1,0 +1,124 @@
+"""Citations users can trust: markers constrained to the passages given, then checked against them.
+
+During decoding, `CitationConstraint` masks the logits right after an opening `[` so that only a
+passage number that exists (1..k) followed by `]` can be generated. After decoding,
+`check_citations` marks each cited sentence `supported` when its words are found in the cited passage,
+and attaches an `inferred` citation to uncited sentences that one passage clearly supports.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+
+import torch
+
+from appliance.engine.tokenizer import TextTokenizer
+from retrieval.types import Chunk
+
+_MARKER = re.compile(r"\[(\d{1,3})\]")
+_WORD = re.compile(r"[A-Za-z0-9_]+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_STOPWORDS = frozenset("""
+a an the and or but if of to in on at by for with from as is are was were be been being it its this that these
+those there here which who whom what when where why how do does did not no can could should would will shall may
+might must you your we our they their he she his her i me my
+""".split())
+
+
+class CitationConstraint:
+    """Logits processor: after `[`, only `n]` with 1 <= n <= num_passages can follow.
+
+    Works on text, so it is independent of how the tokenizer splits digits and brackets.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, num_passages: int) -> None:
+        self.tokenizer = tokenizer
+        self.valid = {str(n) for n in range(1, num_passages + 1)}
+        self.candidates = marker_tokens(tokenizer)
+
+    def open_marker(self, generated_text: str) -> str | None:
+        """The digits typed so far after an unclosed `[` at the end of the text, else None."""
+        at = generated_text.rfind("[")
+        if at == -1 or "]" in generated_text[at:]:
+            return None
+        inside = generated_text[at + 1:]
+        return inside if inside.isdigit() or inside == "" else None
+
+    def allowed(self, partial: str) -> list[int]:
+        allowed = []
+        for tid, text in self.candidates:
+            if text.isdigit():
+                number = partial + text
+                if any(v.startswith(number) for v in self.valid):
+                    allowed.append(tid)
+            elif partial in self.valid:  # a closing token
+                allowed.append(tid)
+        return allowed
+
+    def __call__(self, generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """logits: [V] for the next token of a request whose output so far is `generated`."""
+        partial = self.open_marker(self.tokenizer.decode(generated[-8:]))
+        if partial is None:
+            return logits
+        allowed = self.allowed(partial)
+        if not allowed:
+            return logits
+        masked = torch.full_like(logits, float("-inf"))
+        index = torch.tensor(allowed)
+        masked[index] = logits[index]
+        return masked
+
+
+@dataclass(frozen=True)
+class Citation:
+    n: int
+    chunk: Chunk
+    sentence: str
+    kind: str  # "cited" | "inferred"
+    supported: bool
+    overlap: float
+
+
+@functools.cache
+def marker_tokens(tokenizer: TextTokenizer) -> list[tuple[int, str]]:
+    """Tokens that can appear inside an open marker: digits, and ones that close it ("]", "].", "],", ...)."""
+    found = []
+    for tid in range(tokenizer.vocab_size):
+        text = tokenizer.decode([tid], skip_special_tokens=False)
+        if text and (text.isdigit() or text.startswith("]")) and len(text) <= 4:
+            found.append((tid, text))
+    return found
+
+
+def _content_words(text: str) -> set[str]:
+    return {w.lower() for w in _WORD.findall(text) if w.lower() not in _STOPWORDS and len(w) > 1}
+
+
+def support(sentence: str, passage: str) -> float:
+    """Share of the sentence's content words that occur in the passage (0..1)."""
+    words = _content_words(_MARKER.sub(" ", sentence))
+    if not words:
+        return 0.0
+    return len(words & _content_words(passage)) / len(words)
+
+
+def check_citations(answer: str, passages: tuple[Chunk, ...], supported_at: float = 0.5,
+                    infer_at: float = 0.75) -> list[Citation]:
+    """Citations of `answer`, one per (sentence, passage) pair, markers outside 1..k dropped."""
+    out: list[Citation] = []
+    for sentence in (s.strip() for s in _SENTENCE_END.split(answer)):
+        if not sentence:
+            continue
+        numbers = [int(m) for m in _MARKER.findall(sentence) if 1 <= int(m) <= len(passages)]
+        for n in dict.fromkeys(numbers):
+            score = support(sentence, passages[n - 1].text)
+            out.append(Citation(n, passages[n - 1], sentence, "cited", score >= supported_at, score))
+        if numbers or len(_content_words(sentence)) < 4:
+            continue
+        scores = [support(sentence, p.text) for p in passages]
+        if scores and max(scores) >= infer_at:
+            best = scores.index(max(scores))
+            out.append(Citation(best + 1, passages[best], sentence, "inferred", True, scores[best]))
+    return out
