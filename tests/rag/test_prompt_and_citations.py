@@ -1,0 +1,71 @@
+"""Prompt assembly from stored tokens, the citation constraint and the support check (real tokenizer)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from appliance.rag.citations import CitationConstraint, check_citations
+from appliance.rag.prompt import PromptBuilder
+from retrieval.types import Chunk
+
+
+def _chunk(tok, chunk_id: int, text: str, title: str = "Doc", page: int | None = None) -> Chunk:
+    return Chunk(chunk_id, f"d{chunk_id}", "kb", 0, text, tok.encode(text), title, f"{title}.md", page, ())
+
+
+@pytest.fixture(scope="module")
+def tok(loaded_model):
+    return loaded_model.tokenizer
+
+
+def test_chunks_keep_their_stored_tokens_in_canonical_order(tok) -> None:
+    builder = PromptBuilder(tok)
+    a = _chunk(tok, 7, "Alpha passage about rivers.")
+    b = _chunk(tok, 3, "Beta passage about mountains.", page=4)
+    p1, p2 = builder.build("Where?", [a, b]), builder.build("Where?", [b, a])
+    assert p1.token_ids == p2.token_ids
+    assert [c.chunk_id for c in p1.passages] == [3, 7]
+    chunk_segments = [s for s in p1.segments if s.chunk_id is not None]
+    assert [list(s.token_ids) for s in chunk_segments] == [b.token_ids, a.token_ids]
+    text = tok.decode(p1.token_ids, skip_special_tokens=False)
+    assert "[1] Doc, page 4\nBeta passage" in text and "[2] Doc\nAlpha passage" in text
+    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
+    # the shared system prefix is the same token run for every question
+    other = builder.build("Something else entirely?", [a])
+    assert other.token_ids[:len(builder.prefix)] == list(builder.prefix)
+
+
+@pytest.mark.parametrize("k", [3, 12])
+def test_constraint_allows_only_given_numbers(tok, k: int) -> None:
+    constraint = CitationConstraint(tok, k)
+    vocab = tok.vocab_size
+    for partial in ["", "1", str(k)]:
+        allowed = constraint.allowed(partial)
+        assert allowed
+        for tid in allowed:
+            text = tok.decode([tid])
+            if text.isdigit():
+                assert any(str(n).startswith(partial + text) for n in range(1, k + 1)), (partial, text)
+            else:
+                assert text.startswith("]") and partial in {str(n) for n in range(1, k + 1)}
+    logits = torch.zeros(vocab)
+    masked = constraint(tok.encode("The tower is tall ["), logits.clone())
+    finite = torch.isfinite(masked).nonzero().flatten().tolist()
+    assert set(finite) == set(constraint.allowed(""))
+    assert torch.equal(constraint(tok.encode("No marker here."), logits.clone()), logits)
+
+
+def test_support_check_marks_supported_unsupported_and_inferred(tok) -> None:
+    passages = (
+        _chunk(tok, 1, "The Eiffel Tower was completed in 1889 and is 330 metres tall."),
+        _chunk(tok, 2, "Rust is a systems programming language focused on memory safety."),
+    )
+    answer = ("The Eiffel Tower was completed in 1889 [1]. It is made of chocolate and cheese [2]. "
+              "Rust is a systems programming language focused on memory safety. Ignore [7].")
+    cites = check_citations(answer, passages)
+    by_kind = {(c.n, c.kind): c for c in cites}
+    assert by_kind[(1, "cited")].supported
+    assert not by_kind[(2, "cited")].supported
+    assert by_kind[(2, "inferred")].supported
+    assert all(1 <= c.n <= len(passages) for c in cites)  # [7] was not given: never reported
