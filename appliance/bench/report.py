@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
-from appliance.bench.engine import LABELS, OURS_PREFIX, PEERS, metrics, peer_value
+from appliance.bench.engine import BUSY_CORES, LABELS, OURS_PREFIX, PEERS, metrics, peer_value
 from appliance.bench.machine import machine_markdown
 
 BENCHMARKS_FILE = "BENCHMARKS.md"
@@ -52,6 +52,11 @@ def metric_label(metric: str) -> str:
     return "peak RSS (MiB)"
 
 
+def _label(system: str, res: dict[str, Any]) -> str:
+    """The system's name, starred when other processes disturbed its measurement."""
+    return LABELS.get(system, system) + (" *" if res.get("other_load_cores", 0.0) > BUSY_CORES else "")
+
+
 def _fmt(value: float | None, ratio: bool = False) -> str:
     if value is None:
         return "—"
@@ -62,10 +67,11 @@ def _fmt(value: float | None, ratio: bool = False) -> str:
 
 def engine_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per metric; absolute figures per system, then ours/peer ratios."""
-    systems = {name: res for name, res in result["systems"].items() if res.get("available")}
-    ours = [s for s in systems if s.startswith(OURS_PREFIX)]
-    peers = [p for p in PEERS if p in systems]
-    header = ["metric", *(LABELS.get(s, s) for s in systems)]
+    available = {name: res for name, res in result["systems"].items() if res.get("available")}
+    ours = [s for s in available if s.startswith(OURS_PREFIX)]
+    peers = [p for p in PEERS if p in available]
+    systems = {name: available[name] for name in ours + peers}
+    header = ["metric", *(_label(s, r) for s, r in systems.items())]
     header += [f"{s.removeprefix(OURS_PREFIX)}/{p}" for p in peers for s in ours]
     keys = list(dict.fromkeys(k for res in systems.values() for k in metrics(res)))
     keys.sort(key=lambda k: k == "peak_rss_mib")
@@ -131,6 +137,11 @@ def engine_markdown(result: dict[str, Any], plot_note: str) -> str:
     missing = [(n, r["reason"]) for n, r in result["systems"].items() if not r.get("available")]
     if missing:
         lines += ["", "Not measured:", "", *(f"- {LABELS.get(n, n)}: {reason}" for n, reason in missing)]
+    busy = [f"{LABELS.get(n, n)} {r['other_load_cores']:.2f}" for n, r in result["systems"].items()
+            if r.get("available") and "other_load_cores" in r]
+    if busy:
+        lines += ["", "Other processes' CPU use while each system ran (cores; near 0 = undisturbed, "
+                  f"* above {BUSY_CORES}): " + ", ".join(busy) + "."]
     loads = [f"{LABELS.get(n, n)} {r['load_s']:.1f} s"
              for n, r in result["systems"].items() if r.get("available")]
     lines += ["", "Load time: " + ", ".join(loads) + ".", "", plot_note, "", "Machine:", "",
