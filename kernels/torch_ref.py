@@ -22,7 +22,7 @@ class TorchPlan:
     fresh: list[tuple[int, int]] = field(default_factory=list)  # token ranges [start, end)
     decode_rows: torch.Tensor | None = None  # [Bd] token index of each single-token query
     decode_slots: torch.Tensor | None = None  # [Bd, L] cache slots of each sequence's keys (padded)
-    decode_mask: torch.Tensor | None = None  # [Bd, 1, 1, L] bool, True where the key is visible
+    decode_bias: torch.Tensor | None = None  # [Bd, 1, 1, L] float32: 0 where the key is visible, -inf elsewhere
     chunks: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     # (start, end, slots [L], mask [q, L])
 
@@ -57,7 +57,8 @@ class TorchAttention(AttentionBackend):
             tables = batch.block_tables[decode]  # [Bd, max_blocks]
             plan.decode_slots = tables.gather(1, (idx // batch.block_size).expand(len(decode), -1)) \
                 * batch.block_size + idx % batch.block_size  # [Bd, L]
-            plan.decode_mask = (idx[None, :] < lens[:, None])[:, None, None, :]
+            hidden = idx[None, :] >= lens[:, None]
+            plan.decode_bias = torch.zeros(hidden.shape).masked_fill(hidden, float("-inf"))[:, None, None, :]
             plan.decode_rows = torch.tensor([batch.query_start_loc[i] for i in decode])
         return plan
 
@@ -74,13 +75,23 @@ class TorchAttention(AttentionBackend):
         for start, end, slots, mask in plan.chunks:
             out[start:end] = _sdpa(q[start:end], k_flat[slots], v_flat[slots], mask, causal=False)
         if plan.decode_rows is not None:
-            qd = q[plan.decode_rows].unsqueeze(2)  # [Bd, H, 1, D]
-            kd = k_flat[plan.decode_slots].transpose(1, 2)  # [Bd, KVH, L, D]
-            vd = v_flat[plan.decode_slots].transpose(1, 2)
-            od = F.scaled_dot_product_attention(qd, kd.to(q.dtype), vd.to(q.dtype), attn_mask=plan.decode_mask,
-                                                enable_gqa=True)
-            out[plan.decode_rows] = od.squeeze(2)
+            out[plan.decode_rows] = _decode_attention(q[plan.decode_rows], k_flat, v_flat, plan)
         return out
+
+
+def _decode_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor, plan: TorchPlan) -> torch.Tensor:
+    """Single-token queries, batched. q: [Bd, H, D] -> [Bd, H, D].
+
+    Written as two grouped matmuls with a float32 softmax: the query heads sharing a KV head are stacked,
+    so keys are never repeated; on CPU this is several times faster than SDPA for one query row in bf16.
+    """
+    bd, heads, dim = q.shape
+    kv_heads = k_flat.shape[1]
+    qg = q.view(bd, kv_heads, heads // kv_heads, dim)  # [Bd, KVH, G, D]
+    k = k_flat[plan.decode_slots].permute(0, 2, 3, 1)  # [Bd, KVH, D, L]
+    v = v_flat[plan.decode_slots].transpose(1, 2)  # [Bd, KVH, L, D]
+    scores = torch.matmul(qg, k).float() * dim ** -0.5 + plan.decode_bias  # [Bd, KVH, G, L]
+    return torch.matmul(scores.softmax(-1).to(v.dtype), v).view(bd, heads, dim)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
