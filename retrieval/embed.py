@@ -11,6 +11,7 @@ import functools
 import importlib.util
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -64,6 +65,7 @@ class Embedder:
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
         self._autocast_dtype: object = None
+        self._query_pool: ThreadPoolExecutor | None = None
 
     def _load(self) -> SentenceTransformer:
         with self._lock:
@@ -89,6 +91,20 @@ class Embedder:
                 model.half()
             self._model = model
             return model
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """Like `encode`, for a few short texts (search queries): run on threads limited to one intra-op
+        thread each. A query gains nothing from parallel matmuls, and with OpenMP a busy CPU turns every
+        parallel region into a wait for a descheduled thread (measured here: 7.5 ms on one thread vs
+        770 ms on two with the machine loaded)."""
+        with self._lock:
+            if self._query_pool is None:
+                import torch
+
+                self._query_pool = ThreadPoolExecutor(
+                    2, "embed-query", initializer=torch.set_num_threads, initargs=(1,)
+                )
+        return self._query_pool.submit(self.encode, texts).result()
 
     @property
     def device(self) -> str:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from retrieval.index import VectorIndex
 from retrieval.lexical import LexicalIndex
@@ -56,12 +56,33 @@ class IndexManager:
         return FileLock(str(self.root / f"{collection}.lock"), timeout=600)
 
     def get(self, collection: str, version: int) -> CollectionIndex:
-        """The collection's indexes at the store's `version` (reloaded/rebuilt when behind)."""
+        """The collection's indexes at the store's `version`, reloaded or rebuilt when this process is behind.
+
+        While another thread or process is changing the collection's indexes, a search does not wait: it
+        gets the indexes this process already has (they never hold half a document; hits are checked
+        against the store), and the next search after the change picks the new snapshot up.
+        """
         current = self._loaded.get(collection)
         if current is not None and current.version == version:
             return current
-        with self._thread_lock(collection), self._file_lock(collection):
-            return self._sync(collection)
+        if current is None:
+            with self._thread_lock(collection), self._file_lock(collection):
+                return self._sync(collection)
+        thread_lock = self._thread_lock(collection)
+        if not thread_lock.acquire(blocking=False):
+            return current
+        try:
+            file_lock = self._file_lock(collection)
+            try:
+                file_lock.acquire(timeout=0)
+            except Timeout:
+                return current
+            try:
+                return self._sync(collection)
+            finally:
+                file_lock.release()
+        finally:
+            thread_lock.release()
 
     def check(self, collection: str) -> CollectionIndex:
         """Load the collection's snapshot, verify it against the store, rebuild it if it differs."""

@@ -195,7 +195,7 @@ class RetrievalService:
         if not query.strip() or k <= 0:
             return []
         indexes = [self.indexes.get(name, versions[name]) for name in names]
-        vector = self.embedder.encode([query])[0] if mode != "bm25" else None
+        vector = self.embedder.encode_queries([query])[0] if mode != "bm25" else None
         ranked = fuse(indexes, vector, query, k + 4, mode)
         chunks = self.store.chunks([cid for cid, _ in ranked])
         return [Hit(chunks[cid], score) for cid, score in ranked if cid in chunks][:k]

@@ -4,10 +4,12 @@ and a second process-like instance seeing new documents without a restart."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from appliance.engine.tokenizer import TextTokenizer
 from retrieval.errors import ConflictError, InvalidNameError, NotFoundError
@@ -214,3 +216,24 @@ def _parsed_markdown(text: str):  # noqa: ANN202
     from retrieval.parse.md import parse_md
 
     return parse_md(text.encode(), "x.md")
+
+
+def test_search_serves_the_loaded_index_while_another_writer_holds_the_lock(
+    tmp_path: Path, tokenizer: TextTokenizer
+) -> None:
+    data = tmp_path / "data"
+    server = RetrievalService.open(data, tokenizer)
+    cli = RetrievalService.open(data, tokenizer)
+    try:
+        cli.ingest_paths("c", [_write(tmp_path, "one.md", b"# One\n\nVolcanoes erupt molten lava.")])
+        assert server.search("lava", ["c"], k=1)
+        cli.ingest_paths("c", [_write(tmp_path, "two.md", b"# Two\n\nGlaciers carve deep valleys.")])
+        with FileLock(str(data / "indexes" / "c.lock")):  # another process in the middle of an index write
+            start = time.monotonic()
+            stale = server.search("glacier valleys", ["c"], k=5)
+            assert time.monotonic() - start < 5
+            assert all("Glaciers" not in h.chunk.text for h in stale)
+        assert "Glaciers" in server.search("glacier valleys", ["c"], k=1)[0].chunk.text
+    finally:
+        server.close()
+        cli.close()
