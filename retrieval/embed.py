@@ -13,7 +13,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -64,7 +64,7 @@ class Embedder:
         self.batch_size = batch_size
         self._model: SentenceTransformer | None = None
         self._lock = threading.Lock()
-        self._autocast_dtype: object = None
+        self._autocast_dtype: Any = None  # torch.dtype once loaded
         self._query_pool: ThreadPoolExecutor | None = None
 
     def _load(self) -> SentenceTransformer:

@@ -9,6 +9,7 @@ GPU copy (imported lazily; CPU-only machines never touch it).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import faiss
 import numpy as np
@@ -19,7 +20,7 @@ HNSW_EF_SEARCH = 64
 
 
 @functools.cache
-def _gpu_resources() -> object | None:
+def _gpu_resources() -> Any:
     if not hasattr(faiss, "StandardGpuResources"):
         return None
     try:
@@ -32,13 +33,13 @@ def _gpu_resources() -> object | None:
 class VectorIndex:
     """Copy-on-write: `with_changes` returns a new index, so searches on the old one stay safe."""
 
-    def __init__(self, index: faiss.Index, tombstones: np.ndarray | None = None) -> None:
+    def __init__(self, index: Any, tombstones: np.ndarray | None = None) -> None:
         self.index = index
         self.tombstones = np.zeros(0, dtype=np.int64) if tombstones is None else tombstones
         self._selector = None
         if len(self.tombstones):
             self._selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.tombstones))
-        self._gpu: faiss.Index | None = None
+        self._gpu: Any = None
         if self.is_exact and (res := _gpu_resources()) is not None:
             self._gpu = faiss.index_cpu_to_gpu(res, 0, self.index)
 
@@ -49,11 +50,11 @@ class VectorIndex:
     @classmethod
     def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray | None, hnsw_threshold: int) -> VectorIndex:
         if len(ids) >= hnsw_threshold:
-            inner: faiss.Index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            inner: Any = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         else:
             inner = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIDMap2(inner)
+        index: Any = faiss.IndexIDMap2(inner)
         if vectors is not None and len(ids):
             index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
         return cls(index)
@@ -88,7 +89,7 @@ class VectorIndex:
                 ids = np.concatenate([ids, add_ids])
                 vectors = np.concatenate([vectors, add_vectors])
             return VectorIndex.build(self.dim, ids, vectors, hnsw_threshold)
-        index = faiss.clone_index(self.index)
+        index: Any = faiss.clone_index(self.index)
         tombstones = self.tombstones
         if len(remove_ids):
             if self.is_exact:
@@ -109,7 +110,8 @@ class VectorIndex:
             return self._gpu.search(queries, k)
         params = None
         if not self.is_exact:
-            params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k), sel=self._selector)
+            hnsw_params: Any = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing from faiss's stubs
+            params = hnsw_params(efSearch=max(HNSW_EF_SEARCH, k), sel=self._selector)
         return self.index.search(queries, k, params=params)
 
     def to_bytes(self) -> bytes:

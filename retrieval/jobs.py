@@ -111,7 +111,7 @@ class Ingestor:
 
         def prepare(seq: int, source: str, data: bytes, in_archive: bool) -> Iterator[tuple[_Work, str, bytes]]:
             digest = hashlib.sha256(data).hexdigest()
-            same = self.store.find_document(collection, content_hash=digest)
+            same = self.store.find_document(collection, digest)
             if same is not None:
                 reason = "unchanged" if same.source == source else f"same content as {same.source}"
                 settle(seq, source, "skipped", reason, same.doc_id, same.chunks)

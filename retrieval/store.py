@@ -175,18 +175,12 @@ class Store:
         )
         return [_document(row) for row in rows]
 
-    def find_document(
-        self, collection: str, *, content_hash: str | None = None, source: str | None = None
-    ) -> Document | None:
-        """A document (ready, or pending in any job) with this content hash, or a ready one at `source`."""
-        if content_hash is not None:
-            sql, arg = "content_hash = ?", content_hash
-        else:
-            sql, arg = "source = ? AND state = 'ready'", source
+    def find_document(self, collection: str, content_hash: str) -> Document | None:
+        """A document of the collection (ready, or pending in any job) with this content hash."""
         rows = self.query(
             "SELECT doc_id, collection, source, title, content_hash, size, chunks, state, created_at "
-            f"FROM documents WHERE collection = ? AND {sql} LIMIT 1",
-            (collection, arg),
+            "FROM documents WHERE collection = ? AND content_hash = ? LIMIT 1",
+            (collection, content_hash),
         )
         return _document(rows[0]) if rows else None
 

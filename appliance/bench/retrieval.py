@@ -119,7 +119,7 @@ def _latency(service: RetrievalService, collection: str, queries: list[str], rep
 def _recall(
     service: RetrievalService, collection: str, questions: list[dict[str, str]], k: int = 5
 ) -> dict[str, float]:
-    out = {}
+    out: dict[str, float] = {}
     for mode in MODES:
         found = sum(
             any(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json as jsonlib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -36,7 +36,7 @@ def open_service(data_dir: Path | None, model: str | None, embedder: str | None,
     """The retrieval service of the configured data dir, chunking with the configured LLM's tokenizer."""
     from appliance.engine.loader import load_tokenizer
 
-    overrides = {"data_dir": data_dir, "model": model, "embedder": embedder}
+    overrides: dict[str, Any] = {"data_dir": data_dir, "model": model, "embedder": embedder}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     tokenizer = load_tokenizer(settings.model, data_dir=settings.data_dir)
     return RetrievalService.open(

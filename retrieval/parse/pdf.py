@@ -27,6 +27,8 @@ def _outline_starts(reader: PdfReader) -> list[tuple[int, tuple[str, ...]]]:
                 page = reader.get_destination_page_number(item)
             except Exception:  # broken destinations are common; the entry is just skipped
                 continue
+            if page is None:
+                continue
             last = (*path, str(item.title).strip())
             starts.append((page, last))
 
