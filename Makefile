@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.setup-done
 PYTHON ?= python3
 
-.PHONY: setup run test lint typecheck unit bench-engine clean
+.PHONY: setup run test lint typecheck unit bench-engine bench-retrieval clean
 
 setup: $(STAMP)
 
@@ -33,7 +33,12 @@ unit: setup
 test: lint typecheck unit
 
 bench-engine: setup
+	$(PIP) install --quiet '.[bench]'   # llama-cpp-python builds from source (several minutes)
 	$(VENV)/bin/appliance bench engine
+
+bench-retrieval: setup
+	test -d /usr/share/doc/python3.11/html/library || apt-get install -y python3.11-doc
+	$(VENV)/bin/appliance bench retrieval
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

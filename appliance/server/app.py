@@ -36,8 +36,9 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
         if opened_here:
             from retrieval.service import RetrievalService
 
+            device = "cpu" if settings.device == "cpu" else "auto"
             state.retrieval = await asyncio.to_thread(
-                RetrievalService.open, settings.data_dir, engine.tokenizer, settings.embedder)
+                RetrievalService.open, settings.data_dir, engine.tokenizer, settings.embedder, device=device)
         state.ready = True
         try:
             yield
