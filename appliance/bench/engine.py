@@ -446,6 +446,8 @@ def bench_engine(
     docs: Annotated[bool, typer.Option("--docs/--no-docs", help="update docs/BENCHMARKS.md + plot")] = True,
     wait_idle: Annotated[float, typer.Option(help="seconds to wait for an idle machine before each system")
                          ] = 120.0,
+    busy_retries: Annotated[int, typer.Option(min=0, help="reruns of a system that other work disturbed")
+                            ] = 1,
 ) -> None:
     """Prefill, decode and concurrent decode tokens/s and peak memory: ours vs transformers and llama.cpp."""
     from rich.console import Console
@@ -458,7 +460,7 @@ def bench_engine(
                       "will slow every system; run on an idle machine for figures worth keeping[/yellow]")
     result = run_engine_bench(_systems_for(vs, dtypes), repeats=repeats, decode_tokens=decode_tokens,
                               progress=lambda msg: console.print(f"[dim]{msg}[/dim]"), wait_idle_s=wait_idle,
-                              busy_retries=2)
+                              busy_retries=busy_retries)
     console.print(engine_rich_table(result))
     if json_file is not None:
         json_file.write_text(json.dumps(result, indent=2))
