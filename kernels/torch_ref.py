@@ -70,10 +70,18 @@ class TorchAttention(AttentionBackend):
         k_flat.index_copy_(0, plan.slot_mapping, k.to(k_flat.dtype))
         v_flat.index_copy_(0, plan.slot_mapping, v.to(v_flat.dtype))
         out = torch.empty_like(q)
+        low_precision = q.dtype != torch.float32
         for start, end in plan.fresh:
-            out[start:end] = _sdpa(q[start:end], k[start:end], v[start:end], None, causal=True)
+            if low_precision and end - start > _BLOCK:
+                out[start:end] = _blocked_attention(q[start:end], k[start:end], v[start:end], 0)
+            else:
+                out[start:end] = _sdpa(q[start:end], k[start:end], v[start:end], None, causal=True)
         for start, end, slots, mask in plan.chunks:
-            out[start:end] = _sdpa(q[start:end], k_flat[slots], v_flat[slots], mask, causal=False)
+            if low_precision and end - start > _BLOCK:
+                context = len(slots) - (end - start)
+                out[start:end] = _blocked_attention(q[start:end], k_flat[slots], v_flat[slots], context)
+            else:
+                out[start:end] = _sdpa(q[start:end], k_flat[slots], v_flat[slots], mask, causal=False)
         if plan.decode_rows is not None:
             out[plan.decode_rows] = _decode_attention(q[plan.decode_rows], k_flat, v_flat, plan)
         return out
@@ -92,6 +100,35 @@ def _decode_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tenso
     v = v_flat[plan.decode_slots].transpose(1, 2)  # [Bd, KVH, L, D]
     scores = torch.matmul(qg, k).float() * dim ** -0.5 + plan.decode_bias  # [Bd, KVH, G, L]
     return torch.matmul(scores.softmax(-1).to(v.dtype), v).view(bd, heads, dim)
+
+
+_BLOCK = 256  # query rows per block in `_blocked_attention`
+
+
+def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: int) -> torch.Tensor:
+    """Causal attention of a chunk whose first query sits right after `context` cached keys.
+
+    q: [Q, H, D]; k/v: [context + Q, KVH, D] -> [Q, H, D]. Blocks of query rows against the keys they may
+    see, as bf16 batched matmuls (the query heads of one KV head stacked) with a float32 softmax: on CPU,
+    bf16 GEMMs run several times faster than SDPA's bf16 kernel for long prompts.
+    """
+    n, heads, dim = q.shape
+    kv_heads = k.shape[1]
+    group = heads // kv_heads
+    qg = q.view(n, kv_heads, group, dim).permute(1, 2, 0, 3)  # [KVH, G, Q, D]
+    kt = k.permute(1, 2, 0)  # [KVH, D, L]
+    vt = v.transpose(0, 1)  # [KVH, L, D]
+    out = torch.empty_like(q)
+    for start in range(0, n, _BLOCK):
+        end = min(start + _BLOCK, n)
+        rows, keys = end - start, context + end
+        scores = torch.bmm(qg[:, :, start:end].reshape(kv_heads, group * rows, dim), kt[:, :, :keys])
+        scores = scores.float().view(kv_heads, group, rows, keys) * dim ** -0.5  # [KVH, G, rows, keys]
+        future = torch.arange(keys)[None, :] > torch.arange(context + start, context + end)[:, None]
+        probs = scores.masked_fill_(future, float("-inf")).softmax(-1).to(v.dtype)
+        block = torch.bmm(probs.view(kv_heads, group * rows, keys), vt[:, :keys])  # [KVH, G*rows, D]
+        out[start:end] = block.view(kv_heads, group, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads, dim)
+    return out
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, causal: bool
