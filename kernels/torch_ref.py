@@ -95,14 +95,19 @@ def _decode_attention(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tenso
     """
     bd, heads, dim = q.shape
     kv_heads = k_flat.shape[1]
-    qg = q.view(bd, kv_heads, heads // kv_heads, dim)  # [Bd, KVH, G, D]
-    k = k_flat[plan.decode_slots].permute(0, 2, 3, 1)  # [Bd, KVH, D, L]
-    v = v_flat[plan.decode_slots].transpose(1, 2)  # [Bd, KVH, L, D]
+    slots = plan.decode_slots  # [Bd, L]
+    assert slots is not None and plan.decode_bias is not None
+    # Small problems run faster in float32 on CPU (bf16 matmul setup dominates); large ones in q's dtype.
+    dtype = torch.float32 if slots.numel() <= _SMALL_DECODE else q.dtype
+    qg = q.view(bd, kv_heads, heads // kv_heads, dim).to(dtype)  # [Bd, KVH, G, D]
+    k = k_flat[slots].permute(0, 2, 3, 1).to(dtype)  # [Bd, KVH, D, L]
+    v = v_flat[slots].transpose(1, 2).to(dtype)  # [Bd, KVH, L, D]
     scores = torch.matmul(qg, k).float() * dim ** -0.5 + plan.decode_bias  # [Bd, KVH, G, L]
-    return torch.matmul(scores.softmax(-1).to(v.dtype), v).view(bd, heads, dim)
+    return torch.matmul(scores.softmax(-1).to(dtype), v).view(bd, heads, dim).to(q.dtype)
 
 
 _BLOCK = 256  # query rows per block in `_blocked_attention`
+_SMALL_DECODE = 4096  # decode batches with at most this many (sequence, key) pairs compute in float32
 
 
 def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: int) -> torch.Tensor:

@@ -73,7 +73,9 @@ class CausalLM:
         self.dtype, self.device = dtype, device
         self.embed = weights["model.embed_tokens.weight"].to(dtype=dtype, device=device)  # [V, hidden]
         head = weights.get("lm_head.weight")
-        self.lm_head = self.embed if cfg.tie_word_embeddings or head is None else head.to(dtype=dtype, device=device)
+        head_dense = self.embed if cfg.tie_word_embeddings or head is None else head.to(dtype=dtype, device=device)
+        # only sampled rows reach the head, so it always runs as a small batch; int8 halves what decode reads
+        self.lm_head = Linear(head_dense, small_batch=small_batch, int8=small_batch > 0)
         self.norm = weights["model.norm.weight"].to(dtype=dtype, device=device)
         self.layers = [DecoderLayer(cfg, weights, int4 or {}, f"model.layers.{i}.", dtype, device, small_batch)
                        for i in range(cfg.num_layers)]
@@ -91,4 +93,4 @@ class CausalLM:
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> float32 logits [N, V]."""
-        return F.linear(hidden, self.lm_head).float()
+        return self.lm_head(hidden).float()

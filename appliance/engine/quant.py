@@ -62,26 +62,40 @@ def int4_from_gguf(raw: np.ndarray, qtype: int, rows: int, cols: int) -> Int4Wei
 
 
 class Linear:
-    """y = x W^T (+ b), with W dense and optionally also as packed int4 for batches of few tokens."""
+    """y = x W^T (+ b). W is dense; batches of at most `small_batch` tokens read a compact copy instead:
+    the GGUF's exact 4-bit blocks when given (`int4`), else, with `int8=True`, W quantized per output row."""
 
     def __init__(self, dense: torch.Tensor, bias: torch.Tensor | None = None, int4: Int4Weight | None = None,
-                 small_batch: int = 0) -> None:
+                 small_batch: int = 0, int8: bool = False) -> None:
         self.dense = dense  # [N, K]
         self.bias = bias
         self.small_batch = small_batch
         self.packed: torch.Tensor | None = None
         self.scales_zeros: torch.Tensor | None = None
-        if int4 is not None and small_batch > 0 and dense.shape[0] % 16 == 0:  # the kernel packs 16 rows at once
+        self.int8: torch.Tensor | None = None
+        self.int8_scale: torch.Tensor | None = None
+        if small_batch <= 0:
+            return
+        if int4 is not None and dense.shape[0] % 16 == 0:  # the kernel packs 16 rows at once
             self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(int4.q.to(torch.int32), 1)
             # [K // 32, N, 2] (scale, zero) in the activation dtype
             self.scales_zeros = torch.stack([int4.scale, int4.zero], -1).transpose(0, 1).contiguous().to(dense.dtype)
+        elif int8:
+            scale = dense.float().abs().amax(dim=1).clamp(min=1e-12) / 127  # [N]
+            self.int8 = (dense.float() / scale[:, None]).round().to(torch.int8)  # [N, K]
+            self.int8_scale = scale.to(dense.dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, K] -> [T, N]."""
-        if self.packed is not None and x.shape[0] <= self.small_batch:
+        if x.shape[0] > self.small_batch:
+            return F.linear(x, self.dense, self.bias)
+        if self.packed is not None:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_zeros)
-            return y if self.bias is None else y + self.bias
-        return F.linear(x, self.dense, self.bias)
+        elif self.int8 is not None:
+            y = torch.ops.aten._weight_int8pack_mm(x, self.int8, self.int8_scale)
+        else:
+            return F.linear(x, self.dense, self.bias)
+        return y if self.bias is None else y + self.bias
 
 
 @functools.cache
