@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +10,7 @@ import typer
 from rich.console import Console
 
 from appliance.bench.engine import bench_engine
+from appliance.commands.ask import ask
 from appliance.commands.retrieval import ingest, search
 from appliance.config import Settings
 from appliance.errors import ApplianceError
@@ -22,6 +22,7 @@ bench_app = typer.Typer(help="Measure the appliance against its peers (figures g
 app.add_typer(bench_app, name="bench")
 app.command("ingest")(ingest)
 app.command("search")(search)
+app.command("ask")(ask)
 bench_app.command("engine")(bench_engine)
 err = Console(stderr=True)
 
@@ -56,13 +57,12 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Start the HTTP server (OpenAI-compatible API, search, ask, admin and the web UI)."""
-    import uvicorn
-
     from appliance.engine.async_engine import AsyncEngine
     from appliance.engine.engine import LLMEngine
-    from appliance.server.app import create_app
+    from appliance.server.app import create_app, serve_app
+    from appliance.server.logging import configure_logging
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level)
     try:
         settings = load_settings(host=host, port=port, data_dir=data_dir, model=model, device=device, dtype=dtype)
     except ValueError as exc:
@@ -76,8 +76,7 @@ def serve(
     except ApplianceError as exc:
         raise fail(str(exc)) from None
     async_engine = AsyncEngine(engine, settings.max_queue)
-    uvicorn.run(create_app(settings, async_engine, engine.model_name), host=settings.host, port=settings.port,
-                log_level=log_level)
+    serve_app(create_app(settings, async_engine, engine.model_name), settings.host, settings.port, log_level)
 
 
 @bench_app.command("retrieval")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -15,7 +16,11 @@ from appliance.config import Settings
 from appliance.engine.async_engine import AsyncEngine
 from appliance.server.deps import AppState
 from appliance.server.errors import install_error_handlers
-from appliance.server.routes import admin, ask, health, openai, search
+from appliance.server.logging import RequestIdMiddleware
+from appliance.server.metrics import Metrics
+from appliance.server.metrics import router as metrics_router
+from appliance.server.routes import admin, ask, health, openai, openai_embeddings, search, usage
+from appliance.server.usage import UsageBook
 
 if TYPE_CHECKING:
     from retrieval.service import RetrievalService
@@ -50,7 +55,41 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
 
     app = FastAPI(title="RAG appliance", version=__version__, lifespan=lifespan)
     app.state.appliance = state
+    state.extras.update(metrics=Metrics(state), usage=UsageBook())
+    app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
-    for module in (health, openai, search, ask, admin):
+    app.include_router(metrics_router)
+    for module in (health, openai, openai_embeddings, search, ask, admin, usage):
         app.include_router(module.router)
     return app
+
+
+def serve_app(app: FastAPI, host: str, port: int, log_level: str = "info", grace_s: float = 10.0) -> None:
+    """Serve `app` until SIGINT or SIGTERM, then stop gracefully and return (the process exits 0).
+
+    On the signal `/ready` answers 503 at once and the listening socket closes; requests in flight get
+    `grace_s` seconds to finish (streams still running then are cancelled, which aborts their engine
+    requests and frees their KV blocks); then the lifespan closes the engine and the store.
+    """
+    import signal
+
+    import uvicorn
+
+    state: AppState = app.state.appliance
+
+    class _DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            state.ready = False
+            log.info("signal %d: draining (grace period %.0f s)", sig, grace_s)
+            super().handle_exit(sig, frame)
+
+    server = _DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                            timeout_graceful_shutdown=grace_s))
+    # uvicorn re-raises the caught signal after its shutdown, under the handler it found at start: make that
+    # a no-op, so that a graceful stop returns from run() instead of killing the process by the signal
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from appliance.engine.sampling import SamplingParams
+
 
 class ContentPart(BaseModel):
     type: Literal["text"] = "text"
@@ -26,13 +28,20 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class RagOptions(BaseModel):
+    """`"rag": {"collection": C, "k": N}`: answer from collection C's top-N passages, with citations."""
+
+    collection: str = Field(min_length=1, max_length=64)
+    k: int = Field(default=5, ge=1, le=20)
+
+
+class _GenerationRequest(BaseModel):
+    """Fields shared by chat and text completions."""
+
     model: str | None = None
-    messages: list[ChatMessageIn] = Field(min_length=1, max_length=512)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1, le=32768)
-    max_completion_tokens: int | None = Field(default=None, ge=1, le=32768)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
@@ -41,7 +50,36 @@ class ChatCompletionRequest(BaseModel):
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
 
-    def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop[:8])
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def sampling_params(self, max_tokens: int | None = None) -> SamplingParams:
+        """The engine's sampling parameters (`max_tokens` defaults to 512)."""
+        stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop[:8])
+        return SamplingParams(max_tokens=max_tokens or self.max_tokens or 512, temperature=self.temperature,
+                              top_p=self.top_p, top_k=self.top_k, seed=self.seed, stop=stop)
+
+
+class ChatCompletionRequest(_GenerationRequest):
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=512)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=32768)
+    rag: RagOptions | None = None
+
+    def last_user_message(self) -> str | None:
+        return next((m.text() for m in reversed(self.messages) if m.role == "user"), None)
+
+
+class CompletionRequest(_GenerationRequest):
+    prompt: str | list[int] = Field(min_length=1, max_length=200_000)
+    max_tokens: int | None = Field(default=16, ge=1, le=32768)  # OpenAI's default for completions
+
+
+class EmbeddingRequest(BaseModel):
+    model: str | None = None
+    input: str | list[str] = Field(min_length=1, max_length=2048)
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else self.input

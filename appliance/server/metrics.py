@@ -1,0 +1,167 @@
+"""Prometheus metrics with vLLM's names plus `rag_*`, in one registry per app (so several apps can live in
+one process), and the timed view of the engine that every route and the ask pipeline generate through.
+
+Histograms and per-request counters are observed as requests run; gauges and the engine's running totals
+are read from the engine and the store at scrape time by a custom collector. Labels: `model_name` only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from appliance.engine.outputs import RequestOutput
+from appliance.engine.sampling import SamplingParams
+from appliance.server.deps import AppState, get_state
+from appliance.server.errors import ApiError
+
+if TYPE_CHECKING:
+    from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.tokenizer import TextTokenizer
+
+router = APIRouter()
+
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                 20.0, 40.0, 80.0, 160.0, 640.0)
+_ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0)
+_E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+                480.0, 960.0)
+_RETRIEVAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """The app's metrics. `state` is read at scrape time (engine counters, ingestion jobs in the store)."""
+
+    def __init__(self, state: AppState) -> None:
+        self.registry = CollectorRegistry()
+        model = state.model_name
+        labels = ("model_name",)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, labels, registry=self.registry, buckets=buckets).labels(model)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, labels, registry=self.registry).labels(model)
+
+        self.ttft = histogram("vllm:time_to_first_token_seconds", "Time to first token", _TTFT_BUCKETS)
+        self.itl = histogram("vllm:inter_token_latency_seconds", "Time between streamed tokens", _ITL_BUCKETS)
+        self.e2e = histogram("vllm:e2e_request_latency_seconds", "End-to-end request latency", _E2E_BUCKETS)
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Prompt tokens of finished requests")
+        self.retrieval = histogram("rag_retrieval_latency_seconds", "Retrieval time of a question",
+                                   _RETRIEVAL_BUCKETS)
+        self.tokens_reused = counter("rag_tokens_reused", "Prompt tokens of questions reused from the KV cache")
+        self.tokens_computed = counter("rag_tokens_computed", "Prompt tokens of questions computed")
+        self.registry.register(_LiveCollector(state))
+
+    def observe_rag(self, retrieval_s: float, tokens_reused: int, tokens_computed: int) -> None:
+        self.retrieval.observe(retrieval_s)
+        self.tokens_reused.inc(tokens_reused)
+        self.tokens_computed.inc(tokens_computed)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    """Gauges and running totals read from the engine and the store when Prometheus scrapes."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        model = self.state.model_name
+        if self.state.engine is not None:
+            engine = self.state.engine.engine
+            bm = engine.block_manager
+            for name, doc, value in (
+                ("vllm:num_requests_running", "Requests in the running batch", engine.num_running),
+                ("vllm:num_requests_waiting", "Requests waiting to be scheduled", engine.num_waiting),
+                ("vllm:kv_cache_usage_perc", "Share of KV cache blocks in use (0-1)", bm.usage()),
+            ):
+                gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
+                gauge.add_metric([model], value)
+                yield gauge
+            for name, doc, value in (
+                ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache", bm.prefix_queries),
+                ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache", bm.prefix_hits),
+                ("vllm:generation_tokens", "Tokens generated", engine.stats.generation_tokens),
+                ("vllm:num_preemptions", "Requests preempted", engine.stats.preemptions),
+            ):
+                total = CounterMetricFamily(name, doc, labels=["model_name"])
+                total.add_metric([model], value)
+                yield total
+        if self.state.retrieval is not None:
+            yield from _ingestion(self.state)
+
+
+def _ingestion(state: AppState) -> Iterator[Metric]:
+    """Ingestion jobs by state and the ready documents and chunks, from the store (shared with other
+    processes that ingest into the same data dir)."""
+    store = state.retrieval.store
+    jobs = dict(store.query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+    for job_state in ("queued", "running", "done", "failed"):
+        gauge = GaugeMetricFamily(f"rag_ingestion_jobs_{job_state}", f"Ingestion jobs {job_state}")
+        gauge.add_metric([], jobs.get(job_state, 0))
+        yield gauge
+    docs, chunks = store.query("SELECT COUNT(*), COALESCE(SUM(chunks), 0) FROM documents WHERE state = 'ready'")[0]
+    for name, value in (("rag_ingestion_documents", docs), ("rag_ingestion_chunks", chunks)):
+        gauge = GaugeMetricFamily(name, f"Searchable {name.rsplit('_', 1)[1]}")
+        gauge.add_metric([], value)
+        yield gauge
+
+
+class MeteredEngine:
+    """`AsyncEngine.generate` timed into the latency histograms (TTFT, inter-token, end-to-end)."""
+
+    def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        return self.engine.tokenizer
+
+    async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None
+                       ) -> AsyncIterator[RequestOutput]:
+        """Same contract as `AsyncEngine.generate`; closing this stream aborts the request."""
+        m = self.metrics
+        started = time.perf_counter()
+        previous: float | None = None
+        async with aclosing(self.engine.generate(prompt, params, request_id)) as outputs:
+            async for out in outputs:
+                now = time.perf_counter()
+                if previous is None:
+                    m.ttft.observe(now - started)
+                else:
+                    m.itl.observe(now - previous)
+                previous = now
+                if out.finished:
+                    m.e2e.observe(now - started)
+                    m.prompt_tokens.inc(out.num_prompt_tokens)
+                yield out
+
+
+def metrics_of(state: AppState) -> Metrics:
+    return state.extras["metrics"]
+
+
+def engine_of(state: AppState) -> MeteredEngine:
+    """The timed engine, or 503 while the model is loading."""
+    if state.engine is None:
+        raise ApiError(503, "model_unavailable", "the model is still loading", {"Retry-After": "5"})
+    engine = state.extras.get("metered_engine")
+    if engine is None:
+        engine = state.extras["metered_engine"] = MeteredEngine(state.engine, metrics_of(state))
+    return engine
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(state: AppState = Depends(get_state)) -> Response:
+    return Response(metrics_of(state).exposition(), media_type=CONTENT_TYPE_LATEST)
