@@ -1,8 +1,9 @@
 """Structured request logs: every request gets an id (`X-Request-ID` honoured or generated), returned in
 its response and carried by every log line written while it is handled.
 
-Log lines are `key=value` text: `configure_logging` puts `request_id=...` in the format of every record
-(`-` outside a request), and the middleware writes one access line per request when it ends.
+Every log record carries `request_id` (`-` outside a request); `configure_logging` (used by `appliance
+serve`) writes it as `request_id=...` in each `key=value` line. The middleware writes one access line per
+request when it ends.
 """
 
 from __future__ import annotations
@@ -31,11 +32,16 @@ def _with_request_id(factory: Callable[..., logging.LogRecord]) -> Callable[...,
     return make
 
 
-def configure_logging(level: str = "info") -> None:
-    """Root logging to stderr with the request id in every line (idempotent)."""
+def install_request_id_records() -> None:
+    """Give every log record a `request_id` attribute (idempotent)."""
     factory = logging.getLogRecordFactory()
     if not getattr(factory, "adds_request_id", False):
         logging.setLogRecordFactory(_with_request_id(factory))
+
+
+def configure_logging(level: str = "info") -> None:
+    """Root logging to stderr with the request id in every line."""
+    install_request_id_records()
     logging.basicConfig(level=level.upper(), force=True,
                         format="%(asctime)s %(levelname)s %(name)s request_id=%(request_id)s %(message)s")
 
@@ -45,6 +51,7 @@ class RequestIdMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        install_request_id_records()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
