@@ -4,9 +4,10 @@ check, the pipeline's first event, the JSON shapes of its events, and the usage/
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
+from typing import cast
 
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError, QueueFullError, RequestError
@@ -80,14 +81,14 @@ async def open_answer(state: AppState, principal: Principal, question: str, coll
     engine = engine_of(state).engine
     if engine.num_in_flight >= engine.max_queue:  # fail fast, before retrieval and before a stream starts
         raise QueueFullError(f"the engine queue is full ({engine.max_queue} requests); retry shortly")
-    events = _pipeline(state).ask(question, [collection], k, params)
+    events = cast(AsyncGenerator[AskEvent, None], _pipeline(state).ask(question, [collection], k, params))
     with service_errors():
         sources = await anext(events)  # retrieval errors (unknown collection, ...) become JSON errors here
     assert isinstance(sources, SourcesEvent)
     return Answer(sources, _accounted(events, state, principal.key_id, collection))
 
 
-async def _accounted(events: AsyncIterator[AskEvent], state: AppState, key_id: str, collection: str
+async def _accounted(events: AsyncGenerator[AskEvent, None], state: AppState, key_id: str, collection: str
                      ) -> AsyncIterator[AskEvent]:
     async with aclosing(events):
         async for event in events:

@@ -64,7 +64,7 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
     return app
 
 
-def serve_app(app: FastAPI, host: str, port: int, log_level: str = "info", grace_s: float = 10.0) -> None:
+def serve_app(app: FastAPI, host: str, port: int, log_level: str = "info", grace_s: int = 10) -> None:
     """Serve `app` until SIGINT or SIGTERM, then stop gracefully and return (the process exits 0).
 
     On the signal `/ready` answers 503 at once and the listening socket closes; requests in flight get
@@ -80,7 +80,7 @@ def serve_app(app: FastAPI, host: str, port: int, log_level: str = "info", grace
     class _DrainingServer(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             state.ready = False
-            log.info("signal %d: draining (grace period %.0f s)", sig, grace_s)
+            log.info("signal %d: draining (grace period %d s)", sig, grace_s)
             super().handle_exit(sig, frame)
 
     server = _DrainingServer(uvicorn.Config(app, host=host, port=port, log_level=log_level,

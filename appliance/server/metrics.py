@@ -8,9 +8,9 @@ are read from the engine and the store at scrape time by a custom collector. Lab
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -25,6 +25,7 @@ from appliance.server.errors import ApiError
 if TYPE_CHECKING:
     from appliance.engine.async_engine import AsyncEngine
     from appliance.engine.tokenizer import TextTokenizer
+    from retrieval.service import RetrievalService
 
 router = APIRouter()
 
@@ -98,13 +99,13 @@ class _LiveCollector(Collector):
                 total.add_metric([model], value)
                 yield total
         if self.state.retrieval is not None:
-            yield from _ingestion(self.state)
+            yield from _ingestion(self.state.retrieval)
 
 
-def _ingestion(state: AppState) -> Iterator[Metric]:
+def _ingestion(retrieval: RetrievalService) -> Iterator[Metric]:
     """Ingestion jobs by state and the ready documents and chunks, from the store (shared with other
     processes that ingest into the same data dir)."""
-    store = state.retrieval.store
+    store = retrieval.store
     jobs = dict(store.query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
     for job_state in ("queued", "running", "done", "failed"):
         gauge = GaugeMetricFamily(f"rag_ingestion_jobs_{job_state}", f"Ingestion jobs {job_state}")
@@ -129,12 +130,13 @@ class MeteredEngine:
         return self.engine.tokenizer
 
     async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None
-                       ) -> AsyncIterator[RequestOutput]:
+                       ) -> AsyncGenerator[RequestOutput, None]:
         """Same contract as `AsyncEngine.generate`; closing this stream aborts the request."""
         m = self.metrics
         started = time.perf_counter()
         previous: float | None = None
-        async with aclosing(self.engine.generate(prompt, params, request_id)) as outputs:
+        stream = cast(AsyncGenerator[RequestOutput, None], self.engine.generate(prompt, params, request_id))
+        async with aclosing(stream) as outputs:
             async for out in outputs:
                 now = time.perf_counter()
                 if previous is None:

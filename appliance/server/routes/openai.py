@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -43,7 +43,7 @@ class _Envelope:
     """The fields every response (or chunk) of one completion shares."""
 
     prefix: str
-    object: str
+    kind: str  # the "object" field
     model: str
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
@@ -52,7 +52,7 @@ class _Envelope:
         self.id = f"{self.prefix}-{uuid.uuid4().hex[:24]}"
 
     def body(self, choices: list[dict], **extra: object) -> dict:
-        return {"id": self.id, "object": self.object, "created": self.created, "model": self.model,
+        return {"id": self.id, "object": self.kind, "created": self.created, "model": self.model,
                 "choices": choices, **extra}
 
     def sse(self, choices: list[dict], **extra: object) -> str:
@@ -68,8 +68,8 @@ def _output_usage(out: RequestOutput) -> dict:
     return _usage(out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens)
 
 
-async def _charged(outputs: AsyncIterator[RequestOutput], state: AppState, key_id: str
-                   ) -> AsyncIterator[RequestOutput]:
+async def _charged(outputs: AsyncGenerator[RequestOutput, None], state: AppState, key_id: str
+                   ) -> AsyncGenerator[RequestOutput, None]:
     """`outputs`, with the finished request charged to `key_id` in the usage book."""
     started = time.perf_counter()
     async with aclosing(outputs):
