@@ -25,7 +25,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 typecheck: setup
-	$(VENV)/bin/mypy appliance/engine kernels
+	$(VENV)/bin/mypy appliance kernels retrieval
 
 unit: setup
 	$(PY) -m pytest

@@ -17,6 +17,7 @@ single-stream rate is the comparison point for our concurrent rates (as issue 2 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import inspect
 import json
@@ -247,7 +248,7 @@ def measure_system(system: str, w: Workload) -> dict[str, Any]:
     samples: dict[str, list[float]] = {}
     for length, prompts in w.prefill.items():
         runner.prefill(prompts[0])  # warmup
-        rates = [int(length) / _timed(lambda p=p: runner.prefill(p)) for p in prompts[1:w.repeats + 1]]
+        rates = [int(length) / _timed(functools.partial(runner.prefill, p)) for p in prompts[1:w.repeats + 1]]
         samples[f"prefill_{length}"] = rates
         prefill[length] = statistics.median(rates)
     decode: dict[str, float | None] = {}

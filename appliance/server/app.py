@@ -37,12 +37,12 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        opened_here = state.retrieval is None
-        if opened_here:
+        opened: RetrievalService | None = None
+        if state.retrieval is None:
             from retrieval.service import RetrievalService
 
             device = "cpu" if settings.device == "cpu" else "auto"
-            state.retrieval = await asyncio.to_thread(
+            opened = state.retrieval = await asyncio.to_thread(
                 RetrievalService.open, settings.data_dir, engine.tokenizer, settings.embedder, device=device)
         state.ready = True
         try:
@@ -50,8 +50,8 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
         finally:
             state.ready = False
             engine.close()
-            if opened_here:
-                state.retrieval.close()
+            if opened is not None:
+                opened.close()
 
     app = FastAPI(title="RAG appliance", version=__version__, lifespan=lifespan)
     app.state.appliance = state
