@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def served(app: FastAPI, timeout_s: float = 60) -> Iterator[str]:
+    """Serve `app` with uvicorn on a free loopback port in a thread; yield its URL once /ready is 200."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
 @pytest.fixture(scope="session")
 def rag_data_dir(tmp_path_factory: pytest.TempPathFactory, loaded_model) -> Path:
     """A data dir with the collections of DOCS ingested (chunks of at most 128 tokens)."""
@@ -76,19 +99,6 @@ def rag_server(make_engine, loaded_model, rag_data_dir: Path, request: pytest.Fi
     engine = make_engine(max_num_seqs=8)
     service = RetrievalService.open(rag_data_dir, loaded_model.tokenizer, chunk_tokens=128)
     app = create_app(settings, AsyncEngine(engine, max_queue=settings.max_queue), "smollm2", retrieval=service)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield Server(url, app, engine)
-    server.should_exit = True
-    thread.join(timeout=15)
+    with served(app) as url:
+        yield Server(url, app, engine)
     service.close()

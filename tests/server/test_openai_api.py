@@ -2,47 +2,25 @@
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
 from appliance.config import Settings
 from appliance.engine.async_engine import AsyncEngine
 from appliance.server.app import create_app
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.server.conftest import served
 
 
 @pytest.fixture(scope="module")
 def base_url(make_engine, tmp_path_factory) -> Iterator[str]:
     engine = make_engine()
     settings = Settings(data_dir=tmp_path_factory.mktemp("srv"), max_queue=4)
-    app = create_app(settings, AsyncEngine(engine, max_queue=4), "smollm2")
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/ready").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(create_app(settings, AsyncEngine(engine, max_queue=4), "smollm2")) as url:
+        yield url
 
 
 @pytest.fixture
