@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from appliance.bench.engine import bench_engine
+from appliance.bench.rag import bench_rag
 from appliance.commands.ask import ask
 from appliance.commands.retrieval import ingest, search
 from appliance.config import Settings
@@ -24,6 +25,7 @@ app.command("ingest")(ingest)
 app.command("search")(search)
 app.command("ask")(ask)
 bench_app.command("engine")(bench_engine)
+bench_app.command("rag")(bench_rag)
 err = Console(stderr=True)
 
 
