@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,10 +17,11 @@ from rich.table import Table
 
 from appliance.commands.retrieval import DataDir, Embedder, Model
 from appliance.config import Settings
-from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError
-from appliance.rag.pipeline import AskPipeline, CitationsEvent, DoneEvent, SourcesEvent, TokenEvent
-from appliance.server.answers import Answer, citations_json, collect, done_json, sources_json
+
+if TYPE_CHECKING:  # the engine (torch) loads only when the command runs, so `appliance --help` stays fast
+    from appliance.engine.sampling import SamplingParams
+    from appliance.rag.pipeline import AskPipeline
 
 console = Console()
 err = Console(stderr=True)
@@ -28,6 +29,9 @@ err = Console(stderr=True)
 
 async def _answer(pipeline: AskPipeline, question: str, collection: str, k: int, params: SamplingParams,
                   as_json: bool) -> None:
+    from appliance.rag.pipeline import CitationsEvent, DoneEvent, SourcesEvent, TokenEvent
+    from appliance.server.answers import Answer, citations_json, collect, done_json, sources_json
+
     events = pipeline.ask(question, [collection], k, params)
     sources = await anext(events)
     assert isinstance(sources, SourcesEvent)
@@ -92,6 +96,9 @@ def ask(
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     try:
+        from appliance.engine.sampling import SamplingParams
+        from appliance.rag.pipeline import AskPipeline
+
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
         asyncio.run(_answer(AskPipeline(engine, service), question, collection, k, params, json))
     except ApplianceError as exc:
