@@ -106,10 +106,10 @@ class BlockManager:
             return
         bs = self.block_size
         full = req.num_computed_tokens // bs
-        parent = self.block_hashes[req.block_table[req.num_hashed_blocks - 1]] if req.num_hashed_blocks else 0
+        parent = (self.block_hashes[req.block_table[req.num_hashed_blocks - 1]] or 0) if req.num_hashed_blocks else 0
         for i in range(req.num_hashed_blocks, full):
             tokens = tuple(req.token_ids[i * bs:(i + 1) * bs])
-            parent = block_hash(parent or 0, tokens, self.salt)
+            parent = block_hash(parent, tokens, self.salt)
             block = req.block_table[i]
             if parent not in self.cached:
                 self.cached[parent] = block
