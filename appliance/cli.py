@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -27,11 +27,6 @@ app.command("ask")(ask)
 bench_app.command("engine")(bench_engine)
 bench_app.command("rag")(bench_rag)
 err = Console(stderr=True)
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, with the flags that were given on top."""
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def is_loopback(host: str) -> bool:
@@ -66,7 +61,7 @@ def serve(
 
     configure_logging(log_level)
     try:
-        settings = load_settings(host=host, port=port, data_dir=data_dir, model=model, device=device, dtype=dtype)
+        settings = Settings.with_flags(host=host, port=port, data_dir=data_dir, model=model, device=device, dtype=dtype)
     except ValueError as exc:
         raise fail(str(exc).splitlines()[0]) from None
     if not is_loopback(settings.host) and not settings.admin_key:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     max_queue: int = 256
     doc_cache: Literal["off", "exact", "blend", "reuse"] = "exact"
     threads: int = 0
+
+    @classmethod
+    def with_flags(cls, **flags: Any) -> Settings:
+        """Settings from the environment, with the command-line flags that were given (not None) on top."""
+        return cls(**{k: v for k, v in flags.items() if v is not None})
+
+    @property
+    def retrieval_device(self) -> str:
+        """Where the embedder and FAISS run: the CPU when asked, else wherever is best."""
+        return "cpu" if self.device == "cpu" else "auto"
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(

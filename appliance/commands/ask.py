@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -80,8 +80,7 @@ def ask(
     from appliance.engine.engine import LLMEngine
     from retrieval.service import RetrievalService
 
-    overrides: dict[str, Any] = {"data_dir": data_dir, "model": model, "embedder": embedder}
-    settings = Settings(**{key: v for key, v in overrides.items() if v is not None})
+    settings = Settings.with_flags(data_dir=data_dir, model=model, embedder=embedder)
     try:
         with err.status(f"loading model {settings.model} ..."):
             engine = AsyncEngine(LLMEngine.from_config(settings.engine_config()), settings.max_queue)
@@ -90,7 +89,7 @@ def ask(
         raise typer.Exit(1) from exc
     try:
         service = RetrievalService.open(settings.data_dir, engine.tokenizer, settings.embedder,
-                                        device="cpu" if settings.device == "cpu" else "auto")
+                                        device=settings.retrieval_device)
     except ApplianceError as exc:
         engine.close()
         err.print(f"[bold red]error:[/] {exc}")

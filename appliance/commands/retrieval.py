@@ -10,7 +10,7 @@ from __future__ import annotations
 import json as jsonlib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -36,15 +36,14 @@ def open_service(data_dir: Path | None, model: str | None, embedder: str | None,
     """The retrieval service of the configured data dir, chunking with the configured LLM's tokenizer."""
     from appliance.engine.loader import load_tokenizer
 
-    overrides: dict[str, Any] = {"data_dir": data_dir, "model": model, "embedder": embedder}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = Settings.with_flags(data_dir=data_dir, model=model, embedder=embedder)
     tokenizer = load_tokenizer(settings.model, data_dir=settings.data_dir)
     return RetrievalService.open(
         settings.data_dir,
         tokenizer,
         embedder=settings.embedder,
         chunk_tokens=chunk_tokens,
-        device="cpu" if settings.device == "cpu" else "auto",
+        device=settings.retrieval_device,
     )
 
 

@@ -41,9 +41,9 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
         if state.retrieval is None:
             from retrieval.service import RetrievalService
 
-            device = "cpu" if settings.device == "cpu" else "auto"
             opened = state.retrieval = await asyncio.to_thread(
-                RetrievalService.open, settings.data_dir, engine.tokenizer, settings.embedder, device=device)
+                RetrievalService.open, settings.data_dir, engine.tokenizer, settings.embedder,
+                device=settings.retrieval_device)
         state.ready = True
         try:
             yield

@@ -88,7 +88,7 @@ class CollectionOut(BaseModel):
 
     @classmethod
     def of(cls, c: Collection) -> CollectionOut:
-        return cls(name=c.name, created_at=c.created_at, documents=c.documents, chunks=c.chunks)
+        return cls.model_validate(c, from_attributes=True)
 
 
 class DocumentOut(BaseModel):
@@ -102,15 +102,7 @@ class DocumentOut(BaseModel):
 
     @classmethod
     def of(cls, d: Document) -> DocumentOut:
-        return cls(
-            doc_id=d.doc_id,
-            source=d.source,
-            title=d.title,
-            content_hash=d.content_hash,
-            size=d.size,
-            chunks=d.chunks,
-            created_at=d.created_at,
-        )
+        return cls.model_validate(d, from_attributes=True)
 
 
 class FileOut(BaseModel):
