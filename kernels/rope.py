@@ -49,3 +49,24 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+def inverse_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tables of the opposite angles: rotating by them undoes `apply_rotary` with (cos, sin)."""
+    return cos, -sin
+
+
+def write_rotated(k_cache: torch.Tensor, v_cache: torch.Tensor, k_pre: torch.Tensor, v: torch.Tensor,
+                  slots: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Place position-free KV into a paged cache: keys rotated to their new positions, values as they are.
+
+    This is how the document cache moves a chunk to any position of a later prompt (RoPE rotations compose:
+    rotating a pre-RoPE key by angle(p) gives exactly the key computed at position p).
+    k_cache/v_cache: [num_blocks, block_size, KVH, D]; k_pre/v: [T, KVH, D] (keys before RoPE);
+    slots: [T] int64 flat cache slots; cos/sin: [T, 1, D] tables of the target positions (`RotaryEmbedding.tables`).
+    """
+    kvh, dim = k_cache.shape[2], k_cache.shape[3]
+    k_flat, v_flat = k_cache.view(-1, kvh, dim), v_cache.view(-1, kvh, dim)
+    k_rot = apply_rotary(k_pre.to(cos.dtype), cos, sin)
+    k_flat.index_copy_(0, slots, k_rot.to(k_flat.dtype))
+    v_flat.index_copy_(0, slots, v.to(v_flat.dtype))
