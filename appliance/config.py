@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from retrieval.jobs import IngestLimits
 
 
 class Settings(BaseSettings):
@@ -35,6 +39,19 @@ class Settings(BaseSettings):
     max_queue: int = 256
     doc_cache: Literal["off", "exact", "blend", "reuse"] = "exact"
     threads: int = 0
+    # --- trust (issue 7): request and upload sizes, archives, parsers, generation bounds, rate limits ---
+    max_body_mb: float = Field(4.0, gt=0)  # any request body but an upload (413)
+    max_upload_mb: float = Field(512.0, gt=0)  # one multipart upload request (413)
+    max_file_mb: float = Field(64.0, gt=0)  # each uploaded or ingested file (413)
+    max_upload_files: int = Field(100, ge=1)  # files in one upload (413)
+    archive_max_entries: int = Field(10_000, ge=1)  # files in one zip
+    archive_max_mb: float = Field(512.0, gt=0)  # expanded size of one zip
+    archive_max_ratio: float = Field(200.0, ge=1.0)  # expanded / compressed size of one zip entry (> 1 MB)
+    parse_timeout_s: float = Field(60.0, gt=0)  # per file, in the parser worker process
+    parse_memory_mb: int = Field(2048, ge=256)  # the parser worker's address space
+    max_tokens_limit: int = Field(4096, ge=1)  # a request's max_tokens above it: 400
+    rate_limit_per_minute: int = Field(600, ge=0)  # requests per API key (0: off); over it 429 + Retry-After
+    rate_limit_burst: int = Field(60, ge=1)  # requests a key may make at once before the rate applies
 
     @classmethod
     def with_flags(cls, **flags: Any) -> Settings:
@@ -45,6 +62,17 @@ class Settings(BaseSettings):
     def retrieval_device(self) -> str:
         """Where the embedder and FAISS run: the CPU when asked, else wherever is best."""
         return "cpu" if self.device == "cpu" else "auto"
+
+    def ingest_limits(self) -> IngestLimits:
+        """The limits of ingestion (files, archives, parser worker) for `RetrievalService.open`."""
+        from retrieval.jobs import IngestLimits
+        from retrieval.parse.zip import ArchiveLimits
+
+        mb = 1024 * 1024
+        archive = ArchiveLimits(max_entries=self.archive_max_entries, max_total_bytes=int(self.archive_max_mb * mb),
+                                max_entry_bytes=int(self.max_file_mb * mb), max_ratio=self.archive_max_ratio)
+        return IngestLimits(max_file_bytes=int(self.max_file_mb * mb), parse_timeout_s=self.parse_timeout_s,
+                            parse_memory_bytes=self.parse_memory_mb * mb, archive=archive)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
