@@ -10,6 +10,7 @@ token `t` of a sequence lives in slot `block_table[t // block_size] * block_size
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,10 +61,20 @@ class AttentionBackend(ABC):
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, plan: Any) -> torch.Tensor: ...
 
+    def write_rotated(self, k_cache: torch.Tensor, v_cache: torch.Tensor, k_pre: torch.Tensor, v: torch.Tensor,
+                      slots: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """Place position-free KV at new positions of the cache (`kernels.rope.write_rotated`, whose contract
+        this is); a backend may replace it with a fused kernel."""
+        from kernels.rope import write_rotated
+
+        write_rotated(k_cache, v_cache, k_pre, v, slots, cos, sin)
+
 
 _REGISTRY: dict[str, tuple[str, str]] = {
     "torch": ("kernels.torch_ref", "TorchAttention"),
+    "triton": ("kernels.triton_attn", "TritonAttention"),
 }
+_GPU_PREFERENCE = (("flashinfer", "flashinfer"), ("triton", "triton"))  # (backend, the library it needs), best first
 
 
 def register_backend(name: str, module: str, cls: str) -> None:
@@ -75,11 +86,25 @@ def available_backends() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def installed(module: str) -> bool:
+    """Whether a top-level module can be imported, without importing it."""
+    return importlib.util.find_spec(module) is not None
+
+
+def auto_backend(device: torch.device, has_module: Callable[[str], bool] = installed) -> str:
+    """The backend `auto` stands for: on CUDA flashinfer, else triton, whichever is installed; torch otherwise."""
+    if device.type == "cuda":
+        for name, module in _GPU_PREFERENCE:
+            if has_module(module):
+                return name
+    return "torch"
+
+
 def get_backend(name: str, device: torch.device, loader: Callable[[str], Any] = importlib.import_module
                 ) -> AttentionBackend:
-    """Instantiate backend `name`; `auto` is the torch backend on CPU."""
+    """Instantiate backend `name` (`auto`: see `auto_backend`). Only the chosen backend's module is imported."""
     if name == "auto":
-        name = "torch"
+        name = auto_backend(device)
     if name not in _REGISTRY:
         raise ValueError(f"unknown attention backend {name!r} (available: {', '.join(available_backends())})")
     module, cls = _REGISTRY[name]
