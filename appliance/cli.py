@@ -12,15 +12,18 @@ from rich.console import Console
 from appliance.bench.engine import bench_engine
 from appliance.bench.rag import bench_rag
 from appliance.commands.ask import ask
+from appliance.commands.keys import keys_app
 from appliance.commands.retrieval import ingest, search
 from appliance.config import Settings
 from appliance.errors import ApplianceError
+from appliance.keys import KeyStore
 
 app = typer.Typer(help="RAG appliance: ingest documents, search them, and answer questions with citations.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 bench_app = typer.Typer(help="Measure the appliance against its peers (figures go to docs/BENCHMARKS.md).",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
 app.command("ingest")(ingest)
 app.command("search")(search)
 app.command("ask")(ask)
@@ -41,6 +44,11 @@ def is_loopback(host: str) -> bool:
 def fail(message: str) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code=1)
+
+
+def _has_stored_keys(settings: Settings) -> bool:
+    path = settings.data_dir / "keys.db"
+    return path.is_file() and KeyStore(path).has_keys()
 
 
 @app.command()
@@ -64,9 +72,9 @@ def serve(
         settings = Settings.with_flags(host=host, port=port, data_dir=data_dir, model=model, device=device, dtype=dtype)
     except ValueError as exc:
         raise fail(str(exc).splitlines()[0]) from None
-    if not is_loopback(settings.host) and not settings.admin_key:
-        raise fail(f"refusing to listen on {settings.host} without an API key: set APPLIANCE_ADMIN_KEY "
-                   "(unauthenticated access is only allowed on loopback)")
+    if not is_loopback(settings.host) and not settings.admin_key and not _has_stored_keys(settings):
+        raise fail(f"refusing to listen on {settings.host} without an API key: set APPLIANCE_ADMIN_KEY or create "
+                   "one with 'appliance keys create --role admin' (unauthenticated access is only allowed on loopback)")
     try:
         with err.status(f"loading model {settings.model} ..."):
             engine = LLMEngine.from_config(settings.engine_config())

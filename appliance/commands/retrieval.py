@@ -44,6 +44,7 @@ def open_service(data_dir: Path | None, model: str | None, embedder: str | None,
         embedder=settings.embedder,
         chunk_tokens=chunk_tokens,
         device=settings.retrieval_device,
+        limits=settings.ingest_limits(),
     )
 
 
