@@ -31,13 +31,18 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     attention_backend: str = "auto"
     admin_key: str | None = None
-    kv_cache_mb: int = 512
+    kv_cache_mb: int = 1024
     block_size: int = 16
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 1024
     max_model_len: int = 8192
     max_queue: int = 256
     doc_cache: Literal["off", "exact", "blend", "reuse"] = "exact"
+    doc_cache_share: float = Field(0.4, ge=0.0, lt=1.0)  # share of kv_cache_mb kept for the chunk tier
+    blend_ratio: float = Field(0.15, ge=0.0, le=1.0)  # reused chunk tokens recomputed by deviation (blend)
+    blend_first_tokens: int = Field(4, ge=0)  # leading tokens of each chunk always recomputed (blend)
+    doc_cache_disk_mb: int = Field(8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
+    doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
     threads: int = 0
     # --- trust (issue 7): request and upload sizes, archives, parsers, generation bounds, rate limits ---
     max_body_mb: float = Field(4.0, gt=0)  # any request body but an upload (413)
@@ -88,26 +93,38 @@ class Settings(BaseSettings):
             max_model_len=self.max_model_len,
             max_queue=self.max_queue,
             enable_prefix_caching=self.doc_cache != "off",
+            doc_cache=self.doc_cache,
+            doc_cache_share=self.doc_cache_share,
+            blend_ratio=self.blend_ratio,
+            blend_first_tokens=self.blend_first_tokens,
+            doc_cache_disk_mb=self.doc_cache_disk_mb,
+            doc_cache_kv_format=self.doc_cache_kv_format,
             threads=self.threads,
         )
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """What the engine needs to start. `kv_cache_mb` sizes the paged KV pool."""
+    """What the engine needs to start. `kv_cache_mb` is the KV budget: the paged pool and the chunk tier."""
 
     model: str = "default"
     data_dir: Path = Path("./data")
     device: str = "auto"
     dtype: str = "auto"
     attention_backend: str = "auto"
-    kv_cache_mb: int = 512
+    kv_cache_mb: int = 1024
     block_size: int = 16
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 1024
     max_model_len: int = 8192
     max_queue: int = 256
     enable_prefix_caching: bool = True
+    doc_cache: str = "exact"  # default mode of requests that do not choose one
+    doc_cache_share: float = 0.4  # of kv_cache_mb, for the chunk tier (the paged pool gets the rest)
+    blend_ratio: float = 0.15
+    blend_first_tokens: int = 4
+    doc_cache_disk_mb: int = 8192
+    doc_cache_kv_format: str = "model"
     threads: int = 0
     kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)
     int4_decode_tokens: int = 32  # steps of at most this many tokens use 4-bit GGUF weights (CPU, bfloat16)

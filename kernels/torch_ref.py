@@ -3,7 +3,9 @@
 Per step, sequences are sorted into three groups so each uses the cheapest exact computation:
   * fresh prefills (no cached context): causal SDPA over the new tokens, no cache read;
   * single-token queries (decode): one batched SDPA over keys gathered from the paged cache;
-  * chunks continuing a cached context: SDPA over the gathered keys with a true-position mask.
+  * chunks continuing a cached context: attention over the gathered keys with a true-position mask. The
+    positions of a chunk's queries need not be contiguous: the document cache recomputes a chosen, sparse
+    set of tokens, each seeing exactly the keys at or before its own position (a custom mask).
 """
 
 from __future__ import annotations
@@ -73,13 +75,14 @@ class TorchAttention(AttentionBackend):
         low_precision = q.dtype != torch.float32
         for start, end in plan.fresh:
             if low_precision and end - start > _BLOCK:
-                out[start:end] = _blocked_attention(q[start:end], k[start:end], v[start:end], 0)
+                rows = torch.arange(end - start)
+                out[start:end] = _blocked_attention(q[start:end], k[start:end], v[start:end],
+                                                    rows[None, :] <= rows[:, None])
             else:
                 out[start:end] = _sdpa(q[start:end], k[start:end], v[start:end], None, causal=True)
         for start, end, slots, mask in plan.chunks:
             if low_precision and end - start > _BLOCK:
-                context = len(slots) - (end - start)
-                out[start:end] = _blocked_attention(q[start:end], k_flat[slots], v_flat[slots], context)
+                out[start:end] = _blocked_attention(q[start:end], k_flat[slots], v_flat[slots], mask)
             else:
                 out[start:end] = _sdpa(q[start:end], k_flat[slots], v_flat[slots], mask, causal=False)
         if plan.decode_rows is not None:
@@ -110,12 +113,13 @@ _BLOCK = 256  # query rows per block in `_blocked_attention`
 _SMALL_DECODE = 4096  # decode batches with at most this many (sequence, key) pairs compute in float32
 
 
-def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, context: int) -> torch.Tensor:
-    """Causal attention of a chunk whose first query sits right after `context` cached keys.
+def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Attention of a chunk of queries over keys under a mask (`visible[i, j]`: query i may see key j).
 
-    q: [Q, H, D]; k/v: [context + Q, KVH, D] -> [Q, H, D]. Blocks of query rows against the keys they may
-    see, as bf16 batched matmuls (the query heads of one KV head stacked) with a float32 softmax: on CPU,
-    bf16 GEMMs run several times faster than SDPA's bf16 kernel for long prompts.
+    q: [Q, H, D]; k/v: [L, KVH, D]; visible: [Q, L] bool -> [Q, H, D]. Blocks of query rows against the keys
+    up to the last one the block can see, as bf16 batched matmuls (the query heads of one KV head stacked)
+    with a float32 softmax: on CPU, bf16 GEMMs run several times faster than SDPA's bf16 kernel for long
+    prompts. Queries are in position order, so a block's last row sees the most keys.
     """
     n, heads, dim = q.shape
     kv_heads = k.shape[1]
@@ -126,11 +130,11 @@ def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, contex
     out = torch.empty_like(q)
     for start in range(0, n, _BLOCK):
         end = min(start + _BLOCK, n)
-        rows, keys = end - start, context + end
+        rows = end - start
+        keys = int(visible[end - 1].nonzero().max()) + 1
         scores = torch.bmm(qg[:, :, start:end].reshape(kv_heads, group * rows, dim), kt[:, :, :keys])
         scores = scores.float().view(kv_heads, group, rows, keys) * dim ** -0.5  # [KVH, G, rows, keys]
-        future = torch.arange(keys)[None, :] > torch.arange(context + start, context + end)[:, None]
-        probs = scores.masked_fill_(future, float("-inf")).softmax(-1).to(v.dtype)
+        probs = scores.masked_fill_(~visible[start:end, :keys], float("-inf")).softmax(-1).to(v.dtype)
         block = torch.bmm(probs.view(kv_heads, group * rows, keys), vt[:, :keys])  # [KVH, G*rows, D]
         out[start:end] = block.view(kv_heads, group, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads, dim)
     return out

@@ -59,7 +59,7 @@ class BlockManager:
 
     def lookup_prefix(self, req: Request) -> list[int]:
         """Cached blocks matching the request's leading full blocks; the last token is never covered."""
-        if not self.enable_prefix_caching:
+        if not self.enable_prefix_caching or req.doc_mode == "off":
             return []
         hits: list[int] = []
         parent = 0
@@ -105,7 +105,8 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
-        full = req.num_computed_tokens // bs
+        exact = req.num_computed_tokens if req.exact_limit is None else min(req.num_computed_tokens, req.exact_limit)
+        full = exact // bs
         parent = (self.block_hashes[req.block_table[req.num_hashed_blocks - 1]] or 0) if req.num_hashed_blocks else 0
         for i in range(req.num_hashed_blocks, full):
             tokens = tuple(req.token_ids[i * bs:(i + 1) * bs])

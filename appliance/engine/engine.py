@@ -18,11 +18,14 @@ import torch
 from appliance.config import EngineConfig
 from appliance.engine.block_manager import BlockManager
 from appliance.engine.device import resolve_device, resolve_dtype
+from appliance.engine.doc_cache.blend import KVMover
+from appliance.engine.doc_cache.build import DOC_CACHE_MODES, build_doc_cache
+from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.loader import LoadedModel, load_model
 from appliance.engine.model import CausalLM
 from appliance.engine.outputs import OutputProcessor, RequestOutput
 from appliance.engine.quant import int4_kernel_available
-from appliance.engine.request import Request
+from appliance.engine.request import Request, RequestStatus
 from appliance.engine.runner import ModelRunner
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import Scheduler
@@ -56,20 +59,26 @@ class LLMEngine:
         self.tokenizer: TextTokenizer = loaded.tokenizer
         small_batch = config.int4_decode_tokens if self._int4_decode() else 0
         self.model = CausalLM(loaded.config, loaded.weights, self.dtype, self.device, loaded.int4, small_batch)
-        backend = get_backend(config.attention_backend, self.device)
-        bytes_per_block = loaded.config.kv_bytes_per_token(self.dtype.itemsize) * config.block_size
-        num_blocks = config.kv_blocks or max(2, config.kv_cache_mb * 2**20 // bytes_per_block)
-        self.runner = ModelRunner(self.model, backend, num_blocks, config.block_size)
+        self.backend = get_backend(config.attention_backend, self.device)
+        self.kv_bytes_per_token = loaded.config.kv_bytes_per_token(self.dtype.itemsize)
+        budget = config.kv_cache_mb * 2**20
+        chunk_budget = int(budget * config.doc_cache_share)
+        bytes_per_block = self.kv_bytes_per_token * config.block_size
+        num_blocks = config.kv_blocks or max(2, (budget - chunk_budget) // bytes_per_block)
+        self.runner = ModelRunner(self.model, self.backend, num_blocks, config.block_size)
         salt = hashlib.sha256(f"{loaded.source}|{loaded.config.to_json()}|{self.dtype}".encode()).digest()
         self.block_manager = BlockManager(num_blocks, config.block_size, salt, config.enable_prefix_caching)
+        self.doc_cache = build_doc_cache(config, salt, self.dtype, chunk_budget)
+        self.kv_mover = KVMover(self.model, self.runner.kv_caches, config.block_size)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         pool_tokens = num_blocks * config.block_size
         self.max_model_len = min(config.max_model_len, loaded.config.max_position, pool_tokens)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
-        log.info("engine ready: %s on %s/%s, backend %s, %d KV blocks of %d tokens (%d tokens)", loaded.name,
-                 self.device, self.dtype, backend.name, num_blocks, config.block_size, pool_tokens)
+        log.info("engine ready: %s on %s/%s, backend %s, %d KV blocks of %d tokens (%d tokens), %d KB of KV per "
+                 "token, chunk tier %d MB", loaded.name, self.device, self.dtype, self.backend.name, num_blocks,
+                 config.block_size, pool_tokens, self.kv_bytes_per_token // 1024, chunk_budget // 2**20)
 
     def _int4_decode(self) -> bool:
         """Small batches run on the GGUF's own 4-bit weights: CPU, bfloat16, and the kernel present."""
@@ -90,24 +99,67 @@ class LLMEngine:
         if any(not 0 <= t < vocab for t in prompt_token_ids):
             raise RequestError("the prompt contains token ids outside the vocabulary")
 
-    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> Request:
-        """Queue a request; raises RequestError if it can never fit."""
+    def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
+                    layout: PromptLayout | None = None, doc_cache: str | None = None) -> Request:
+        """Queue a request; raises RequestError if it can never fit.
+
+        `layout` says where the passages are (RAG prompts); with `doc_cache` (default: the engine's mode)
+        `blend` or `reuse`, their KV comes from the chunk tier. `off` skips the prefix cache as well.
+        """
         self.validate_prompt(prompt_token_ids)
         if request_id in self.requests:
             raise RequestError(f"duplicate request id {request_id}")
-        req = Request(request_id, list(prompt_token_ids), params)
+        mode = doc_cache or self.config.doc_cache
+        if mode not in DOC_CACHE_MODES:
+            raise RequestError(f"unknown doc_cache mode {mode!r} (one of {', '.join(DOC_CACHE_MODES)})")
+        req = Request(request_id, list(prompt_token_ids), params, doc_mode=mode)
+        if mode == "off":
+            req.exact_limit = 0
         self.requests[request_id] = req
         self.outputs.add(req)
+        if mode in ("blend", "reuse") and layout is not None and layout.chunks:
+            try:
+                layout.validate(len(prompt_token_ids))
+            except ValueError as exc:
+                self.abort(request_id)
+                raise RequestError(str(exc)) from exc
+            req.layout = layout
+            jobs, ready = self.doc_cache.admit(req)
+            for job in jobs:
+                self.scheduler.add(job)
+            if not ready:
+                return req
         self.scheduler.add(req)
         return req
+
+    def warm(self, prefix: list[int], chunks: list[tuple[list[int], str]]) -> int:
+        """Queue encode jobs for every chunk (token ids, doc id) not cached yet; returns how many were queued.
+        Run `step()` until `has_unfinished()` is False to encode them."""
+        queued = 0
+        for tokens, doc_id in chunks:
+            job = self.doc_cache.warm_job(prefix, tokens, doc_id)
+            if job is not None:
+                self.scheduler.add(job)
+                queued += 1
+        return queued
+
+    def invalidate_document(self, doc_id: str) -> int:
+        """Forget the cached chunk KV of a deleted or replaced document (memory and disk)."""
+        return self.doc_cache.invalidate(doc_id)
 
     def abort(self, request_id: str) -> None:
         req = self.requests.pop(request_id, None)
         if req is not None and not req.finished:
-            self.scheduler.finish(req, "abort")
+            if self.doc_cache.is_waiting(req):
+                self.doc_cache.forget(req)
+                req.status = RequestStatus.FINISHED
+            else:
+                self.scheduler.finish(req, "abort")
+                self.doc_cache.release(req)
         self.outputs.remove(request_id)
 
     def has_unfinished(self) -> bool:
+        """Work left in the scheduler (requests waiting on encode jobs count through those jobs)."""
         return self.scheduler.has_work()
 
     @property
@@ -119,18 +171,32 @@ class LLMEngine:
         return len(self.scheduler.waiting)
 
     def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, and report what each request produced."""
+        """Schedule, fill newly admitted document-cache requests, run the model once, and report what each
+        request produced."""
         started = time.perf_counter()
         batch = self.scheduler.schedule()
         self.stats.preemptions += len(batch.preempted)
-        if not batch.items:
-            return []
-        sampled = self.runner.execute(batch.items)
-        self.scheduler.update(batch, sampled)
+        for req in batch.to_fill:
+            self._fill(req)
+        outputs: list[RequestOutput] = []
+        if batch.items:
+            sampled = self.runner.execute(batch.items)
+            self.scheduler.update(batch, sampled)
+            self.stats.tokens_computed += batch.num_tokens
+            outputs = self._collect(batch.items, sampled)
+            self.stats.steps += 1
+        self.stats.busy_seconds += time.perf_counter() - started
+        return outputs
+
+    def _collect(self, items: list[tuple[Request, int]], sampled: list[int | None]) -> list[RequestOutput]:
+        """Store finished encode jobs; turn sampled tokens into outputs and finish what is done."""
         now = time.monotonic()
         outputs = []
-        self.stats.tokens_computed += batch.num_tokens
-        for req, token in zip((req for req, _ in batch.items), sampled, strict=True):
+        for (req, _), token in zip(items, sampled, strict=True):
+            if req.prefill_only:
+                if req.num_computed_tokens == req.num_tokens:
+                    self._store_encoded(req)
+                continue
             if token is None:
                 continue
             self.stats.generation_tokens += 1
@@ -144,10 +210,30 @@ class LLMEngine:
             queue_s = (req.first_scheduled_time or now) - req.arrival_time
             outputs.append(RequestOutput(req.request_id, text, [token], reason is not None, reason,
                                          req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens,
-                                         queue_s))
-        self.stats.steps += 1
-        self.stats.busy_seconds += time.perf_counter() - started
+                                         queue_s, req.num_recomputed_tokens, req.num_encoded_tokens, req.doc_mode))
         return outputs
+
+    def _store_encoded(self, job: Request) -> None:
+        key, encode = self.doc_cache.job(job)
+        entry = self.kv_mover.extract(job.block_table, encode.span, key, encode.doc_ids)
+        self.scheduler.finish(job, "encoded")
+        for ready in self.doc_cache.store(entry):
+            self.scheduler.add(ready)
+
+    def _fill(self, req: Request) -> None:
+        """Write a newly admitted request's reused chunk KV into its blocks and decide what to compute."""
+        assert req.layout is not None
+        frontier = req.num_computed_tokens  # exact prefix-cache hits end here
+        self.kv_mover.fill(req.block_table, self.doc_cache.take(req), frontier)
+        self.doc_cache.release(req)
+        deviation = None
+        if req.doc_mode == "blend":
+            deviation = self.kv_mover.deviations(self.backend, req.token_ids, req.block_table, frontier)
+        req.pending_positions = self.doc_cache.plan_compute(req, frontier, deviation)
+        reused_from = [s.start for s in req.layout.chunks if s.end > frontier]  # no exact KV from here on
+        req.exact_limit = max(frontier, min(reused_from)) if reused_from else None
+        req.num_cached_tokens = frontier + req.num_reused_tokens
+        req.awaiting_fill = False
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
                  ) -> list[GenerationResult]:

@@ -88,11 +88,17 @@ class CausalLM:
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVPair],
                 backend: AttentionBackend, plan: Any) -> torch.Tensor:
         """input_ids, positions: [T] -> final hidden states [T, hidden] (before the LM head)."""
+        x = self.run_layers(input_ids, positions, kv_caches, backend, plan)
+        return F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps).to(self.dtype)
+
+    def run_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVPair],
+                   backend: AttentionBackend, plan: Any) -> torch.Tensor:
+        """Run the first `len(kv_caches)` layers (their K/V land in `kv_caches`) -> residual stream [T, hidden]."""
         x = self.embed[input_ids].float()  # [T, hidden] float32 residual stream
         cos, sin = self.rope.tables(positions)
-        for layer, (k_cache, v_cache) in zip(self.layers, kv_caches, strict=True):
+        for layer, (k_cache, v_cache) in zip(self.layers[:len(kv_caches)], kv_caches, strict=True):
             x = layer(x, cos, sin, k_cache, v_cache, backend, plan)
-        return F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps).to(self.dtype)
+        return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> float32 logits [N, V]."""

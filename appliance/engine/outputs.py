@@ -19,8 +19,11 @@ class RequestOutput:
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
-    num_cached_tokens: int  # prompt tokens reused from the KV cache
+    num_cached_tokens: int  # prompt tokens reused from the KV cache (exact prefix and chunk tier)
     queue_s: float = 0.0  # from arrival in the engine to first scheduled
+    num_recomputed_tokens: int = 0  # chunk tokens with cached KV that were recomputed anyway (blend)
+    num_encoded_tokens: int = 0  # chunk tokens that had to be encoded first (chunk-tier misses)
+    doc_mode: str = "exact"
 
     @property
     def num_computed_prompt_tokens(self) -> int:

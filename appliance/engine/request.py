@@ -2,6 +2,10 @@
 
 `num_computed_tokens < num_tokens` means there is prompt (or recomputed) work left; when a step brings
 `num_computed_tokens` up to `num_tokens`, the model samples one more token.
+
+A request served from the document cache (`blend`/`reuse`) has its whole prompt's blocks filled with
+reused KV first; then only `pending_positions` (sorted) are computed, and when the last of them is done
+`num_computed_tokens` jumps to the end of the prompt.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.sampling import SamplingParams
 
 
@@ -38,6 +43,16 @@ class Request:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     generator: torch.Generator | None = None
+    # the document cache (appliance/engine/doc_cache)
+    doc_mode: str = "exact"  # off | exact | blend | reuse
+    layout: PromptLayout | None = None  # where the passages are in the prompt (blend/reuse only)
+    prefill_only: bool = False  # an encode job: computes its prompt's KV for the chunk tier, samples nothing
+    awaiting_fill: bool = False  # admitted with blocks, reused KV not yet written (blend/reuse)
+    pending_positions: list[int] = field(default_factory=list)  # prompt positions still to compute after a fill
+    exact_limit: int | None = None  # tokens past this are not exact KV: never registered in the prefix cache
+    num_reused_tokens: int = 0  # prompt tokens whose KV came from the chunk tier (not recomputed)
+    num_recomputed_tokens: int = 0  # chunk tokens that had cached KV but were recomputed (blend)
+    num_encoded_tokens: int = 0  # chunk tokens this request had to encode first (chunk-tier misses)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -47,6 +62,28 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def num_new_tokens(self) -> int:
+        """Tokens still to compute before the next sample (0 while waiting for a fill)."""
+        if self.awaiting_fill:
+            return 0
+        return len(self.pending_positions) or self.num_tokens - self.num_computed_tokens
+
+    def positions_to_compute(self, n: int) -> list[int]:
+        """The positions of the next `n` tokens to compute."""
+        if self.pending_positions:
+            return self.pending_positions[:n]
+        return list(range(self.num_computed_tokens, self.num_computed_tokens + n))
+
+    def advance(self, n: int) -> None:
+        """Record that the next `n` tokens to compute are done."""
+        if self.pending_positions:
+            del self.pending_positions[:n]
+            if not self.pending_positions:
+                self.num_computed_tokens = self.num_tokens
+        else:
+            self.num_computed_tokens += n
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -28,12 +28,12 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, items: list[tuple[Request, int]]) -> list[int | None]:
-        """Compute `n` new tokens of each request; return the sampled next token of each request whose
-        computed tokens reach its end (None for requests still in the middle of their prompt)."""
+        """Compute the next `n` tokens of each request; return the sampled next token of each request whose
+        work reaches its end (None for requests still in the middle of their prompt, and for encode jobs)."""
         batch, input_ids = self._prepare(items)
         plan = self.backend.plan(batch)
         hidden = self.model.forward(input_ids, batch.positions, self.kv_caches, self.backend, plan)  # [T, hidden]
-        rows = [i for i, (req, n) in enumerate(items) if req.num_computed_tokens + n == req.num_tokens]
+        rows = [i for i, (req, n) in enumerate(items) if n == req.num_new_tokens and not req.prefill_only]
         sampled: list[int | None] = [None] * len(items)
         if rows:
             last = torch.tensor([batch.query_start_loc[i + 1] - 1 for i in rows])
@@ -55,14 +55,13 @@ class ModelRunner:
         max_blocks = max(len(req.block_table) for req, _ in items)
         tables = torch.zeros(len(items), max_blocks, dtype=torch.int64)
         for i, (req, n) in enumerate(items):
-            start = req.num_computed_tokens
             table = req.block_table
-            ids.extend(req.token_ids[start:start + n])
-            pos = range(start, start + n)
+            pos = req.positions_to_compute(n)  # contiguous, or a sparse set after a document-cache fill
+            ids.extend(req.token_ids[p] for p in pos)
             positions.extend(pos)
             slots.extend(table[p // bs] * bs + p % bs for p in pos)
             starts.append(starts[-1] + n)
-            seq_lens.append(start + n)
+            seq_lens.append(pos[-1] + 1)
             tables[i, :len(table)] = torch.tensor(table, dtype=torch.int64)
         device = self.model.device
         batch = AttentionBatch(

@@ -1,7 +1,9 @@
 """Decides, each step, which requests run and how many of their tokens (never touches tensors).
 
 One token budget per step is shared by decode tokens and prefill chunks (chunked prefill) of many
-requests (continuous batching). Running requests go first, in arrival order; when the KV pool is full
+requests (continuous batching). A request served from the document cache is admitted with blocks for its
+whole prompt and listed in `to_fill`: the engine writes the reused KV before it computes anything.
+Running requests go first, in arrival order; when the KV pool is full
 the most recent running request is preempted (its blocks freed, recomputed later from its prefix).
 """
 
@@ -21,6 +23,7 @@ class ScheduledBatch:
 
     items: list[tuple[Request, int]] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    to_fill: list[Request] = field(default_factory=list)  # admitted this step; reused KV to write first
 
     @property
     def num_tokens(self) -> int:
@@ -47,7 +50,10 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            n = min(req.num_new_tokens, budget)
+            if n == 0:
+                i += 1
+                continue
             while not self.bm.allocate(req, n):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -61,8 +67,10 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not batch.preempted:
             req = self.waiting[0]
             hits = self.bm.lookup_prefix(req)
-            n = min(req.num_tokens - req.num_computed_tokens - len(hits) * self.bm.block_size, budget)
-            if not self.bm.allocate(req, n, hits):
+            rest = req.num_tokens - req.num_computed_tokens - len(hits) * self.bm.block_size
+            fill = req.layout is not None
+            n = 0 if fill else min(rest, budget)
+            if not self.bm.allocate(req, rest if fill else n, hits):
                 break
             if req.num_preemptions == 0:
                 self.bm.record_lookup(req, len(hits))
@@ -72,14 +80,18 @@ class Scheduler:
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = time.monotonic()
             self.running.append(req)
-            batch.items.append((req, n))
-            budget -= n
+            if fill:
+                req.awaiting_fill = True
+                batch.to_fill.append(req)
+            else:
+                batch.items.append((req, n))
+                budget -= n
         return batch
 
     def update(self, batch: ScheduledBatch, sampled: list[int | None]) -> None:
         """Advance counters after the runner computed `batch`; append each sampled token."""
         for (req, n), token in zip(batch.items, sampled, strict=True):
-            req.num_computed_tokens += n
+            req.advance(n)
             self.bm.commit_full_blocks(req)
             if token is not None:
                 req.token_ids.append(token)
@@ -95,8 +107,13 @@ class Scheduler:
         self.bm.free(req)
 
     def _preempt(self, req: Request) -> None:
+        """Free the request's blocks; it restarts from its prefix later (a document-cache request as plain
+        prefill: its chunks are no longer pinned)."""
         self.bm.free(req)
         req.num_computed_tokens = 0
+        req.pending_positions = []
+        req.layout = None
+        req.exact_limit = None
         req.num_preemptions += 1
         req.status = RequestStatus.WAITING
         self.waiting.appendleft(req)

@@ -81,6 +81,37 @@ def test_ragged_batch_matches_reference(block_size: int, heads: int, kv_heads: i
     torch.testing.assert_close(flat_k[batch.slot_mapping], k_new)
 
 
+@pytest.mark.parametrize("dtype,length,share,seed", [(torch.float32, 90, 0.3, 0), (torch.float32, 64, 1.0, 1),
+                                                      (torch.bfloat16, 1500, 0.4, 2)])
+def test_sparse_positions_see_exactly_the_keys_at_or_before_them(dtype: torch.dtype, length: int, share: float,
+                                                                 seed: int) -> None:
+    """The document cache recomputes a scattered set of tokens inside an already filled sequence: each must
+    attend to every key up to its own true position (the reused ones and the recomputed ones), no further."""
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    block_size, heads, kv_heads, d = 16, 6, 2, 32
+    num_blocks = length // block_size + 4
+    k_cache = torch.randn(num_blocks, block_size, kv_heads, d, generator=gen).to(dtype)
+    v_cache = torch.randn(num_blocks, block_size, kv_heads, d, generator=gen).to(dtype)
+    table = list(range(num_blocks))
+    rng.shuffle(table)
+    chosen = sorted(rng.sample(range(1, length - 1), int((length - 2) * share))) + [length - 1]
+    slots = torch.tensor([table[p // block_size] * block_size + p % block_size for p in chosen])
+    q = torch.randn(len(chosen), heads, d, generator=gen).to(dtype)
+    k_new = torch.randn(len(chosen), kv_heads, d, generator=gen).to(dtype)
+    v_new = torch.randn(len(chosen), kv_heads, d, generator=gen).to(dtype)
+    batch = AttentionBatch([0, len(chosen)], [length], torch.tensor(chosen), slots, torch.tensor([table]), block_size)
+    backend = get_backend("torch", torch.device("cpu"))
+    out = backend.forward(q, k_new, v_new, k_cache, v_cache, backend.plan(batch))
+    seq_slots = [table[p // block_size] * block_size + p % block_size for p in range(length)]
+    k_all = k_cache.view(-1, kv_heads, d)[seq_slots]  # the recomputed keys are in place by now
+    v_all = v_cache.view(-1, kv_heads, d)[seq_slots]
+    torch.testing.assert_close(k_all[chosen], k_new)
+    expected = naive_attention(q, k_all, v_all, torch.tensor(chosen))
+    tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(out.double(), expected, **tol)
+
+
 def test_unknown_backend_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown attention backend"):
         get_backend("nope", torch.device("cpu"))

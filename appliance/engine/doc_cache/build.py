@@ -1,0 +1,23 @@
+"""Builds the engine's document cache from its configuration."""
+
+from __future__ import annotations
+
+import torch
+
+from appliance.config import EngineConfig
+from appliance.engine.doc_cache.disk import DiskTier, KVFormat
+from appliance.engine.doc_cache.manager import BlendConfig, DocCache
+from appliance.engine.doc_cache.tier import ChunkTier
+
+DOC_CACHE_MODES = ("off", "exact", "blend", "reuse")
+
+
+def build_doc_cache(config: EngineConfig, salt: bytes, dtype: torch.dtype, budget_bytes: int) -> DocCache:
+    """A chunk tier of `budget_bytes`, plus the disk tier under `<data_dir>/kvcache/<salt>` when it has a budget."""
+    disk = None
+    if config.doc_cache_disk_mb > 0:
+        root = config.data_dir / "kvcache" / salt.hex()[:16]
+        fmt: KVFormat = "int8" if config.doc_cache_kv_format == "int8" else "model"
+        disk = DiskTier(root, fmt, config.doc_cache_disk_mb * 2**20, dtype)
+    blend = BlendConfig(ratio=config.blend_ratio, first_tokens=config.blend_first_tokens)
+    return DocCache(ChunkTier(budget_bytes), disk, salt, blend)

@@ -1,0 +1,194 @@
+"""The document cache as the engine sees it: which chunks a request can reuse, which must be encoded first,
+and which of its tokens to compute after the reused KV is in place. No tensors here (see blend.py).
+
+A `blend`/`reuse` request goes through three steps:
+  1. `admit`: each chunk is looked up in memory, then on disk; a hit is pinned for the request; a miss
+     starts an encode job (a prefill-only request `prefix + chunk`), unless one is already running for
+     that chunk, in which case the request waits on that job too — a chunk is never encoded twice at once.
+  2. When its last missing chunk is stored (`store`), the request is handed to the scheduler, which
+     admits it with blocks for its whole prompt and marks it `awaiting_fill`.
+  3. The engine fills the blocks (KVMover) and asks `plan_compute` which positions to compute.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import torch
+
+from appliance.engine.doc_cache.disk import DiskTier
+from appliance.engine.doc_cache.layout import ChunkSpan, chunk_key
+from appliance.engine.doc_cache.tier import ChunkEntry, ChunkTier
+from appliance.engine.request import Request
+from appliance.engine.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """`ratio`: share of each request's reused chunk tokens recomputed by deviation (CacheBlend); `first_tokens`:
+    leading tokens of every chunk always recomputed (EPIC). Question, headers and separators are always computed."""
+
+    ratio: float = 0.15
+    first_tokens: int = 4
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    """A prefill-only request computing one chunk's KV; `span` is where the chunk sits in the job's prompt."""
+
+    request: Request
+    span: ChunkSpan
+    doc_ids: frozenset[str]
+
+
+@dataclass
+class DocCacheStats:
+    encoded_chunks: int = 0
+    encoded_tokens: int = 0
+    disk_hits: int = 0
+
+
+class DocCache:
+    """Contract: `admit` returns the encode jobs to schedule and whether the request may be scheduled now;
+    `store` returns the requests that became ready; `take` hands over (and later `release` unpins) a ready
+    request's chunks; `forget` drops a request that is aborted before it ran."""
+
+    def __init__(self, tier: ChunkTier, disk: DiskTier | None, salt: bytes, blend: BlendConfig) -> None:
+        self.tier = tier
+        self.disk = disk
+        self.salt = salt
+        self.blend = blend
+        self.stats = DocCacheStats()
+        self._jobs: dict[str, EncodeJob] = {}  # key -> encode job in flight
+        self._job_keys: dict[Request, str] = {}  # encode request -> its key
+        self._waiting: dict[Request, set[str]] = {}  # request -> keys it still waits for
+        self._held: dict[Request, list[tuple[ChunkSpan, ChunkEntry]]] = {}  # request -> pinned chunks
+        self._ids = itertools.count()
+
+    def keys(self, req: Request) -> list[str]:
+        assert req.layout is not None
+        prefix = req.token_ids[:req.layout.prefix_len]
+        return [chunk_key(prefix, req.token_ids[s.start:s.end], self.salt) for s in req.layout.chunks]
+
+    def lookup(self, key: str) -> ChunkEntry | None:
+        """Memory first, then disk (a disk hit is promoted to memory)."""
+        entry = self.tier.get(key)
+        if entry is None and self.disk is not None and key in self.disk:
+            entry = self.disk.get(key)
+            if entry is not None:
+                self.stats.disk_hits += 1
+                self.tier.put(entry)
+        return entry
+
+    def admit(self, req: Request) -> tuple[list[Request], bool]:
+        assert req.layout is not None
+        held: list[tuple[ChunkSpan, ChunkEntry]] = []
+        missing: set[str] = set()
+        jobs: list[Request] = []
+        for span, key in zip(req.layout.chunks, self.keys(req), strict=True):
+            entry = self.lookup(key)
+            if entry is not None:
+                self.tier.pin(entry)
+                held.append((span, entry))
+                continue
+            missing.add(key)
+            if key not in self._jobs:
+                jobs.append(self._start_job(key, req.token_ids[:req.layout.prefix_len],
+                                            req.token_ids[span.start:span.end], span.doc_id))
+            req.num_encoded_tokens += span.length
+        self._held[req] = held
+        if missing:
+            self._waiting[req] = missing
+        return jobs, not missing
+
+    def warm_job(self, prefix: list[int], chunk: list[int], doc_id: str) -> Request | None:
+        """An encode job for a chunk not cached anywhere yet (None when it is, or is being encoded)."""
+        key = chunk_key(prefix, chunk, self.salt)
+        if key in self._jobs or key in self.tier or (self.disk is not None and key in self.disk):
+            return None
+        return self._start_job(key, prefix, chunk, doc_id)
+
+    def _start_job(self, key: str, prefix: list[int], chunk: list[int], doc_id: str) -> Request:
+        job = Request(f"encode-{next(self._ids)}", [*prefix, *chunk], SamplingParams(max_tokens=1))
+        job.prefill_only = True
+        self._jobs[key] = EncodeJob(job, ChunkSpan(len(prefix), len(chunk)), frozenset({doc_id}))
+        self._job_keys[job] = key
+        return job
+
+    def job(self, request: Request) -> tuple[str, EncodeJob]:
+        """The key and job of an encode request."""
+        key = self._job_keys[request]
+        return key, self._jobs[key]
+
+    def store(self, entry: ChunkEntry) -> list[Request]:
+        """Keep a freshly encoded entry (memory and disk); return the requests it made ready."""
+        job = self._jobs.pop(entry.key, None)
+        if job is not None:
+            self._job_keys.pop(job.request, None)
+        self.stats.encoded_chunks += 1
+        self.stats.encoded_tokens += entry.num_tokens
+        self.tier.put(entry)
+        if self.disk is not None:
+            self.disk.put(entry)
+        ready = []
+        for req, keys in list(self._waiting.items()):
+            if entry.key not in keys:
+                continue
+            keys.discard(entry.key)
+            for span, key in zip(req.layout.chunks, self.keys(req), strict=True) if req.layout else ():
+                if key == entry.key:
+                    self.tier.pin(entry)
+                    self._held[req].append((span, entry))
+            if not keys:
+                del self._waiting[req]
+                ready.append(req)
+        return ready
+
+    def take(self, req: Request) -> list[tuple[ChunkSpan, ChunkEntry]]:
+        """The pinned chunks of a request about to be filled, in prompt order (still pinned)."""
+        return sorted(self._held.get(req, []), key=lambda pair: pair[0].start)
+
+    def release(self, req: Request) -> None:
+        """Unpin a request's chunks (after its fill, or when it is dropped)."""
+        for _, entry in self._held.pop(req, []):
+            self.tier.unpin(entry)
+
+    def forget(self, req: Request) -> None:
+        self._waiting.pop(req, None)
+        self.release(req)
+
+    def is_waiting(self, req: Request) -> bool:
+        return req in self._waiting
+
+    def invalidate(self, doc_id: str) -> int:
+        """Drop every cached chunk of a document, in memory and on disk; returns how many entries went."""
+        removed = len(self.tier.invalidate(doc_id))
+        if self.disk is not None:
+            removed += self.disk.invalidate(doc_id)
+        return removed
+
+    def plan_compute(self, req: Request, frontier: int, deviation: torch.Tensor | None) -> list[int]:
+        """The positions to compute after a fill: everything at or past `frontier` that is not a reused chunk
+        token, plus (blend, given per-position `deviation`) each chunk's first tokens and the most deviating
+        `ratio` of the reused chunk tokens. Sets the request's reuse counters."""
+        assert req.layout is not None
+        chunk_positions: list[int] = []
+        chosen: set[int] = set()
+        for span in req.layout.chunks:
+            start = max(span.start, frontier)
+            chunk_positions.extend(range(start, span.end))
+            if deviation is not None:
+                chosen.update(range(start, min(span.start + self.blend.first_tokens, span.end)))
+        in_chunks = set(chunk_positions)
+        if deviation is not None and self.blend.ratio > 0:
+            candidates = [p for p in chunk_positions if p not in chosen]
+            extra = min(len(candidates), math.ceil(self.blend.ratio * len(chunk_positions)))
+            if extra:
+                scores = deviation[torch.tensor(candidates)]
+                chosen.update(candidates[i] for i in scores.topk(extra).indices.tolist())
+        rest = [p for p in range(frontier, req.num_tokens) if p not in in_chunks]
+        req.num_recomputed_tokens = len(chosen)
+        req.num_reused_tokens = len(in_chunks) - len(chosen)
+        return sorted(chosen.union(rest))
