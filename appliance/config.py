@@ -45,18 +45,18 @@ class Settings(BaseSettings):
     doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
     threads: int = 0
     # --- trust (issue 7): request and upload sizes, archives, parsers, generation bounds, rate limits ---
-    max_body_mb: float = Field(4.0, gt=0)  # any request body but an upload (413)
-    max_upload_mb: float = Field(512.0, gt=0)  # one multipart upload request (413)
-    max_file_mb: float = Field(64.0, gt=0)  # each uploaded or ingested file (413)
-    max_upload_files: int = Field(100, ge=1)  # files in one upload (413)
-    archive_max_entries: int = Field(10_000, ge=1)  # files in one zip
-    archive_max_mb: float = Field(512.0, gt=0)  # expanded size of one zip
-    archive_max_ratio: float = Field(200.0, ge=1.0)  # expanded / compressed size of one zip entry (> 1 MB)
-    parse_timeout_s: float = Field(60.0, gt=0)  # per file, in the parser worker process
-    parse_memory_mb: int = Field(2048, ge=256)  # the parser worker's address space
-    max_tokens_limit: int = Field(4096, ge=1)  # a request's max_tokens above it: 400
-    rate_limit_per_minute: int = Field(600, ge=0)  # requests per API key (0: off); over it 429 + Retry-After
-    rate_limit_burst: int = Field(60, ge=1)  # requests a key may make at once before the rate applies
+    max_body_mb: float = Field(default=4.0, gt=0)  # any request body but an upload (413)
+    max_upload_mb: float = Field(default=512.0, gt=0)  # one multipart upload request (413)
+    max_file_mb: float = Field(default=64.0, gt=0)  # each uploaded or ingested file (413)
+    max_upload_files: int = Field(default=100, ge=1)  # files in one upload (413)
+    archive_max_entries: int = Field(default=10_000, ge=1)  # files in one zip
+    archive_max_mb: float = Field(default=512.0, gt=0)  # expanded size of one zip
+    archive_max_ratio: float = Field(default=200.0, ge=1.0)  # expanded / compressed size of one zip entry (> 1 MB)
+    parse_timeout_s: float = Field(default=60.0, gt=0)  # per file, in the parser worker process
+    parse_memory_mb: int = Field(default=2048, ge=256)  # the parser worker's address space
+    max_tokens_limit: int = Field(default=4096, ge=1)  # a request's max_tokens above it: 400
+    rate_limit_per_minute: int = Field(default=600, ge=0)  # requests per API key (0: off); over it 429 + Retry-After
+    rate_limit_burst: int = Field(default=60, ge=1)  # requests a key may make at once before the rate applies
 
     @classmethod
     def with_flags(cls, **flags: Any) -> Settings:
