@@ -73,6 +73,7 @@ class AttentionBackend(ABC):
 _REGISTRY: dict[str, tuple[str, str]] = {
     "torch": ("kernels.torch_ref", "TorchAttention"),
     "triton": ("kernels.triton_attn", "TritonAttention"),
+    "flashinfer": ("kernels.flashinfer_attn", "FlashInferAttention"),
 }
 _GPU_PREFERENCE = (("flashinfer", "flashinfer"), ("triton", "triton"))  # (backend, the library it needs), best first
 

@@ -1,7 +1,7 @@
 """The triton backend against the torch backend on fresh random inputs.
 
-Without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1) on CPU tensors; with CUDA
-they are compiled and run on the GPU. Shapes stay small so the interpreter is quick.
+Without CUDA the kernels run under the Triton interpreter (TRITON_INTERPRET=1, set by tests/conftest.py) on
+CPU tensors; with CUDA they are compiled and run on the GPU. Shapes stay small so the interpreter is quick.
 """
 
 from __future__ import annotations
@@ -14,42 +14,16 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when the kernels are first built
-pytest.importorskip("triton")
+pytest.importorskip("triton")  # without CUDA, tests/conftest.py has set TRITON_INTERPRET=1
 
 from kernels.base import AttentionBatch, get_backend  # noqa: E402
 from kernels.rope import RotaryEmbedding  # noqa: E402
 from kernels.rope import write_rotated as reference_write_rotated  # noqa: E402
 from kernels.triton_attn import TritonAttention, write_rotated  # noqa: E402
+from tests.kernels.paged import make_batch  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2)}
-
-
-def make_batch(shapes: list[tuple[int, int]], block_size: int, kv_heads: int, dim: int, dtype: torch.dtype,
-               gen: torch.Generator, rng: random.Random) -> tuple[AttentionBatch, torch.Tensor, torch.Tensor]:
-    """A batch of sequences (cached context, new tokens) with shuffled blocks; returns (batch, k_cache, v_cache).
-
-    The caches hold random context keys/values (and garbage everywhere else)."""
-    num_blocks = sum(-(-(ctx + new) // block_size) for ctx, new in shapes) + 4
-    k_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
-    v_cache = torch.randn(num_blocks, block_size, kv_heads, dim, generator=gen).to(dtype)
-    free = list(range(num_blocks))
-    rng.shuffle(free)
-    tables, starts, seq_lens, positions, slots = [], [0], [], [], []
-    for ctx, new in shapes:
-        table = [free.pop() for _ in range(-(-(ctx + new) // block_size))]
-        tables.append(table)
-        positions.extend(range(ctx, ctx + new))
-        slots.extend(table[p // block_size] * block_size + p % block_size for p in range(ctx, ctx + new))
-        starts.append(starts[-1] + new)
-        seq_lens.append(ctx + new)
-    block_tables = torch.zeros(len(shapes), max(len(t) for t in tables), dtype=torch.int64)
-    for i, t in enumerate(tables):
-        block_tables[i, :len(t)] = torch.tensor(t)
-    batch = AttentionBatch(starts, seq_lens, torch.tensor(positions), torch.tensor(slots), block_tables, block_size)
-    return batch, k_cache, v_cache
 
 
 def to_device(batch: AttentionBatch) -> AttentionBatch:
