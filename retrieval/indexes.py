@@ -85,8 +85,11 @@ class IndexManager:
             thread_lock.release()
 
     def check(self, collection: str) -> CollectionIndex:
-        """Load the collection's snapshot, verify it against the store, rebuild it if it differs."""
+        """Load the collection's snapshot, verify it against the store, rebuild it if it differs; remove
+        the half-written snapshots of a process that died while writing (only written under this lock)."""
         with self._thread_lock(collection), self._file_lock(collection):
+            for partial in (self.root / collection).glob(".tmp-*"):
+                shutil.rmtree(partial, ignore_errors=True)
             self._loaded.pop(collection, None)
             return self._sync(collection)
 

@@ -1,8 +1,10 @@
 """Ingestion jobs: read -> (expand archives) -> dedup by content hash -> parse (worker process, time limit)
--> chunk -> embed -> store as pending; then one publish makes the whole job's documents searchable.
+-> chunk -> embed -> store as pending; then one publish transaction makes the whole job's documents
+searchable (the job's commit point; it is then marked `done`).
 
-Per-file failures are recorded and the job goes on. A job that dies half-way leaves only pending rows,
-which `JobRecords.recover_interrupted` drops; nothing of it was ever visible to search.
+Per-file failures are recorded and the job goes on. A job that dies half-way (even by `kill -9`) leaves
+only pending rows, which `JobRecords.recover_interrupted` drops at the next open, failing the job with a
+reason; nothing of it was ever visible to search.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from retrieval.jobstore import JobRecords
 from retrieval.parse import detect_kind
 from retrieval.parse.pool import ParserPool
 from retrieval.parse.zip import ArchiveLimits, iter_archive
-from retrieval.store import Store, context_text
+from retrieval.store import Published, Store, context_text
 from retrieval.types import ChunkDraft, FileState, JobStatus, ParsedDocument
 
 log = logging.getLogger("retrieval.jobs")
@@ -43,8 +45,11 @@ class IngestItem:
 
 @dataclass(frozen=True)
 class IngestLimits:
+    """Per-file size, the parser worker's time and memory, and archive expansion (Settings builds them)."""
+
     max_file_bytes: int = 64 * 1024 * 1024
     parse_timeout_s: float = 60.0
+    parse_memory_bytes: int = 2 * 1024**3
     archive: ArchiveLimits = field(default_factory=ArchiveLimits)
 
 
@@ -86,7 +91,7 @@ class Ingestor:
     ) -> None:
         self.store, self.records, self.indexes = store, records, indexes
         self.chunker, self.embedder, self.limits = chunker, embedder, limits
-        self.pool: ParserPool[_Work] = ParserPool(timeout_s=limits.parse_timeout_s)
+        self.pool: ParserPool[_Work] = ParserPool(limits.parse_timeout_s, memory_bytes=limits.parse_memory_bytes)
 
     def close(self) -> None:
         self.pool.close()
@@ -159,6 +164,14 @@ class Ingestor:
                 settle(work_item.seq, work_item.source, "done", None, doc_id, len(drafts))
             pending.clear()
 
+        published = False
+
+        def publish() -> Published:
+            nonlocal published
+            result = self.store.publish(collection, job_id)  # the commit point: the documents are in
+            published = True
+            return result
+
         self.records.set_state(job_id, "running")
         try:
             for work_item, result in self.pool.parse_many(work()):
@@ -175,14 +188,18 @@ class Ingestor:
                 if sum(len(p[2]) for p in pending) >= EMBED_BATCH_CHUNKS:
                     flush()
             flush()
-            published = self.indexes.change(collection, lambda: self.store.publish(collection, job_id))
-            if published.duplicates:
-                self._mark_duplicates(job_id, published.duplicates)
-            self.records.set_state(job_id, "done")
+            self.indexes.change(collection, publish)
+            self.records.set_state(job_id, "done")  # after the indexes: `done` means searchable here too
         except BaseException as exc:
-            self.store.discard_pending(job_id)
-            self.records.set_state(job_id, "failed", f"{type(exc).__name__}: {exc}")
-            raise
+            if not published:
+                self.store.discard_pending(job_id)
+                self.records.set_state(job_id, "failed", f"{type(exc).__name__}: {exc}")
+                raise
+            if not isinstance(exc, Exception):
+                raise
+            # the documents are ready in the store; a search rebuilds the snapshot that failed to be written
+            log.warning("job %s: index snapshot not written (%s); it is rebuilt from the store", job_id, exc)
+            self.records.set_state(job_id, "done")
         finally:
             for item in items:
                 if item.staged:
@@ -197,14 +214,6 @@ class Ingestor:
             return item.path.read_bytes()
         except OSError as exc:
             raise FileError(f"{item.source}: cannot be read ({exc.strerror or exc})") from exc
-
-    def _mark_duplicates(self, job_id: str, doc_ids: list[str]) -> None:
-        with self.store.transaction() as db:
-            db.executemany(
-                "UPDATE job_files SET state = 'skipped', error = 'same content ingested meanwhile' "
-                "WHERE job_id = ? AND doc_id = ?",
-                [(job_id, d) for d in doc_ids],
-            )
 
 
 class JobRunner:

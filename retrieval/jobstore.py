@@ -7,18 +7,9 @@ import time
 import uuid
 
 from retrieval.errors import NotFoundError
+from retrieval.owner import current_owner, owner_alive
 from retrieval.store import Store
 from retrieval.types import FileState, JobFile, JobState, JobStatus
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class JobRecords:
@@ -29,8 +20,8 @@ class JobRecords:
         job_id = "job_" + uuid.uuid4().hex[:16]
         with self.store.transaction() as db:
             db.execute(
-                "INSERT INTO jobs(job_id, collection, state, created_at, pid) VALUES (?, ?, 'queued', ?, ?)",
-                (job_id, collection, time.time(), os.getpid()),
+                "INSERT INTO jobs(job_id, collection, state, created_at, pid, owner) VALUES (?, ?, 'queued', ?, ?, ?)",
+                (job_id, collection, time.time(), os.getpid(), current_owner()),
             )
             db.executemany(
                 "INSERT INTO job_files(job_id, seq, source, state) VALUES (?, ?, ?, 'pending')",
@@ -68,8 +59,9 @@ class JobRecords:
         finished = time.time() if state in ("done", "failed") else None
         with self.store.transaction() as db:
             db.execute(
-                "UPDATE jobs SET state = ?, message = COALESCE(?, message), finished_at = ?, pid = ? WHERE job_id = ?",
-                (state, message, finished, os.getpid(), job_id),
+                "UPDATE jobs SET state = ?, message = COALESCE(?, message), finished_at = ?, pid = ?, owner = ? "
+                "WHERE job_id = ?",
+                (state, message, finished, os.getpid(), current_owner(), job_id),
             )
 
     def get(self, job_id: str) -> JobStatus:
@@ -91,19 +83,26 @@ class JobRecords:
         return JobStatus(job_id, collection, state, done, len(files), created, finished, message, files)
 
     def recover_interrupted(self) -> list[str]:
-        """Fail the queued/running jobs whose process is gone and drop their pending documents."""
-        lost = [
-            job_id
-            for job_id, pid in self.store.query("SELECT job_id, pid FROM jobs WHERE state IN ('queued', 'running')")
-            if pid is None or (pid != os.getpid() and not _alive(pid))
-        ]
+        """Settle the queued/running jobs whose process is gone (see `retrieval.owner`): one that got past its
+        publish (`finished_at` set) is done; any other is failed with a reason and its pending documents are
+        dropped. Returns the failed ones. Jobs of a live process (another server, `appliance ingest`) stay."""
+        lost: list[str] = []
+        for job_id, owner, published in self.store.query(
+            "SELECT job_id, owner, finished_at FROM jobs WHERE state IN ('queued', 'running')"
+        ):
+            if owner is not None and owner_alive(owner):
+                continue
+            if published is not None:
+                self.set_state(job_id, "done")
+            else:
+                lost.append(job_id)
         for job_id in lost:
             self.store.discard_pending(job_id)
             with self.store.transaction() as db:
-                db.execute(
-                    "UPDATE job_files SET state = 'failed', error = 'interrupted' "
-                    "WHERE job_id = ? AND state = 'pending'",
+                db.execute(  # files stored as pending were dropped with their job: none of them got in
+                    "UPDATE job_files SET state = 'failed', error = 'interrupted', doc_id = NULL, chunks = 0 "
+                    "WHERE job_id = ? AND state IN ('pending', 'done')",
                     (job_id,),
                 )
-            self.set_state(job_id, "failed", "interrupted: the process running it exited")
+            self.set_state(job_id, "failed", "interrupted: the process running it exited; submit the files again")
         return lost

@@ -1,8 +1,9 @@
 """RetrievalService: the one facade the server and the CLI use for collections, ingestion and search.
 
 Layout under `data_dir`: `retrieval.sqlite3` (the store, source of truth), `indexes/` (FAISS + BM25
-snapshots, rebuilt from the store whenever they disagree with it), `uploads/` (uploaded files, named by
-content hash, kept only until their job has read them).
+snapshots, rebuilt from the store whenever they disagree with it), `uploads/<owner>/` (uploaded files of
+one process, named by content hash, kept only until their job has read them; the folder of a process
+that died is removed at the next open).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -22,6 +24,7 @@ from retrieval.errors import NotFoundError, TooLargeError
 from retrieval.indexes import IndexManager
 from retrieval.jobs import IngestItem, IngestLimits, Ingestor, JobRunner, ProgressFn
 from retrieval.jobstore import JobRecords
+from retrieval.owner import current_owner, owner_alive
 from retrieval.parse import EXTENSIONS, detect_kind
 from retrieval.search import fuse
 from retrieval.store import Store, check_collection_name
@@ -63,7 +66,7 @@ class RetrievalService:
         self.jobs = JobRecords(store)
         self.ingestor = Ingestor(store, self.jobs, indexes, chunker, embedder, limits)
         self._runner: JobRunner | None = None
-        self.uploads = data_dir / "uploads"
+        self.uploads = data_dir / "uploads" / current_owner()
 
     @classmethod
     def open(
@@ -87,6 +90,7 @@ class RetrievalService:
         indexes = IndexManager(data_dir / "indexes", store, lambda: model.dim, hnsw_threshold)
         service = cls(data_dir, store, model, Chunker(tokenizer, chunk_tokens), indexes, limits or IngestLimits())
         service.jobs.recover_interrupted()
+        _remove_dead_uploads(data_dir / "uploads")
         for collection in service.list_collections():
             indexes.check(collection.name)
         return service
@@ -198,10 +202,20 @@ class RetrievalService:
         vector = self.embedder.encode_queries([query])[0] if mode != "bm25" else None
         ranked = fuse(indexes, vector, query, k + 4, mode)
         chunks = self.store.chunks([cid for cid, _ in ranked])
-        return [Hit(chunks[cid], score) for cid, score in ranked if cid in chunks][:k]
+        allowed = set(names)  # the caller's collections, checked again on the stored rows (defence in depth)
+        hits = [Hit(chunks[cid], score) for cid, score in ranked if cid in chunks]
+        return [hit for hit in hits if hit.chunk.collection in allowed][:k]
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         return self.embedder.encode(texts).tolist()
+
+
+def _remove_dead_uploads(root: Path) -> None:
+    """Remove the staging folders of processes that died (a crash mid-upload or mid-job)."""
+    if root.is_dir():
+        for folder in root.iterdir():
+            if folder.is_dir() and not owner_alive(folder.name):
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _expand(paths: Sequence[Path]) -> list[Path]:

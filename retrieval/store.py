@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS chunks(
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id);
 CREATE TABLE IF NOT EXISTS jobs(
     job_id TEXT PRIMARY KEY, collection TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
-    finished_at REAL, pid INTEGER, message TEXT);
+    finished_at REAL, pid INTEGER, message TEXT, owner TEXT);
 CREATE TABLE IF NOT EXISTS job_files(
     job_id TEXT NOT NULL REFERENCES jobs(job_id) ON DELETE CASCADE, seq INTEGER NOT NULL,
     source TEXT NOT NULL, state TEXT NOT NULL, error TEXT, doc_id TEXT, chunks INTEGER NOT NULL DEFAULT 0,
@@ -102,7 +102,10 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._local = threading.local()
-        self._conn().executescript(_SCHEMA)
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        if "owner" not in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}:  # stores made before it
+            conn.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -222,7 +225,10 @@ class Store:
 
     def publish(self, collection: str, job_id: str) -> Published:
         """Make the job's pending documents ready, replacing ready documents of the same source; drop
-        pending ones whose content became ready meanwhile (another process). Bumps the index version."""
+        pending ones whose content became ready meanwhile (another process). Bumps the index version.
+
+        The same transaction sets the job's `finished_at` (and marks the dropped duplicates `skipped`): it is
+        the job's commit point, so a job whose process dies after it is recovered as done, never failed."""
         with self.transaction() as db:
             pending = db.execute(
                 "SELECT doc_id, source, content_hash FROM documents "
@@ -249,6 +255,12 @@ class Store:
                 db.execute("UPDATE documents SET state = 'ready' WHERE doc_id = ?", (doc_id,))
                 added += [r[0] for r in db.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (doc_id,))]
             version = self._bump(db, collection)
+            db.executemany(
+                "UPDATE job_files SET state = 'skipped', error = 'same content ingested meanwhile' "
+                "WHERE job_id = ? AND doc_id = ?",
+                [(job_id, d) for d in duplicates],
+            )
+            db.execute("UPDATE jobs SET finished_at = ? WHERE job_id = ?", (time.time(), job_id))
         return Published(version, added, removed, duplicates)
 
     def delete_document(self, collection: str, doc_id: str) -> Published:

@@ -17,12 +17,11 @@ from retrieval.parse import parse_bytes  # imported here, so the worker has the 
 from retrieval.types import ParsedDocument
 
 T = TypeVar("T")
-WORKER_MEMORY_BYTES = 4 * 1024**3
 
 
-def _init_worker() -> None:
+def _init_worker(memory_bytes: int) -> None:
     """Cap the worker's memory, and let the embedding (the ingestion's critical path) win the CPU."""
-    resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     os.nice(10)
 
 
@@ -42,20 +41,24 @@ def _parse_in_worker(data: bytes, name: str) -> ParsedDocument:
 
 
 class ParserPool(Generic[T]):
-    """One spawned worker process (started lazily, restarted after a timeout).
+    """One spawned worker process (started lazily, restarted after a timeout), its address space capped at
+    `memory_bytes` (a parser that needs more fails its file with a MemoryError, never the server).
 
     `parse_many` keeps up to `prefetch` files in flight and yields `(tag, ParsedDocument | FileError)` in
     input order. A file gets `timeout_s` seconds from the moment the worker can start on it.
     """
 
-    def __init__(self, timeout_s: float = 60.0, prefetch: int = 2) -> None:
+    def __init__(self, timeout_s: float = 60.0, prefetch: int = 2, memory_bytes: int = 2 * 1024**3) -> None:
         self.timeout_s = timeout_s
         self.prefetch = max(1, prefetch)
+        self.memory_bytes = memory_bytes
         self._pool: multiprocessing.pool.Pool | None = None
 
     def _worker(self) -> multiprocessing.pool.Pool:
         if self._pool is None:
-            self._pool = multiprocessing.get_context("spawn").Pool(1, initializer=_init_worker)
+            self._pool = multiprocessing.get_context("spawn").Pool(
+                1, initializer=_init_worker, initargs=(self.memory_bytes,)
+            )
             self._pool.apply(_ready)  # start-up (interpreter + parser imports) is not charged to a file
         return self._pool
 

@@ -33,7 +33,9 @@ def _safe_name(raw: str, archive: str) -> str:
     return str(path)
 
 
-def _checked_entries(archive: zipfile.ZipFile, name: str, limits: ArchiveLimits) -> list[tuple[zipfile.ZipInfo, str]]:
+def checked_entries(archive: zipfile.ZipFile, name: str, limits: ArchiveLimits) -> list[tuple[zipfile.ZipInfo, str]]:
+    """The file entries of `archive` with their safe names, or UnsafeArchiveError / TooLargeError /
+    CorruptFileError if any entry breaks a rule (also used for DOCX, which is a zip)."""
     infos = archive.infolist()
     if len(infos) > limits.max_entries:
         raise TooLargeError(f"{name}: {len(infos)} entries, more than the limit of {limits.max_entries}")
@@ -80,7 +82,7 @@ def iter_archive(data: bytes, name: str, limits: ArchiveLimits) -> Iterator[tupl
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CorruptFileError(f"{name}: not a readable zip archive ({exc})") from exc
     with archive:
-        entries = _checked_entries(archive, name, limits)
+        entries = checked_entries(archive, name, limits)
         budget = limits.max_total_bytes
         for info, safe in entries:
             cap = min(info.file_size, limits.max_entry_bytes, budget)

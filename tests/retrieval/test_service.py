@@ -141,8 +141,8 @@ def test_job_of_a_dead_process_is_failed_and_its_pending_documents_dropped(
     )
     dead = subprocess.Popen(["true"])
     dead.wait()
-    with service.store.transaction() as db:
-        db.execute("UPDATE jobs SET state = 'running', pid = ? WHERE job_id = ?", (dead.pid, job_id))
+    with service.store.transaction() as db:  # a job owned by a process that has exited
+        db.execute("UPDATE jobs SET state = 'running', owner = ? WHERE job_id = ?", (f"{dead.pid}-1", job_id))
     service.close()
 
     reopened = RetrievalService.open(data, tokenizer)
