@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from appliance.engine.doc_cache.layout import ChunkSpan, PromptLayout
 from appliance.engine.tokenizer import ChatMessage, TextTokenizer
 from retrieval.types import Chunk
 
@@ -40,6 +41,16 @@ class RagPrompt:
     @property
     def token_ids(self) -> list[int]:
         return [t for seg in self.segments for t in seg.token_ids]
+
+    def layout(self) -> PromptLayout:
+        """Where each passage's own tokens are: the engine's document cache reuses their KV."""
+        doc_ids = {p.chunk_id: p.doc_id for p in self.passages}
+        spans, offset = [], 0
+        for seg in self.segments:
+            if seg.chunk_id is not None and seg.token_ids:
+                spans.append(ChunkSpan(offset, len(seg.token_ids), doc_ids[seg.chunk_id], seg.chunk_id))
+            offset += len(seg.token_ids)
+        return PromptLayout(len(self.segments[0].token_ids), tuple(spans))
 
 
 class PromptBuilder:

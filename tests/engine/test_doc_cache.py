@@ -1,0 +1,167 @@
+"""The document KV cache on the real model (float32): exactness where promised, sharing, accounting."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from appliance.engine.doc_cache.blend import request_slots
+from appliance.engine.doc_cache.layout import chunk_key
+from appliance.engine.engine import LLMEngine
+from appliance.engine.sampling import SamplingParams
+from appliance.rag.prompt import PromptBuilder, RagPrompt
+from kernels.base import AttentionBatch
+from kernels.rope import apply_rotary
+from retrieval.types import Chunk
+
+TEXTS = [
+    "The json module encodes Python objects as JSON text. json.dumps returns a string and json.dump writes to a "
+    "file object. Keys in JSON objects are always strings, so dictionaries with integer keys come back with "
+    "string keys after a round trip.",
+    "The pathlib module offers classes for filesystem paths. Path.read_text opens a file, reads it and closes it "
+    "again. The / operator joins path segments, and Path.glob yields the paths that match a pattern.",
+    "A virtual environment isolates the packages of one project. Create one with python -m venv DIR, then "
+    "activate it; pip installs into the active environment only, leaving the system interpreter untouched.",
+    "The itertools module provides fast building blocks for iterators. chain joins iterables, islice takes a "
+    "slice of an iterator without copying it, and groupby collects consecutive items that share a key.",
+]
+GREEDY = SamplingParams(max_tokens=16, temperature=0.0)
+
+
+@pytest.fixture(scope="module")
+def passages(loaded_model) -> list[Chunk]:
+    tok = loaded_model.tokenizer
+    return [Chunk(i + 1, f"doc-{i}", "c", 0, text, tok.encode(text), f"Doc {i}", f"doc{i}.md", None, ())
+            for i, text in enumerate(TEXTS)]
+
+
+@pytest.fixture
+def engine_for(make_engine: Callable[..., LLMEngine], tmp_path: Path) -> Callable[..., LLMEngine]:
+    def make(**overrides: object) -> LLMEngine:
+        return make_engine(data_dir=tmp_path, **overrides)
+    return make
+
+
+def rag(engine: LLMEngine, question: str, chunks: list[Chunk]) -> RagPrompt:
+    return PromptBuilder(engine.tokenizer).build(question, chunks)
+
+
+def run(engine: LLMEngine, prompt: RagPrompt, mode: str, rid: str, params: SamplingParams = GREEDY):
+    engine.add_request(rid, prompt.token_ids, params, prompt.layout(), mode)
+    tokens: list[int] = []
+    last = None
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.request_id == rid:
+                tokens += out.token_ids
+                last = out
+    assert last is not None and last.finished
+    return tokens, last
+
+
+def test_exact_is_identical_to_off(engine_for, passages) -> None:
+    first = rag(engine_for(), "How do I read a file with pathlib?", passages[:3])
+    again = rag(engine_for(), "What does json.dumps return?", passages[:3])
+    off, _ = run(engine_for(doc_cache="off"), again, "off", "off")
+    engine = engine_for()
+    run(engine, first, "exact", "warm")
+    exact, out = run(engine, again, "exact", "exact")
+    assert out.num_cached_tokens > 0.8 * len(again.token_ids)  # the passages came from the prefix cache
+    assert exact == off
+
+
+def test_blend_recomputing_everything_is_identical_to_off(engine_for, passages) -> None:
+    prompt = rag(engine_for(), "Which module joins iterables?", [passages[3], passages[1], passages[0]])
+    off, _ = run(engine_for(doc_cache="off"), prompt, "off", "off")
+    engine = engine_for(blend_ratio=1.0)
+    # the chunks are encoded once, each after the system prefix only, by an earlier question over another set
+    run(engine, rag(engine, "What is a virtual environment?", passages), "blend", "warm")
+    blended, out = run(engine, prompt, "blend", "blend")
+    assert out.num_encoded_tokens == 0 and out.num_recomputed_tokens == sum(len(p.token_ids) for p in passages[:2]) \
+        + len(passages[3].token_ids)
+    assert blended == off
+
+
+def test_reuse_and_blend_take_chunks_from_the_tier_and_count_it(engine_for, passages) -> None:
+    engine = engine_for(blend_ratio=0.15)
+    warm = rag(engine, "What is a virtual environment?", passages)
+    _, cold = run(engine, warm, "blend", "cold")
+    assert cold.num_encoded_tokens == sum(len(p.token_ids) for p in passages)
+    exact_hits_before = engine.block_manager.prefix_hits
+    prompt = rag(engine, "What does groupby do?", [passages[3], passages[0]])
+    chunk_tokens = len(passages[3].token_ids) + len(passages[0].token_ids)
+    _, blend = run(engine, prompt, "blend", "blend")
+    assert blend.num_encoded_tokens == 0
+    assert 0.15 * chunk_tokens <= blend.num_recomputed_tokens <= 0.15 * chunk_tokens + 2 * 4 + 1
+    assert blend.num_cached_tokens >= chunk_tokens - blend.num_recomputed_tokens
+    # only exact KV (system prefix, first header) counts as prefix-cache hits, never the blended chunks
+    assert engine.block_manager.prefix_hits - exact_hits_before <= prompt.layout().chunks[0].start
+    _, reuse = run(engine, prompt, "reuse", "reuse")
+    assert reuse.num_recomputed_tokens == 0 and reuse.num_cached_tokens >= chunk_tokens
+    assert engine.doc_cache.tier.stats.hits >= 4
+
+
+def test_rerotated_keys_equal_keys_computed_at_the_new_position(engine_for, passages) -> None:
+    """RoPE attention only sees relative positions, so the whole `prefix + chunk` computed at positions
+    shifted by `d` must give, in every layer, the cached pre-RoPE keys rotated by their new positions."""
+    engine = engine_for()
+    prefix = list(PromptBuilder(engine.tokenizer).prefix)
+    chunk = passages[1].token_ids
+    assert engine.warm(prefix, [(chunk, "doc-1")]) == 1
+    while engine.has_unfinished():
+        engine.step()
+    entry = engine.doc_cache.lookup(chunk_key(prefix, chunk, engine.block_manager.salt))
+    assert entry is not None
+    shift, tokens = 333, prefix + chunk
+    n, bs = len(tokens), engine.config.block_size
+    blocks = -(-n // bs)
+    like = engine.runner.kv_caches[0][0]
+    caches = [(like.new_zeros(blocks, bs, *like.shape[2:]), like.new_zeros(blocks, bs, *like.shape[2:]))
+              for _ in engine.runner.kv_caches]
+    positions = torch.arange(n) + shift
+    batch = AttentionBatch([0, n], [n], positions, torch.arange(n), torch.arange(blocks)[None], bs)
+    backend = engine.backend
+    # a fresh prefill: the backend sees every key of the sequence, whatever the absolute positions
+    engine.model.run_layers(torch.tensor(tokens), positions, caches, backend, backend.plan(batch))
+    cos, sin = engine.kv_mover.rope.tables(torch.arange(len(prefix), n) + shift)
+    for layer, (k_direct, v_direct) in enumerate(caches):
+        k_direct = k_direct.view(-1, *like.shape[2:])[len(prefix):n]
+        v_direct = v_direct.view(-1, *like.shape[2:])[len(prefix):n]
+        torch.testing.assert_close(apply_rotary(entry.k[layer], cos, sin), k_direct, atol=2e-4, rtol=1e-4)
+        torch.testing.assert_close(entry.v[layer], v_direct, atol=2e-4, rtol=1e-4)
+
+
+def test_concurrent_requests_sharing_chunks_encode_each_once(engine_for, passages) -> None:
+    engine = engine_for()
+    sets = [[passages[0], passages[1]], [passages[1], passages[2]], [passages[2], passages[0], passages[1]]]
+    prompts = [rag(engine, f"Question number {i}?", s) for i, s in enumerate(sets)]
+    for i, p in enumerate(prompts):
+        engine.add_request(f"r{i}", p.token_ids, GREEDY, p.layout(), "blend")
+    done = set()
+    while engine.has_unfinished():
+        done.update(out.request_id for out in engine.step() if out.finished)
+    assert done == {"r0", "r1", "r2"}
+    assert engine.doc_cache.stats.encoded_chunks == 3
+    assert all(e.pins == 0 for e in engine.doc_cache.tier.entries.values())
+
+
+def test_deleting_a_document_invalidates_its_chunks(engine_for, passages) -> None:
+    engine = engine_for()
+    prompt = rag(engine, "What does json.dumps return?", passages[:2])
+    run(engine, prompt, "reuse", "a")
+    assert len(engine.doc_cache.tier) == 2
+    assert engine.invalidate_document("doc-0") == 2  # memory and disk
+    assert {k for e in engine.doc_cache.tier.entries.values() for k in e.doc_ids} == {"doc-1"}
+    _, again = run(engine, prompt, "reuse", "b")
+    assert again.num_encoded_tokens == len(passages[0].token_ids)
+
+
+def test_a_chunk_is_found_on_disk_by_a_new_engine(engine_for, passages) -> None:
+    prompt = rag(engine_for(), "How do I create a virtual environment?", passages[2:])
+    run(engine_for(), prompt, "reuse", "first")
+    _, out = run(engine_for(), prompt, "reuse", "second")  # a new engine: empty memory tier, same data dir
+    assert out.num_encoded_tokens == 0
+    assert request_slots([3, 1], torch.tensor([0, 17, 31]), 16).tolist() == [48, 17, 31]
