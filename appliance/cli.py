@@ -14,6 +14,7 @@ from appliance.bench.rag import bench_rag
 from appliance.commands.ask import ask
 from appliance.commands.keys import keys_app
 from appliance.commands.retrieval import ingest, search
+from appliance.commands.warm import warm
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.keys import KeyStore
@@ -26,6 +27,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
 app.command("ingest")(ingest)
 app.command("search")(search)
+app.command("warm")(warm)
 app.command("ask")(ask)
 bench_app.command("engine")(bench_engine)
 bench_app.command("rag")(bench_rag)

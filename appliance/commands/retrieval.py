@@ -107,10 +107,11 @@ def ingest(
                 progress=lambda e: progress.update(task, completed=e.done, total=e.total, current=e.source[-60:]),
             )
         _summary(status)
-        if warm:
-            console.print(
-                "[yellow]--warm:[/] pre-encoding chunk KV comes with the engine's document cache; skipped for now"
-            )
+        if warm and status.state == "done":
+            from appliance.commands.warm import report_warm, warm_collection
+
+            settings = Settings.with_flags(data_dir=data_dir, model=model)
+            report_warm(collection, warm_collection(settings, service, collection), settings)
     except ApplianceError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc

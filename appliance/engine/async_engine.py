@@ -14,6 +14,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.engine import LLMEngine
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
@@ -29,6 +30,8 @@ class _Add:
     params: SamplingParams
     sink: asyncio.Queue
     loop: asyncio.AbstractEventLoop
+    layout: PromptLayout | None = None
+    doc_cache: str | None = None
 
 
 @dataclass
@@ -62,9 +65,11 @@ class AsyncEngine:
         self._inbox.put(None)
         self._thread.join(timeout=10)
 
-    async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None
+    async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
+                       layout: PromptLayout | None = None, doc_cache: str | None = None
                        ) -> AsyncIterator[RequestOutput]:
-        """Stream the outputs of one request until it finishes. Raises QueueFullError, RequestError."""
+        """Stream the outputs of one request until it finishes. Raises QueueFullError, RequestError.
+        `layout` and `doc_cache` are as in `LLMEngine.add_request`."""
         self.engine.validate_prompt(prompt)
         with self._lock:
             if self._in_flight >= self.max_queue:
@@ -72,7 +77,7 @@ class AsyncEngine:
             self._in_flight += 1
         rid = request_id or f"req-{next(self._ids)}"
         sink: asyncio.Queue = asyncio.Queue()
-        self._inbox.put(_Add(rid, prompt, params, sink, asyncio.get_running_loop()))
+        self._inbox.put(_Add(rid, prompt, params, sink, asyncio.get_running_loop(), layout, doc_cache))
         finished = False
         try:
             while True:
@@ -123,7 +128,7 @@ class AsyncEngine:
             self.engine.abort(cmd.request_id)
             return
         try:
-            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params)
+            self.engine.add_request(cmd.request_id, cmd.prompt, cmd.params, cmd.layout, cmd.doc_cache)
         except RequestError as exc:
             cmd.loop.call_soon_threadsafe(cmd.sink.put_nowait, exc)
             return

@@ -39,6 +39,9 @@ class DoneEvent:
     completion_tokens: int
     tokens_reused: int
     tokens_computed: int
+    tokens_recomputed: int  # chunk tokens with cached KV that were recomputed anyway (blend)
+    tokens_encoded: int  # chunk tokens that had to be encoded into the document cache first
+    doc_cache: str  # the mode that served the request
     retrieval_ms: float
     queue_ms: float
     ttft_ms: float
@@ -56,9 +59,10 @@ class AskPipeline:
         self.retrieval = retrieval
         self.builder = PromptBuilder(engine.tokenizer)
 
-    async def ask(self, question: str, collections: list[str], k: int, params: SamplingParams
-                  ) -> AsyncIterator[AskEvent]:
-        """Yield sources, then token deltas, then citations, then the done summary."""
+    async def ask(self, question: str, collections: list[str], k: int, params: SamplingParams,
+                  doc_cache: str | None = None) -> AsyncIterator[AskEvent]:
+        """Yield sources, then token deltas, then citations, then the done summary. `doc_cache` picks the
+        document-cache mode for this question (default: the engine's)."""
         started = time.perf_counter()
         hits = await asyncio.to_thread(self.retrieval.search, question, collections, k, "hybrid")
         retrieval_ms = (time.perf_counter() - started) * 1000
@@ -68,7 +72,7 @@ class AskPipeline:
         params = replace(params, logits_processors=(*params.logits_processors, constraint))
         answer, last, ttft_ms = "", None, 0.0
         out: RequestOutput
-        async for out in self.engine.generate(prompt.token_ids, params):
+        async for out in self.engine.generate(prompt.token_ids, params, layout=prompt.layout(), doc_cache=doc_cache):
             if last is None:
                 ttft_ms = (time.perf_counter() - started) * 1000
             last = out
@@ -79,5 +83,6 @@ class AskPipeline:
         yield CitationsEvent(check_citations(answer, prompt.passages))
         total_ms = (time.perf_counter() - started) * 1000
         yield DoneEvent(answer, last.finish_reason, last.num_prompt_tokens, last.num_output_tokens,
-                        last.num_cached_tokens, last.num_computed_prompt_tokens, round(retrieval_ms, 2),
+                        last.num_cached_tokens, last.num_computed_prompt_tokens, last.num_recomputed_tokens,
+                        last.num_encoded_tokens, last.doc_mode, round(retrieval_ms, 2),
                         round(last.queue_s * 1000, 2), round(ttft_ms, 2), round(total_ms, 2))

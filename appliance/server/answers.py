@@ -56,7 +56,8 @@ def done_json(event: DoneEvent) -> dict:
         "usage": {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
                   "total_tokens": d["prompt_tokens"] + d["completion_tokens"]},
         "timings": {key: d[key] for key in ("retrieval_ms", "queue_ms", "ttft_ms", "total_ms")},
-        "kv": {"tokens_computed": d["tokens_computed"], "tokens_reused": d["tokens_reused"]},
+        "kv": {key: d[key] for key in ("tokens_computed", "tokens_reused", "tokens_recomputed", "tokens_encoded")}
+        | {"mode": d["doc_cache"]},
     }
 
 
@@ -69,7 +70,7 @@ def _pipeline(state: AppState) -> AskPipeline:
 
 
 async def open_answer(state: AppState, principal: Principal, question: str, collection: str, k: int,
-                      params: SamplingParams) -> Answer:
+                      params: SamplingParams, doc_cache: str | None = None) -> Answer:
     """Check that the caller may read `collection`, retrieve, and return the answer to stream. Its `done`
     event is charged to the caller's key and the collection (usage book, rag_* metrics) as it passes.
 
@@ -81,7 +82,8 @@ async def open_answer(state: AppState, principal: Principal, question: str, coll
     engine = engine_of(state).engine
     if engine.num_in_flight >= engine.max_queue:  # fail fast, before retrieval and before a stream starts
         raise QueueFullError(f"the engine queue is full ({engine.max_queue} requests); retry shortly")
-    events = cast(AsyncGenerator[AskEvent, None], _pipeline(state).ask(question, [collection], k, params))
+    events = cast(AsyncGenerator[AskEvent, None],
+                  _pipeline(state).ask(question, [collection], k, params, doc_cache))
     with service_errors():
         sources = await anext(events)  # retrieval errors (unknown collection, ...) become JSON errors here
     assert isinstance(sources, SourcesEvent)
