@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.server.deps import AppState, get_state
@@ -129,13 +130,15 @@ class MeteredEngine:
     def tokenizer(self) -> TextTokenizer:
         return self.engine.tokenizer
 
-    async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None
+    async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
+                       layout: PromptLayout | None = None, doc_cache: str | None = None
                        ) -> AsyncGenerator[RequestOutput, None]:
         """Same contract as `AsyncEngine.generate`; closing this stream aborts the request."""
         m = self.metrics
         started = time.perf_counter()
         previous: float | None = None
-        stream = cast(AsyncGenerator[RequestOutput, None], self.engine.generate(prompt, params, request_id))
+        stream = cast(AsyncGenerator[RequestOutput, None],
+                      self.engine.generate(prompt, params, request_id, layout, doc_cache))
         async with aclosing(stream) as outputs:
             async for out in outputs:
                 now = time.perf_counter()
