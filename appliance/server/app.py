@@ -19,7 +19,7 @@ from appliance.server.errors import install_error_handlers
 from appliance.server.logging import RequestIdMiddleware
 from appliance.server.metrics import Metrics
 from appliance.server.metrics import router as metrics_router
-from appliance.server.routes import admin, ask, health, openai, openai_embeddings, search, usage
+from appliance.server.routes import admin, ask, health, library, openai, openai_embeddings, search, ui, usage
 from appliance.server.usage import UsageBook
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
     app.add_middleware(RequestIdMiddleware)
     install_error_handlers(app)
     app.include_router(metrics_router)
-    for module in (health, openai, openai_embeddings, search, ask, admin, usage):
+    for module in (health, openai, openai_embeddings, search, ask, admin, usage, library, ui):
         app.include_router(module.router)
     return app
 
