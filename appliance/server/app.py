@@ -15,11 +15,12 @@ from appliance import __version__
 from appliance.config import Settings
 from appliance.engine.async_engine import AsyncEngine
 from appliance.server.deps import AppState
-from appliance.server.errors import install_error_handlers
+from appliance.server.errors import ERROR_RESPONSES, install_error_handlers
+from appliance.server.limits import BodyLimitMiddleware
 from appliance.server.logging import RequestIdMiddleware
 from appliance.server.metrics import Metrics
 from appliance.server.metrics import router as metrics_router
-from appliance.server.routes import admin, ask, health, library, openai, openai_embeddings, search, ui, usage
+from appliance.server.routes import admin, ask, health, keys, library, openai, openai_embeddings, search, ui, usage
 from appliance.server.usage import UsageBook
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
 
             opened = state.retrieval = await asyncio.to_thread(
                 RetrievalService.open, settings.data_dir, engine.tokenizer, settings.embedder,
-                device=settings.retrieval_device)
+                device=settings.retrieval_device, limits=settings.ingest_limits())
         state.ready = True
         try:
             yield
@@ -53,13 +54,16 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
             if opened is not None:
                 opened.close()
 
-    app = FastAPI(title="RAG appliance", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="RAG appliance", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.appliance = state
     state.extras.update(metrics=Metrics(state), usage=UsageBook())
-    app.add_middleware(RequestIdMiddleware)
+    mb = 1024 * 1024
+    app.add_middleware(BodyLimitMiddleware, max_body=int(settings.max_body_mb * mb),
+                       max_upload=int(settings.max_upload_mb * mb))
+    app.add_middleware(RequestIdMiddleware)  # outermost: the body limit's 413 carries the request id too
     install_error_handlers(app)
     app.include_router(metrics_router)
-    for module in (health, openai, openai_embeddings, search, ask, admin, usage, library, ui):
+    for module in (health, openai, openai_embeddings, search, ask, admin, usage, keys, library, ui):
         app.include_router(module.router)
     return app
 
