@@ -6,12 +6,16 @@ Routes get what they need through these functions (FastAPI `Depends`), never thr
 from __future__ import annotations
 
 import hmac
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from appliance.keys import KeyStore, Role
 from appliance.server.errors import ApiError
+from appliance.server.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from appliance.config import Settings
@@ -33,40 +37,75 @@ class AppState:
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling. `collections` is None for "all collections"."""
+    """Who is calling. `collections` is None for "all collections" (admins); a reader's grant otherwise."""
 
     key_id: str
-    role: str  # "admin" | "reader"
+    role: Role
     collections: frozenset[str] | None = None
 
     def can_read(self, collection: str) -> bool:
         return self.collections is None or collection in self.collections
 
 
+ANONYMOUS = Principal(key_id="anonymous", role="admin")
+_bearer = HTTPBearer(auto_error=False, description="An API key (`ak_<key_id>_<secret>`) or APPLIANCE_ADMIN_KEY")
+
+
 def get_state(request: Request) -> AppState:
     return request.app.state.appliance
 
 
-def current_principal(request: Request) -> Principal:
-    """The caller, from `Authorization: Bearer <key>`.
+def keys_of(state: AppState) -> KeyStore:
+    """The key store of the data dir (`<data_dir>/keys.db`), opened on first use."""
+    keys = state.extras.get("keys")
+    if keys is None:
+        keys = state.extras["keys"] = KeyStore(state.settings.data_dir / "keys.db")
+    return keys
 
-    With no admin key configured (only allowed on loopback) every caller is an anonymous admin.
+
+def _limiter_of(state: AppState) -> RateLimiter:
+    limiter = state.extras.get("rate_limiter")
+    if limiter is None:
+        limiter = state.extras["rate_limiter"] = RateLimiter(state.settings.rate_limit_per_minute,
+                                                             state.settings.rate_limit_burst)
+    return limiter
+
+
+def _identify(state: AppState, token: str | None) -> Principal:
+    admin_key = state.settings.admin_key
+    if not admin_key and not keys_of(state).has_keys():
+        return ANONYMOUS  # no key configured: `appliance serve` allows that on loopback only
+    if not token:
+        raise ApiError(401, "unauthorized", "missing 'Authorization: Bearer <key>' header")
+    if admin_key and hmac.compare_digest(token.encode(), admin_key.encode()):
+        return Principal(key_id="admin", role="admin")
+    key = keys_of(state).verify(token)
+    if key is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key")
+    return Principal(key.key_id, key.role, None if key.collections is None else frozenset(key.collections))
+
+
+def current_principal(request: Request,
+                      credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
+    """The caller, from `Authorization: Bearer <key>`: the one place where authentication is decided.
+
+    With no key configured at all (no APPLIANCE_ADMIN_KEY and no stored key) every caller is an anonymous
+    admin. Otherwise the key must be APPLIANCE_ADMIN_KEY (key id `admin`) or a stored key (401 if missing,
+    unknown or revoked). A key over its rate limit gets 429 with `Retry-After` (anonymous callers have none).
     """
     state = get_state(request)
-    admin_key = state.settings.admin_key
-    if not admin_key:
-        return Principal(key_id="anonymous", role="admin")
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "unauthorized", "missing 'Authorization: Bearer <key>' header")
-    if hmac.compare_digest(token.strip().encode(), admin_key.encode()):
-        return Principal(key_id="admin", role="admin")
-    raise ApiError(401, "unauthorized", "invalid API key")
+    principal = _identify(state, credentials.credentials.strip() if credentials is not None else None)
+    if principal is not ANONYMOUS:
+        wait = _limiter_of(state).acquire(principal.key_id)
+        if wait > 0:
+            raise ApiError(429, "rate_limited", f"API key {principal.key_id!r} is over its limit of "
+                           f"{state.settings.rate_limit_per_minute} requests per minute; retry in {wait:.1f} s",
+                           {"Retry-After": str(math.ceil(wait))})
+    return principal
 
 
-def require_admin(request: Request) -> Principal:
-    principal = current_principal(request)
+def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
+    """The caller, who must hold an admin key (403 otherwise)."""
     if principal.role != "admin":
         raise ApiError(403, "forbidden", "this action needs an admin key")
     return principal

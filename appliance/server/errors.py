@@ -7,11 +7,39 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from appliance.errors import ModelLoadError, QueueFullError, RequestError
 
 log = logging.getLogger("appliance.server")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: `{"error": {"type", "message"}}`."""
+
+    error: ErrorDetail
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "string"}}}
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {"model": ErrorBody, "description": "Bad input"},
+    401: {"model": ErrorBody, "description": "Missing, unknown or revoked API key"},
+    403: {"model": ErrorBody, "description": "The key may not do this (admin only, or not its collection)"},
+    404: {"model": ErrorBody, "description": "No such collection, document, job or key"},
+    409: {"model": ErrorBody, "description": "Exists already"},
+    413: {"model": ErrorBody, "description": "Body, upload, file or archive over its limit"},
+    415: {"model": ErrorBody, "description": "Unsupported file type"},
+    422: {"model": ErrorBody, "description": "Invalid request body or parameters"},
+    429: {"model": ErrorBody, "description": "This key is over its rate limit", "headers": _RETRY_AFTER},
+    503: {"model": ErrorBody, "description": "Engine queue full, or still loading", "headers": _RETRY_AFTER},
+}  # documented on every route (`FastAPI(responses=...)`), so clients and the schema fuzz test know them
 
 
 class ApiError(Exception):
@@ -56,8 +84,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(exc.status_code, "http_error")
+        kind = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status_code, "http_error")
         return error_response(exc.status_code, kind, str(exc.detail))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> JSONResponse:  # also a body cut off at its size limit
+        return error_response(400, "invalid_request", "the client disconnected before sending the whole body")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -2,7 +2,8 @@
 one process), and the timed view of the engine that every route and the ask pipeline generate through.
 
 Histograms and per-request counters are observed as requests run; gauges and the engine's running totals
-are read from the engine and the store at scrape time by a custom collector. Labels: `model_name` only.
+are read from the engine and the store at scrape time by a custom collector. Labels: `model_name` only,
+so no figure names a collection or a key (a reader key may scrape without learning what it cannot read).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from prometheus_client.registry import Collector
 from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
-from appliance.server.deps import AppState, get_state
+from appliance.server.deps import AppState, Principal, current_principal, get_state
 from appliance.server.errors import ApiError
 
 if TYPE_CHECKING:
@@ -168,5 +169,6 @@ def engine_of(state: AppState) -> MeteredEngine:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(state: AppState = Depends(get_state)) -> Response:
+def metrics(state: AppState = Depends(get_state), _: Principal = Depends(current_principal)) -> Response:
+    """Any valid key may scrape (a reader key with no collections suffices): no figure names a collection."""
     return Response(metrics_of(state).exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -8,6 +8,9 @@ from pydantic import BaseModel, Field
 
 from appliance.engine.sampling import SamplingParams
 
+# OpenAPI of routes that answer with server-sent events when the body asks `"stream": true`
+SSE_RESPONSE: dict[int | str, dict] = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
 
 class ContentPart(BaseModel):
     type: Literal["text"] = "text"
@@ -45,7 +48,7 @@ class _GenerationRequest(BaseModel):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
@@ -54,10 +57,10 @@ class _GenerationRequest(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def sampling_params(self, max_tokens: int | None = None) -> SamplingParams:
-        """The engine's sampling parameters (`max_tokens` defaults to 512)."""
+    def sampling_params(self, max_tokens: int) -> SamplingParams:
+        """The engine's sampling parameters, with the route's bounded `max_tokens`."""
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop[:8])
-        return SamplingParams(max_tokens=max_tokens or self.max_tokens or 512, temperature=self.temperature,
+        return SamplingParams(max_tokens=max_tokens, temperature=self.temperature,
                               top_p=self.top_p, top_k=self.top_k, seed=self.seed, stop=stop)
 
 

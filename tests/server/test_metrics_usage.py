@@ -17,7 +17,7 @@ ADMIN = {"Authorization": "Bearer s3cret"}
 
 def _scrape(url: str) -> dict[str, float]:
     """Every sample (histogram `_count`/`_sum` and counter `_total` included) by name."""
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", headers=ADMIN).text
     return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
             if not s.name.endswith("_bucket") and not s.name.endswith("_created")}
 

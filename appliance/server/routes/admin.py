@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from appliance.server.deps import AppState, get_state, require_admin
 from appliance.server.errors import ApiError
@@ -20,8 +21,9 @@ from appliance.server.schemas_retrieval import (
 from retrieval.jobs import IngestItem
 
 router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)])
-
-MAX_FILES_PER_UPLOAD = 1000
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["files"],
+    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
 
 
 @router.post("/collections", status_code=201, response_model=CollectionOut)
@@ -61,18 +63,21 @@ def get_job(job_id: str, state: AppState = Depends(get_state)) -> JobOut:
         return JobOut.of(retrieval_of(state).job(job_id))
 
 
-@router.post("/collections/{name}/documents", status_code=202)
+@router.post("/collections/{name}/documents", status_code=202, openapi_extra=_UPLOAD_BODY)
 async def upload_documents(name: str, request: Request, state: AppState = Depends(get_state)) -> dict[str, str]:
-    """Multipart field(s) of files -> 202 {job_id}. Every file is type-checked (415) and size-checked (413)
-    before the job starts; the job then parses, chunks and indexes them in the background."""
+    """Multipart field(s) `files` -> 202 {job_id}. The request is size-limited (APPLIANCE_MAX_UPLOAD_MB) and
+    holds at most APPLIANCE_MAX_UPLOAD_FILES files (413); every file is type-checked (415) and size-checked
+    (413) before the job starts; the job then parses, chunks and indexes them in the background."""
     service = retrieval_of(state)
     with service_errors():
         await run_in_threadpool(service.store.require_collection, name)
-    limit = service.limits.max_file_bytes
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > limit * 4 + 1024 * 1024:
-        raise ApiError(413, "too_large", f"upload of {declared} bytes is over the limit of {limit * 4} bytes")
-    form = await request.form(max_files=MAX_FILES_PER_UPLOAD)
+    max_files = state.settings.max_upload_files
+    try:
+        form = await request.form(max_files=max_files)
+    except StarletteHTTPException as exc:
+        if str(exc.detail).startswith("Too many files"):
+            raise ApiError(413, "too_large", f"more than {max_files} files in one upload") from exc
+        raise
     files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
     if not files:
         raise ApiError(422, "invalid_request", "no files in the multipart body (use field name 'files')")

@@ -18,6 +18,8 @@ from appliance.errors import ApplianceError
 from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
 from appliance.server.answers import Answer, citations_json, collect, done_json, open_answer, sources_json, stream_error
 from appliance.server.deps import AppState, Principal, current_principal, get_state
+from appliance.server.limits import bounded_max_tokens
+from appliance.server.schemas import SSE_RESPONSE
 
 router = APIRouter()
 
@@ -27,14 +29,14 @@ class AskRequest(BaseModel):
     collection: str = Field(min_length=1, max_length=64)
     k: int = Field(5, ge=1, le=20)
     stream: bool = False
-    max_tokens: int = Field(256, ge=1, le=4096)
+    max_tokens: int | None = Field(None, ge=1, le=32768, description="default 256; at most APPLIANCE_MAX_TOKENS_LIMIT")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
 
 
-@router.post("/api/ask", response_model=None)
+@router.post("/api/ask", response_model=None, responses=SSE_RESPONSE)
 async def ask(body: AskRequest, state: AppState = Depends(get_state),
               principal: Principal = Depends(current_principal)) -> dict | StreamingResponse:
-    params = SamplingParams(max_tokens=body.max_tokens, temperature=body.temperature)
+    params = SamplingParams(max_tokens=bounded_max_tokens(state, body.max_tokens, 256), temperature=body.temperature)
     answer = await open_answer(state, principal, body.question, body.collection, body.k, params)
     if body.stream:
         return StreamingResponse(_sse(answer), media_type="text/event-stream")

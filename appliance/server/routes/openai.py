@@ -24,8 +24,9 @@ from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
 from appliance.server.answers import Answer, citations_json, collect, open_answer, sources_json, stream_error, usage_of
 from appliance.server.deps import AppState, Principal, current_principal, get_state
 from appliance.server.errors import ApiError
+from appliance.server.limits import bounded_max_tokens
 from appliance.server.metrics import engine_of
-from appliance.server.schemas import ChatCompletionRequest, CompletionRequest
+from appliance.server.schemas import SSE_RESPONSE, ChatCompletionRequest, CompletionRequest
 from appliance.server.usage import RequestUsage
 
 router = APIRouter(prefix="/v1")
@@ -119,12 +120,12 @@ async def _sse(env: _Envelope, first: RequestOutput, rest: AsyncIterator[Request
     yield DONE
 
 
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=SSE_RESPONSE)
 async def chat_completions(body: ChatCompletionRequest, state: AppState = Depends(get_state),
                            principal: Principal = Depends(current_principal)) -> dict | StreamingResponse:
     """A chat completion; with `"rag"`, the last user message answered from a collection, with citations."""
     env = _Envelope("chatcmpl", "chat.completion.chunk" if body.stream else "chat.completion", state.model_name)
-    params = body.sampling_params(body.max_completion_tokens)
+    params = body.sampling_params(bounded_max_tokens(state, body.max_completion_tokens or body.max_tokens, 512))
     if body.rag is not None:
         question = body.last_user_message()
         if not question:
@@ -172,13 +173,14 @@ async def _rag_sse(env: _Envelope, answer: Answer, include_usage: bool) -> Async
     yield DONE
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, responses=SSE_RESPONSE)
 async def completions(body: CompletionRequest, state: AppState = Depends(get_state),
                       principal: Principal = Depends(current_principal)) -> dict | StreamingResponse:
     """A text completion of a prompt string (encoded as plain text) or of a list of token ids."""
     prompt = engine_of(state).tokenizer.encode(body.prompt) if isinstance(body.prompt, str) else body.prompt
     env = _Envelope("cmpl", "text_completion", state.model_name)
-    first, rest = await _start(state, principal, prompt, body.sampling_params())
+    params = body.sampling_params(bounded_max_tokens(state, body.max_tokens, 16))
+    first, rest = await _start(state, principal, prompt, params)
     if body.stream:
         return StreamingResponse(
             _sse(env, first, rest, [], lambda t: {"text": t, "logprobs": None}, body.include_usage),
