@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.setup-done
 PYTHON ?= python3
 
-.PHONY: setup run test lint typecheck unit bench-engine bench-retrieval clean
+.PHONY: setup run test lint typecheck deploy-check unit bench-engine bench-retrieval clean
 
 setup: $(STAMP)
 
@@ -27,10 +27,20 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy appliance kernels retrieval
 
+# The docker compose v2 plugin where installed, else the docker-compose client (.ci/run installs Debian's).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+# No Docker engine is needed: both compose setups must validate, and the Dockerfile must lint clean.
+deploy-check: setup
+	@command -v $(firstword $(COMPOSE)) >/dev/null || { echo "needs a compose client: apt-get install docker-compose"; exit 1; }
+	APPLIANCE_ENV_FILE=deploy/appliance.env.example $(COMPOSE) -f docker-compose.yml config -q
+	APPLIANCE_ENV_FILE=deploy/appliance.env.example $(COMPOSE) -f docker-compose.yml -f docker-compose.gpu.yml config -q
+	$(VENV)/bin/hadolint Dockerfile
+
 unit: setup
 	$(PY) -m pytest
 
-test: lint typecheck unit
+test: lint typecheck deploy-check unit
 
 bench-engine: setup
 	$(PIP) install --quiet '.[bench]'   # llama-cpp-python builds from source (several minutes)
