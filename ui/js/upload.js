@@ -88,10 +88,16 @@ export async function uploadJob(collection, files, list, onEnd) {
   try {
     const jobId = await send(collection, files, card);
     for (;;) {
-      const job = await call(`/api/admin/jobs/${encodeURIComponent(jobId)}`);
-      card.update(job);
-      if (job.state === "done" || job.state === "failed") break;
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      let wait = POLL_MS;
+      try {
+        const job = await call(`/api/admin/jobs/${encodeURIComponent(jobId)}`);
+        card.update(job);
+        if (job.state === "done" || job.state === "failed") break;
+      } catch (err) {
+        if (!(err instanceof ApiError) || err.status !== 429) throw err;
+        wait = 1000 * (Number(err.retryAfter) || 1); // over the key's rate limit: poll more slowly
+      }
+      await new Promise((resolve) => setTimeout(resolve, wait));
     }
   } catch (err) {
     card.fail(err);
