@@ -32,7 +32,7 @@ class FlashInferPlan:
     last_page_len: torch.Tensor  # [B] int32 (host): 1..block_size keys in each sequence's last page
     decode: bool
     custom_mask: torch.Tensor | None  # [sum_i q_len_i * seq_len_i] bool (device), row-major per sequence
-    wrapper: Any = None  # the planned FlashInfer wrapper, set by the first layer's forward
+    wrapper: Any = None  # the FlashInfer wrapper planned for this step, set by the first layer's forward
     fallback: Any = None  # the triton plan of a float32 step
 
 
@@ -69,6 +69,7 @@ class FlashInferAttention(AttentionBackend):
         self._prefill: Any = None
         self._decode: Any = None
         self._fallback: Any = None
+        self._active: FlashInferPlan | None = None  # the plan the wrappers are planned for now
 
     def plan(self, batch: AttentionBatch) -> FlashInferPlan:
         starts = batch.query_start_loc
@@ -86,8 +87,8 @@ class FlashInferAttention(AttentionBackend):
         slots = plan.batch.slot_mapping
         k_cache.view(-1, kv_heads, dim).index_copy_(0, slots, k.to(k_cache.dtype))
         v_cache.view(-1, kv_heads, dim).index_copy_(0, slots, v.to(v_cache.dtype))
-        if plan.wrapper is None:
-            plan.wrapper = self._planned(plan, q, k_cache)
+        if self._active is not plan:  # first layer, or another plan (the document cache's) ran in between
+            plan.wrapper, self._active = self._planned(plan, q, k_cache), plan
         return plan.wrapper.run(q.contiguous(), (k_cache, v_cache))  # [T, H, D]
 
     def _planned(self, plan: FlashInferPlan, q: torch.Tensor, k_cache: torch.Tensor) -> Any:

@@ -146,6 +146,23 @@ def test_stand_in_mixed_decode_and_sparse_steps(stand_in: None, seed: int, block
     assert backend._prefill.planned[1]["custom_mask"] is not None
 
 
+def test_stand_in_steps_may_interleave(stand_in: None) -> None:
+    """A second plan used between two layers of the first (the document cache's recompute) re-plans FlashInfer."""
+    cpu = torch.device("cpu")
+    first, k_first, v_first, gen = mixed_batch(4, 16, 2, 32)
+    second, k_second, v_second, _ = sparse_batch(5, 2, 32)
+    backend = get_backend("flashinfer", cpu)
+    reference = get_backend("torch", cpu)
+    plans = backend.plan(first), backend.plan(second)
+    for batch, k_cache, v_cache, plan in ((first, k_first, v_first, plans[0]), (second, k_second, v_second, plans[1]),
+                                          (first, k_first, v_first, plans[0])):
+        q, k, v = (torch.randn(batch.query_start_loc[-1], h, 32, generator=gen).bfloat16() for h in (6, 2, 2))
+        out = backend.forward(q, k, v, k_cache.bfloat16(), v_cache.bfloat16(), plan)
+        ref_k, ref_v = k_cache.bfloat16().float(), v_cache.bfloat16().float()
+        expected = reference.forward(q.float(), k.float(), v.float(), ref_k, ref_v, reference.plan(batch))
+        torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
 def test_stand_in_float32_runs_on_triton(stand_in: None) -> None:
     pytest.importorskip("triton")
     batch, k_cache, v_cache, gen = mixed_batch(3, 16, 2, 32)
