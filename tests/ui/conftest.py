@@ -73,7 +73,7 @@ def open_page(browser: Browser, ui_server: UiServer) -> Iterator[Callable[..., P
     errors: list[str] = []
 
     def open_(path: str, key: str | None = ADMIN_KEY) -> Page:
-        context = browser.new_context(viewport=DESKTOP)
+        context = browser.new_context(viewport=DESKTOP, permissions=["clipboard-read", "clipboard-write"])
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: errors.append(str(exc)))

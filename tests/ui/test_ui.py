@@ -89,13 +89,22 @@ def test_ask_streams_tokens_and_a_citation_opens_the_passage(space: Page, open_p
     expect(turn.locator(".facts")).to_contain_text("First token")
     expect(turn.locator(".facts")).to_contain_text("reused from cache")
     expect(turn.locator(".source")).to_have_count(2)
+    turn.locator(".copy").click()
+    expect(turn.locator(".copy")).to_have_text("Copied")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    assert copied.strip() and copied.split()[:3] == turn.locator(".answer").inner_text().split()[:3]
 
     # the model's own marker if it wrote one, else the one the server's citation check inferred
     cited = turn.locator(".answer .cite.cited")
     marker = cited.first if cited.count() else turn.locator(".answer .cite.inferred").first
-    expect(marker).to_be_visible()
-    marker.click()
+    marker.focus()  # keyboard: Enter opens the passage, Escape closes it and gives the focus back
+    page.keyboard.press("Enter")
     passage = page.locator("#passage")
+    expect(passage).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(passage).to_be_hidden()
+    expect(marker).to_be_focused()
+    marker.click()
     expect(passage).to_be_visible()
     expect(page.locator("#passage-title")).to_contain_text("Mars")
     expect(page.locator("#passage-text mark").first).to_be_visible()
