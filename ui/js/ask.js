@@ -129,7 +129,7 @@ class Turn {
 
   finish(done) {
     this.setState("done");
-    this.status.hidden = true;
+    this.status.hidden = this.sources.length > 0; // without sources, keep saying the answer is not grounded
     this.copy.disabled = false;
     const { ttft_ms: ttft, total_ms: total } = done.timings;
     const { tokens_reused: reused, tokens_computed: computed } = done.kv;
@@ -172,7 +172,6 @@ function openPassage(source, citing, from, { kind, unsupported }) {
     ? "The model did not cite this passage; the appliance matched it to the sentence afterwards."
     : unsupported ? "This passage does not clearly support the sentence that cites it." : "");
   $("passage-link").href = docLink(source.doc_id, source.chunk_id);
-  $("passage").dataset.docId = source.doc_id;
   $("passage").hidden = false;
   $("passage").focus();
 }
