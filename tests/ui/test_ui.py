@@ -1,8 +1,10 @@
 """The web UI end to end in Chromium, against the real appliance and model: upload through the admin page, ask
-and open a citation, search, reader keys, untrusted document text, sign-in and error states."""
+and open a citation, search, reader keys, untrusted document text (uploaded as a zip), sign-in and error states."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -167,9 +169,15 @@ def test_document_markup_renders_as_text_and_never_runs(space: Page, open_page: 
                                                        artifacts: Path) -> None:
     page = open_page("/admin")
     create_collection(page, "untrusted")
-    page.set_input_files("#file-input", {"name": "notes.md", "mimeType": "text/markdown",
-                                         "buffer": UNTRUSTED.encode()})
-    expect(page.locator(".job").first).to_have_attribute("data-state", "done", timeout=60_000)
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("notes.md", UNTRUSTED)
+    page.set_input_files("#file-input", {"name": "notes.zip", "mimeType": "application/zip",
+                                         "buffer": archive.getvalue()})
+    job = page.locator(".job").first
+    expect(job).to_have_attribute("data-state", "done", timeout=60_000)
+    expect(job.locator(".file.expanded")).to_contain_text("notes.zip")
+    expect(job.locator(".file.done")).to_contain_text("notes.md")
     expect(page.locator("#documents-table tbody th")).to_have_text('Notes <script>window.__pwned = "title"</script>')
 
     def assert_inert(where: str) -> None:
