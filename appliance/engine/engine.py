@@ -210,7 +210,8 @@ class LLMEngine:
             queue_s = (req.first_scheduled_time or now) - req.arrival_time
             outputs.append(RequestOutput(req.request_id, text, [token], reason is not None, reason,
                                          req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens,
-                                         queue_s, req.num_recomputed_tokens, req.num_encoded_tokens, req.doc_mode))
+                                         queue_s, req.num_recomputed_tokens, req.num_encoded_tokens, req.doc_mode,
+                                         req.fill_seconds))
         return outputs
 
     def _store_encoded(self, job: Request) -> None:
@@ -223,6 +224,7 @@ class LLMEngine:
     def _fill(self, req: Request) -> None:
         """Write a newly admitted request's reused chunk KV into its blocks and decide what to compute."""
         assert req.layout is not None
+        started = time.perf_counter()
         frontier = req.num_computed_tokens  # exact prefix-cache hits end here
         self.kv_mover.fill(req.block_table, self.doc_cache.take(req), frontier)
         self.doc_cache.release(req)
@@ -234,6 +236,7 @@ class LLMEngine:
         req.exact_limit = max(frontier, min(reused_from)) if reused_from else None
         req.num_cached_tokens = frontier + req.num_reused_tokens
         req.awaiting_fill = False
+        req.fill_seconds = time.perf_counter() - started
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
                  ) -> list[GenerationResult]:

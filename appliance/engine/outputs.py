@@ -24,6 +24,7 @@ class RequestOutput:
     num_recomputed_tokens: int = 0  # chunk tokens with cached KV that were recomputed anyway (blend)
     num_encoded_tokens: int = 0  # chunk tokens that had to be encoded first (chunk-tier misses)
     doc_mode: str = "exact"
+    fill_s: float = 0.0  # document cache: writing the reused KV and choosing the tokens to recompute
 
     @property
     def num_computed_prompt_tokens(self) -> int:

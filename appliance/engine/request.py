@@ -53,6 +53,7 @@ class Request:
     num_reused_tokens: int = 0  # prompt tokens whose KV came from the chunk tier (not recomputed)
     num_recomputed_tokens: int = 0  # chunk tokens that had cached KV but were recomputed (blend)
     num_encoded_tokens: int = 0  # chunk tokens this request had to encode first (chunk-tier misses)
+    fill_seconds: float = 0.0  # writing reused KV into its blocks and choosing what to recompute
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
