@@ -38,10 +38,10 @@ class Settings(BaseSettings):
     max_model_len: int = 8192
     max_queue: int = 256
     doc_cache: Literal["off", "exact", "blend", "reuse"] = "exact"
-    doc_cache_share: float = Field(0.4, ge=0.0, lt=1.0)  # share of kv_cache_mb kept for the chunk tier
-    blend_ratio: float = Field(0.15, ge=0.0, le=1.0)  # reused chunk tokens recomputed by deviation (blend)
-    blend_first_tokens: int = Field(4, ge=0)  # leading tokens of each chunk always recomputed (blend)
-    doc_cache_disk_mb: int = Field(8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
+    doc_cache_share: float = Field(default=0.4, ge=0.0, lt=1.0)  # share of kv_cache_mb kept for the chunk tier
+    blend_ratio: float = Field(default=0.15, ge=0.0, le=1.0)  # reused chunk tokens recomputed by deviation (blend)
+    blend_first_tokens: int = Field(default=4, ge=0)  # leading tokens of each chunk always recomputed (blend)
+    doc_cache_disk_mb: int = Field(default=8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
     doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
     threads: int = 0
     # --- trust (issue 7): request and upload sizes, archives, parsers, generation bounds, rate limits ---
