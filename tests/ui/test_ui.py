@@ -143,8 +143,6 @@ def test_reader_key_cannot_reach_admin_actions(space: Page, open_page: OpenPage,
     httpx.post(f"{ui_server.url}/api/admin/collections", json={"name": "private"}, headers=ADMIN)
     created = httpx.post(f"{ui_server.url}/api/admin/keys", json={"role": "reader", "collections": ["space"]},
                          headers=ADMIN)
-    if created.status_code in (404, 405):
-        pytest.skip("needs issue 7 keys (POST /api/admin/keys)")
     assert created.status_code == 201, created.text
     reader = created.json()["key"]
 
@@ -163,6 +161,12 @@ def test_reader_key_cannot_reach_admin_actions(space: Page, open_page: OpenPage,
         body: JSON.stringify({name: "sneaky"})})).status""", reader)
     assert status == 403
     screenshots(page, artifacts, "admin-reader")
+
+    admin = open_page("/admin")  # the admin sees the key listed, never its secret
+    key_row = admin.locator("#keys-table tbody tr", has_text=created.json()["key_id"])
+    expect(key_row.locator("td").first).to_have_text("reader")
+    expect(key_row.locator("td").nth(1)).to_have_text("space")
+    assert reader not in admin.content()
 
 
 def test_document_markup_renders_as_text_and_never_runs(space: Page, open_page: OpenPage, ui_server: UiServer,

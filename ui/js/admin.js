@@ -2,7 +2,7 @@
 // with a progress card per job, the documents of a collection (size, chunks, date, delete), and the API keys
 // that exist (never their secrets). A reader key gets a message and none of the controls.
 
-import { call, errorOf, request } from "./api.js";
+import { call } from "./api.js";
 import { docLink, el, fill, formatBytes, formatDate } from "./dom.js";
 import { boot, fillCollectionSelect, showError } from "./page.js";
 import { uploadJob } from "./upload.js";
@@ -103,15 +103,9 @@ async function deleteDocument(collection, d) {
 }
 
 async function refreshKeys() {
-  const response = await request("/api/admin/keys");
-  if (response.status === 404) {
-    say($("keys-status"), "Key management is not available on this server yet.");
-    return;
-  }
-  if (!response.ok) throw await errorOf(response);
-  const { keys } = await response.json();
+  const { keys } = await call("/api/admin/keys");
   fillTable($("keys-table"), keys.map((k) => row(k.key_id, k.role,
-    k.collections ? k.collections.join(", ") : "all", formatDate(k.created), formatDate(k.last_used))));
+    k.collections ? k.collections.join(", ") || "none" : "all", formatDate(k.created), formatDate(k.last_used))));
   say($("keys-status"), keys.length ? "" : "No keys yet.");
 }
 

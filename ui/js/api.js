@@ -77,19 +77,10 @@ export async function call(path, options) {
   return response.status === 204 ? null : response.json();
 }
 
-/**
- * Who the key belongs to: {key_id, role: "admin"|"reader", collections: list|null}. Uses GET /api/me; a server
- * without it (404) is probed through the admin API instead: 200 means admin, 403 reader. Rejects with ApiError
- * (401 when the key is missing or wrong).
- */
-export async function whoami() {
-  const me = await request("/api/me");
-  if (me.ok) return me.json();
-  if (me.status !== 404) throw await errorOf(me);
-  const probe = await request("/api/admin/collections");
-  if (probe.ok) return { key_id: null, role: "admin", collections: null };
-  if (probe.status === 403) return { key_id: null, role: "reader", collections: null };
-  throw await errorOf(probe);
+/** Who the key belongs to: {key_id, role: "admin"|"reader", collections: list|null} (GET /api/me). Rejects with
+ * ApiError (401 when the key is missing or wrong). */
+export function whoami() {
+  return call("/api/me");
 }
 
 /** The events of a text/event-stream body as {event, data} (data parsed as JSON). */
