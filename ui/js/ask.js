@@ -118,11 +118,11 @@ class Turn {
 
   renderSources() {
     fill(this.sourceSummary, `Sources (${this.sources.length})`);
-    const cited = new Set((this.citations ?? []).map((c) => c.n));
+    const kinds = new Map((this.citations ?? []).map((c) => [c.n, c.kind === "cited" ? "cited" : "matched"]));
     fill(this.sourceList, ...this.sources.map((s) => el("li", { class: "source", value: s.n },
       el("button", { type: "button", class: "link source-open",
         onclick: (event) => openPassage(s, this.question, event.currentTarget, {}) }, `[${s.n}] ${s.title}`),
-      cited.has(s.n) && el("span", { class: "badge" }, "cited"),
+      kinds.has(s.n) && el("span", { class: "badge" }, kinds.get(s.n)),
       el("span", { class: "meta" }, ` ${whereOf(s)}`),
       el("p", { class: "snippet" }, s.text.length > 180 ? `${s.text.slice(0, 180)}…` : s.text))));
   }
