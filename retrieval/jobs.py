@@ -92,6 +92,7 @@ class Ingestor:
         self.store, self.records, self.indexes = store, records, indexes
         self.chunker, self.embedder, self.limits = chunker, embedder, limits
         self.pool: ParserPool[_Work] = ParserPool(limits.parse_timeout_s, memory_bytes=limits.parse_memory_bytes)
+        self.on_removed: Callable[[list[str]], None] | None = None  # told which ready documents a job replaced
 
     def close(self) -> None:
         self.pool.close()
@@ -188,7 +189,9 @@ class Ingestor:
                 if sum(len(p[2]) for p in pending) >= EMBED_BATCH_CHUNKS:
                     flush()
             flush()
-            self.indexes.change(collection, publish)
+            replaced = self.indexes.change(collection, publish).removed_docs
+            if replaced and self.on_removed is not None:
+                self.on_removed(replaced)
             self.records.set_state(job_id, "done")  # after the indexes: `done` means searchable here too
         except BaseException as exc:
             if not published:

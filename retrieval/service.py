@@ -14,7 +14,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
@@ -66,6 +66,7 @@ class RetrievalService:
         self.jobs = JobRecords(store)
         self.ingestor = Ingestor(store, self.jobs, indexes, chunker, embedder, limits)
         self._runner: JobRunner | None = None
+        self._removed_callback: Callable[[list[str]], None] | None = None
         self.uploads = data_dir / "uploads" / current_owner()
 
     @classmethod
@@ -109,10 +110,22 @@ class RetrievalService:
     def list_collections(self) -> list[Collection]:
         return self.store.list_collections()
 
+    def on_documents_removed(self, callback: Callable[[list[str]], None]) -> None:
+        """Call `callback(doc_ids)` whenever ready documents go: deleted, in a deleted collection, or replaced
+        by a newer version in an ingestion job of this process (the engine drops their cached chunk KV)."""
+        self._removed_callback = callback
+        self.ingestor.on_removed = callback
+
+    def _removed(self, doc_ids: list[str]) -> None:
+        if doc_ids and self._removed_callback is not None:
+            self._removed_callback(doc_ids)
+
     def delete_collection(self, name: str) -> None:
         check_collection_name(name)
         self.store.require_collection(name)
+        doc_ids = [d.doc_id for d in self.store.list_documents(name)]
         self.indexes.drop(name, lambda: self.store.delete_collection(name))
+        self._removed(doc_ids)
 
     def list_documents(self, collection: str) -> list[Document]:
         return self.store.list_documents(collection)
@@ -124,6 +137,7 @@ class RetrievalService:
         """Remove a ready document and its chunks from the store and the collection's indexes."""
         self.store.require_collection(collection)
         self.indexes.change(collection, lambda: self.store.delete_document(collection, doc_id))
+        self._removed([doc_id])
 
     # --- ingestion ---------------------------------------------------------------------------------
     def ingest_paths(

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,7 @@ class Published:
     added: list[int]
     removed: list[int]
     duplicates: list[str]  # pending doc ids dropped because an identical document became ready meanwhile
+    removed_docs: list[str] = field(default_factory=list)  # ready doc ids that are gone (replaced or deleted)
 
 
 def _chunk(row: tuple) -> Chunk:
@@ -238,6 +239,7 @@ class Store:
             added: list[int] = []
             removed: list[int] = []
             duplicates: list[str] = []
+            removed_docs: list[str] = []
             for doc_id, source, content_hash in pending:
                 if db.execute(
                     "SELECT 1 FROM documents WHERE collection = ? AND content_hash = ? AND state = 'ready'",
@@ -252,6 +254,7 @@ class Store:
                 ).fetchall():
                     removed += [r[0] for r in db.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (old,))]
                     db.execute("DELETE FROM documents WHERE doc_id = ?", (old,))
+                    removed_docs.append(old)
                 db.execute("UPDATE documents SET state = 'ready' WHERE doc_id = ?", (doc_id,))
                 added += [r[0] for r in db.execute("SELECT chunk_id FROM chunks WHERE doc_id = ?", (doc_id,))]
             version = self._bump(db, collection)
@@ -261,7 +264,7 @@ class Store:
                 [(job_id, d) for d in duplicates],
             )
             db.execute("UPDATE jobs SET finished_at = ? WHERE job_id = ?", (time.time(), job_id))
-        return Published(version, added, removed, duplicates)
+        return Published(version, added, removed, duplicates, removed_docs)
 
     def delete_document(self, collection: str, doc_id: str) -> Published:
         with self.transaction() as db:
@@ -282,7 +285,7 @@ class Store:
             ):
                 raise NotFoundError(f"document {doc_id!r} not found in collection {collection!r}")
             version = self._bump(db, collection)
-        return Published(version, [], removed, [])
+        return Published(version, [], removed, [], [doc_id])
 
     def discard_pending(self, job_id: str) -> None:
         with self.transaction() as db:

@@ -39,13 +39,18 @@ class _Abort:
     request_id: str
 
 
+@dataclass
+class _Invalidate:
+    doc_ids: list[str]
+
+
 class AsyncEngine:
     """Thread-safe front of `LLMEngine` for the server. At most `max_queue` requests are in flight."""
 
     def __init__(self, engine: LLMEngine, max_queue: int = 256) -> None:
         self.engine = engine
         self.max_queue = max_queue
-        self._inbox: queue.Queue[_Add | _Abort | None] = queue.Queue()
+        self._inbox: queue.Queue[_Add | _Abort | _Invalidate | None] = queue.Queue()
         self._sinks: dict[str, _Add] = {}
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -122,7 +127,15 @@ class AsyncEngine:
                     if out.finished:
                         del self._sinks[out.request_id]
 
-    def _apply(self, cmd: _Add | _Abort) -> None:
+    def invalidate_documents(self, doc_ids: list[str]) -> None:
+        """Drop the cached chunk KV of these documents (on the engine thread, soon; safe from any thread)."""
+        self._inbox.put(_Invalidate(list(doc_ids)))
+
+    def _apply(self, cmd: _Add | _Abort | _Invalidate) -> None:
+        if isinstance(cmd, _Invalidate):
+            for doc_id in cmd.doc_ids:
+                self.engine.invalidate_document(doc_id)
+            return
         if isinstance(cmd, _Abort):
             self._sinks.pop(cmd.request_id, None)
             self.engine.abort(cmd.request_id)

@@ -39,12 +39,15 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         opened: RetrievalService | None = None
-        if state.retrieval is None:
+        if state.retrieval is not None:
+            state.retrieval.on_documents_removed(engine.invalidate_documents)
+        else:
             from retrieval.service import RetrievalService
 
             opened = state.retrieval = await asyncio.to_thread(
                 RetrievalService.open, settings.data_dir, engine.tokenizer, settings.embedder,
                 device=settings.retrieval_device, limits=settings.ingest_limits())
+            opened.on_documents_removed(engine.invalidate_documents)
         state.ready = True
         try:
             yield

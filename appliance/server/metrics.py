@@ -26,6 +26,7 @@ from appliance.server.errors import ApiError
 
 if TYPE_CHECKING:
     from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.doc_cache.manager import DocCache
     from appliance.engine.tokenizer import TextTokenizer
     from retrieval.service import RetrievalService
 
@@ -100,8 +101,35 @@ class _LiveCollector(Collector):
                 total = CounterMetricFamily(name, doc, labels=["model_name"])
                 total.add_metric([model], value)
                 yield total
+            yield from _doc_cache(engine.doc_cache, model)
         if self.state.retrieval is not None:
             yield from _ingestion(self.state.retrieval)
+
+
+def _doc_cache(cache: DocCache, model: str) -> Iterator[Metric]:
+    """The chunk tier's lookups, encodes, evictions and bytes (memory and disk). A chunk reused by `blend`
+    or `reuse` counts here, never in vllm:prefix_cache_hits (which only counts exact prefix blocks)."""
+    tier = cache.tier
+    disk_bytes = cache.disk.bytes_used if cache.disk is not None else 0
+    for name, doc, value in (
+        ("rag_doc_cache_hits", "Chunk lookups found in the chunk tier", tier.stats.hits),
+        ("rag_doc_cache_misses", "Chunk lookups not in memory", tier.stats.misses),
+        ("rag_doc_cache_disk_hits", "Chunk lookups missed in memory and found on disk", cache.stats.disk_hits),
+        ("rag_doc_cache_encoded_chunks", "Chunks encoded into the chunk tier", cache.stats.encoded_chunks),
+        ("rag_doc_cache_evictions", "Chunk-tier entries evicted from memory", tier.stats.evictions),
+        ("rag_doc_cache_invalidations", "Chunk-tier entries dropped with their document", tier.stats.invalidations),
+    ):
+        total = CounterMetricFamily(name, doc, labels=["model_name"])
+        total.add_metric([model], value)
+        yield total
+    for name, doc, value in (
+        ("rag_doc_cache_bytes", "Bytes of chunk KV held in memory", tier.bytes_used),
+        ("rag_doc_cache_disk_bytes", "Bytes of chunk KV on disk", disk_bytes),
+        ("rag_doc_cache_entries", "Chunks held in memory", len(tier)),
+    ):
+        gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
+        gauge.add_metric([model], value)
+        yield gauge
 
 
 def _ingestion(retrieval: RetrievalService) -> Iterator[Metric]:

@@ -31,11 +31,16 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+DocCacheMode = Literal["off", "exact", "blend", "reuse"]
+
+
 class RagOptions(BaseModel):
-    """`"rag": {"collection": C, "k": N}`: answer from collection C's top-N passages, with citations."""
+    """`"rag": {"collection": C, "k": N}`: answer from collection C's top-N passages, with citations;
+    `doc_cache` picks the document KV cache mode for this request (default: the server's)."""
 
     collection: str = Field(min_length=1, max_length=64)
     k: int = Field(default=5, ge=1, le=20)
+    doc_cache: DocCacheMode | None = None
 
 
 class _GenerationRequest(BaseModel):

@@ -19,7 +19,7 @@ from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
 from appliance.server.answers import Answer, citations_json, collect, done_json, open_answer, sources_json, stream_error
 from appliance.server.deps import AppState, Principal, current_principal, get_state
 from appliance.server.limits import bounded_max_tokens
-from appliance.server.schemas import SSE_RESPONSE
+from appliance.server.schemas import SSE_RESPONSE, DocCacheMode
 
 router = APIRouter()
 
@@ -31,13 +31,14 @@ class AskRequest(BaseModel):
     stream: bool = False
     max_tokens: int | None = Field(None, ge=1, le=32768, description="default 256; at most APPLIANCE_MAX_TOKENS_LIMIT")
     temperature: float = Field(0.0, ge=0.0, le=2.0)
+    doc_cache: DocCacheMode | None = Field(None, description="document KV cache mode; default APPLIANCE_DOC_CACHE")
 
 
 @router.post("/api/ask", response_model=None, responses=SSE_RESPONSE)
 async def ask(body: AskRequest, state: AppState = Depends(get_state),
               principal: Principal = Depends(current_principal)) -> dict | StreamingResponse:
     params = SamplingParams(max_tokens=bounded_max_tokens(state, body.max_tokens, 256), temperature=body.temperature)
-    answer = await open_answer(state, principal, body.question, body.collection, body.k, params)
+    answer = await open_answer(state, principal, body.question, body.collection, body.k, params, body.doc_cache)
     if body.stream:
         return StreamingResponse(_sse(answer), media_type="text/event-stream")
     return await collect(answer)

@@ -130,7 +130,8 @@ async def chat_completions(body: ChatCompletionRequest, state: AppState = Depend
         question = body.last_user_message()
         if not question:
             raise ApiError(400, "invalid_request", "a RAG chat needs a user message (the question)")
-        answer = await open_answer(state, principal, question, body.rag.collection, body.rag.k, params)
+        answer = await open_answer(state, principal, question, body.rag.collection, body.rag.k, params,
+                                   body.rag.doc_cache)
         if body.stream:
             return StreamingResponse(_rag_sse(env, answer, body.include_usage), media_type="text/event-stream")
         result = await collect(answer)
