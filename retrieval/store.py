@@ -24,7 +24,8 @@ import numpy as np
 from retrieval.errors import ConflictError, InvalidNameError, NotFoundError
 from retrieval.types import Chunk, ChunkDraft, Collection, Document
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME = re.compile(COLLECTION_NAME_PATTERN)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections(
     name TEXT PRIMARY KEY, created_at REAL NOT NULL, index_version INTEGER NOT NULL DEFAULT 0);

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from appliance.engine.sampling import SamplingParams
 
 # OpenAPI of routes that answer with server-sent events when the body asks `"stream": true`
-SSE_RESPONSE: dict[int | str, dict] = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+SSE_RESPONSE: dict[int | str, dict] = {200: {"content": {"text/event-stream": {}}}}
 
 
-class ContentPart(BaseModel):
+StopString = Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class RequestModel(BaseModel):
+    """Base of request bodies: strict types (no `false` for an int, no `"5"` for a number), so what the
+    OpenAPI schema calls invalid is refused (422) rather than coerced."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class ContentPart(RequestModel):
     type: Literal["text"] = "text"
     text: str
 
 
-class ChatMessageIn(BaseModel):
+class ChatMessageIn(RequestModel):
     role: Literal["system", "user", "assistant"]
     content: str | list[ContentPart] = Field(max_length=200_000)
 
@@ -27,14 +37,14 @@ class ChatMessageIn(BaseModel):
         return "".join(part.text for part in self.content)
 
 
-class StreamOptions(BaseModel):
+class StreamOptions(RequestModel):
     include_usage: bool = False
 
 
 DocCacheMode = Literal["off", "exact", "blend", "reuse"]
 
 
-class RagOptions(BaseModel):
+class RagOptions(RequestModel):
     """`"rag": {"collection": C, "k": N}`: answer from collection C's top-N passages, with citations;
     `doc_cache` picks the document KV cache mode for this request (default: the server's)."""
 
@@ -43,7 +53,7 @@ class RagOptions(BaseModel):
     doc_cache: DocCacheMode | None = None
 
 
-class _GenerationRequest(BaseModel):
+class _GenerationRequest(RequestModel):
     """Fields shared by chat and text completions."""
 
     model: str | None = None
@@ -54,7 +64,7 @@ class _GenerationRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stop: str | list[str] | None = None
+    stop: StopString | list[StopString] | None = None
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
 
@@ -83,7 +93,7 @@ class CompletionRequest(_GenerationRequest):
     max_tokens: int | None = Field(default=16, ge=1, le=32768)  # OpenAI's default for completions
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(RequestModel):
     model: str | None = None
     input: str | list[str] = Field(min_length=1, max_length=2048)
     encoding_format: Literal["float", "base64"] = "float"

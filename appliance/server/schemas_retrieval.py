@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 from appliance.server.deps import AppState
 from appliance.server.errors import ApiError
+from appliance.server.schemas import RequestModel
 from retrieval.errors import ConflictError, FileError, InvalidNameError, NotFoundError
+from retrieval.store import COLLECTION_NAME_PATTERN
 from retrieval.types import Collection, Document, Hit, JobStatus
 
 if TYPE_CHECKING:
@@ -39,7 +41,7 @@ def service_errors() -> Iterator[None]:
         raise ApiError(exc.status, kind, str(exc)) from exc
 
 
-class SearchRequest(BaseModel):
+class SearchRequest(RequestModel):
     query: str = Field(min_length=1, max_length=4000)
     collection: str = Field(min_length=1, max_length=64)
     k: int = Field(10, ge=1, le=100)
@@ -76,8 +78,12 @@ class SearchResponse(BaseModel):
     took_ms: float
 
 
-class CreateCollection(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
+CollectionName = Annotated[str, Field(min_length=1, max_length=64,
+                                      json_schema_extra={"pattern": COLLECTION_NAME_PATTERN})]  # else 400
+
+
+class CreateCollection(RequestModel):
+    name: CollectionName
 
 
 class CollectionOut(BaseModel):

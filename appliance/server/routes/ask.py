@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError
@@ -19,12 +19,12 @@ from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
 from appliance.server.answers import Answer, citations_json, collect, done_json, open_answer, sources_json, stream_error
 from appliance.server.deps import AppState, Principal, current_principal, get_state
 from appliance.server.limits import bounded_max_tokens
-from appliance.server.schemas import SSE_RESPONSE, DocCacheMode
+from appliance.server.schemas import SSE_RESPONSE, DocCacheMode, RequestModel
 
 router = APIRouter()
 
 
-class AskRequest(BaseModel):
+class AskRequest(RequestModel):
     question: str = Field(min_length=1, max_length=4000)
     collection: str = Field(min_length=1, max_length=64)
     k: int = Field(5, ge=1, le=20)

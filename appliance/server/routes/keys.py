@@ -15,6 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from appliance.keys import ApiKey, ApiKeyError, UnknownKeyError
 from appliance.server.deps import AppState, Principal, current_principal, get_state, keys_of, require_admin
 from appliance.server.errors import ApiError
+from appliance.server.schemas import RequestModel
+from appliance.server.schemas_retrieval import CollectionName
 
 router = APIRouter()
 
@@ -25,9 +27,9 @@ class Me(BaseModel):
     collections: list[str] | None = Field(description="the collections this key may read; null: all of them")
 
 
-class CreateKey(BaseModel):
+class CreateKey(RequestModel):
     role: Literal["admin", "reader"]
-    collections: list[str] = Field(default_factory=list, max_length=1000,
+    collections: list[CollectionName] = Field(default_factory=list, max_length=1000,
                                    description="a reader's collections (empty: none); must be empty for an admin")
 
 
