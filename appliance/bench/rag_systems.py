@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from appliance.bench.llama_ids_server import encode_ids
 from appliance.bench.rag_workload import BenchPrompt
 
 if TYPE_CHECKING:
@@ -85,7 +86,8 @@ def _free_port() -> int:
 
 
 class LlamaCppServer:
-    """llama.cpp's OpenAI-compatible server on `gguf`, prompt cache in RAM, greedy, streamed."""
+    """llama.cpp's OpenAI-compatible server on `gguf`, prompt cache in RAM, greedy, streamed; prompts go as
+    token ids (see llama_ids_server.py)."""
 
     name = "llama.cpp"
 
@@ -95,7 +97,7 @@ class LlamaCppServer:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
+            [sys.executable, "-m", "appliance.bench.llama_ids_server", "--model", str(gguf), "--host", "127.0.0.1",
              "--port", str(self.port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
              "--n_threads_batch", str(threads), "--cache", "true", "--cache_type", "ram",
              "--cache_size", str(cache_bytes), "--verbose", "false"],
@@ -115,7 +117,7 @@ class LlamaCppServer:
     async def complete(self, prompt: BenchPrompt, max_tokens: int) -> Completion:
         import httpx
 
-        body: dict[str, Any] = {"prompt": prompt.token_ids, "max_tokens": max_tokens, "temperature": 0.0,
+        body: dict[str, Any] = {"prompt": encode_ids(prompt.token_ids), "max_tokens": max_tokens, "temperature": 0.0,
                                 "top_k": 1, "stream": True}
         start = time.perf_counter()
         ttft, text = 0.0, ""

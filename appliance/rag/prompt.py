@@ -63,8 +63,9 @@ class PromptBuilder:
         bos = [tokenizer.bos_token_id] if tokenizer.add_bos and tokenizer.bos_token_id is not None else []
         if bos and before.startswith(tokenizer.bos_token or "\x01"):
             before = before[len(tokenizer.bos_token or ""):]
-        self.prefix = tuple(bos + tokenizer.encode(before + "<documents>\n"))
-        self.suffix_text = after
+        # the template's own text (with its special tokens) is parsed as a template; everything else is plain text
+        self.prefix = tuple(bos + tokenizer.encode_template(before) + tokenizer.encode("<documents>\n"))
+        self.suffix = tuple(tokenizer.encode_template(after))
 
     def build(self, question: str, chunks: list[Chunk]) -> RagPrompt:
         passages = tuple(sorted(chunks, key=lambda c: c.chunk_id))
@@ -75,6 +76,6 @@ class PromptBuilder:
             segments.append(Segment(tuple(self.tokenizer.encode(header))))
             segments.append(Segment(tuple(chunk.token_ids), chunk.chunk_id))
             segments.append(Segment(tuple(self.tokenizer.encode("\n\n"))))
-        tail = f"</documents>\n\nQuestion: {question}{self.suffix_text}"
-        segments.append(Segment(tuple(self.tokenizer.encode(tail))))
+        tail = tuple(self.tokenizer.encode(f"</documents>\n\nQuestion: {question}")) + self.suffix
+        segments.append(Segment(tail))
         return RagPrompt(tuple(segments), passages)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from appliance.engine.tokenizer import ChatMessage
 from appliance.rag.citations import CitationConstraint, check_citations
-from appliance.rag.prompt import PromptBuilder
+from appliance.rag.prompt import SYSTEM_PROMPT, PromptBuilder
 from retrieval.types import Chunk
 
 
@@ -34,6 +35,17 @@ def test_chunks_keep_their_stored_tokens_in_canonical_order(tok) -> None:
     # the shared system prefix is the same token run for every question
     other = builder.build("Something else entirely?", [a])
     assert other.token_ids[:len(builder.prefix)] == list(builder.prefix)
+
+
+def test_the_chat_template_frames_the_prompt_with_its_special_tokens(tok) -> None:
+    """The framing must be the ids the model was trained on (`<|im_start|>` as one special token), exactly as
+    the engine's chat templating gives them, never the marker spelled out as plain text."""
+    prompt = PromptBuilder(tok).build("Where?", [_chunk(tok, 1, "Alpha passage about rivers.")]).token_ids
+    chat = tok.apply_chat_template([ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", "X")])
+    head = chat[:chat.index(tok.encode("X")[0])]  # everything before the user's content
+    tail = chat[chat.index(tok.encode("X")[0]) + 1:]  # the end of the user turn and the assistant header
+    assert prompt[:len(head)] == head and prompt[-len(tail):] == tail
+    assert tok.encode_template("<|im_start|>") == [prompt[0]] != tok.encode("<|im_start|>")
 
 
 @pytest.mark.parametrize("k", [3, 12])
