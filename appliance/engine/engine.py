@@ -226,7 +226,7 @@ class LLMEngine:
         assert req.layout is not None
         started = time.perf_counter()
         frontier = req.num_computed_tokens  # exact prefix-cache hits end here
-        self.kv_mover.fill(req.block_table, self.doc_cache.take(req), frontier)
+        self.kv_mover.fill(self.backend, req.block_table, self.doc_cache.take(req), frontier)
         self.doc_cache.release(req)
         deviation = None
         if req.doc_mode == "blend":

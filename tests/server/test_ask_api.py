@@ -77,7 +77,8 @@ def test_stream_events_in_order_with_valid_citations(rag_server: Server) -> None
     assert citations  # greedy answer restating the Jupiter passage: at least an inferred citation
     _check_citations(sources, citations, 2)
     done = events[-1][1]
-    assert done["usage"]["completion_tokens"] > 0 and set(done["kv"]) == {"tokens_computed", "tokens_reused"}
+    assert done["usage"]["completion_tokens"] > 0 and set(done["kv"]) == {
+        "tokens_computed", "tokens_reused", "tokens_recomputed", "tokens_encoded", "mode"}
 
 
 def test_reader_never_sees_another_collection(rag_server: Server, reader_of_space: None) -> None:

@@ -13,7 +13,7 @@ from appliance.engine.doc_cache.layout import ChunkSpan
 from appliance.engine.doc_cache.tier import ChunkEntry
 from appliance.engine.model import CausalLM, KVPair
 from kernels.base import AttentionBackend, AttentionBatch
-from kernels.rope import RotaryEmbedding, apply_rotary, inverse_tables, write_rotated
+from kernels.rope import RotaryEmbedding, apply_rotary, inverse_tables
 
 SELECT_LAYERS = 2  # the early layers run densely over the whole prompt to measure each reused token's deviation
 
@@ -49,8 +49,10 @@ class KVMover:
             vs.append(v_cache.view(-1, kvh, dim)[slots])
         return ChunkEntry(key, torch.stack(ks), torch.stack(vs), doc_ids)
 
-    def fill(self, block_table: list[int], chunks: list[tuple[ChunkSpan, ChunkEntry]], frontier: int) -> None:
-        """Write each chunk's KV at its span's positions (those at or past `frontier`) in every layer."""
+    def fill(self, backend: AttentionBackend, block_table: list[int], chunks: list[tuple[ChunkSpan, ChunkEntry]],
+             frontier: int) -> None:
+        """Write each chunk's KV at its span's positions (those at or past `frontier`) in every layer, through
+        the backend's `write_rotated` (a fused kernel on GPUs)."""
         for span, entry in chunks:
             first = max(span.start, frontier)
             if first >= span.end:
@@ -60,7 +62,7 @@ class KVMover:
             cos, sin = self.rope.tables(positions)
             rows = slice(first - span.start, span.length)
             for layer, (k_cache, v_cache) in enumerate(self.kv_caches):
-                write_rotated(k_cache, v_cache, entry.k[layer, rows], entry.v[layer, rows], slots, cos, sin)
+                backend.write_rotated(k_cache, v_cache, entry.k[layer, rows], entry.v[layer, rows], slots, cos, sin)
 
     @torch.inference_mode()
     def deviations(self, backend: AttentionBackend, token_ids: list[int], block_table: list[int],
