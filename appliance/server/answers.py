@@ -13,6 +13,7 @@ from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError, QueueFullError, RequestError
 from appliance.rag.citations import Citation
 from appliance.rag.pipeline import AskEvent, AskPipeline, CitationsEvent, DoneEvent, SourcesEvent
+from appliance.server.admission import admission_of
 from appliance.server.deps import AppState, Principal
 from appliance.server.errors import ApiError
 from appliance.server.metrics import engine_of, metrics_of
@@ -75,15 +76,13 @@ async def open_answer(state: AppState, principal: Principal, question: str, coll
     event is charged to the caller's key and the collection (usage book, rag_* metrics) as it passes.
 
     Raises ApiError 403 (not the caller's collection), 404 (no such collection), 503 (still loading);
-    QueueFullError (503) when the engine queue is full.
+    QueueFullError (503) when the engine queue is full (`admission.py`).
     """
     if not principal.can_read(collection):
         raise ApiError(403, "forbidden", f"this key cannot read collection {collection!r}")
-    engine = engine_of(state).engine
-    if engine.num_in_flight >= engine.max_queue:  # fail fast, before retrieval and before a stream starts
-        raise QueueFullError(f"the engine queue is full ({engine.max_queue} requests); retry shortly")
-    events = cast(AsyncGenerator[AskEvent, None],
-                  _pipeline(state).ask(question, [collection], k, params, doc_cache))
+    pipeline = _pipeline(state)
+    asked = cast(AsyncGenerator[AskEvent, None], pipeline.ask(question, [collection], k, params, doc_cache))
+    events = await admission_of(state).hold(asked)  # fail fast when full, before retrieval
     with service_errors():
         sources = await anext(events)  # retrieval errors (unknown collection, ...) become JSON errors here
     assert isinstance(sources, SourcesEvent)

@@ -21,6 +21,14 @@ ADMIN_KEY = "bootstrap-admin-s3cret"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
+def rss_mb() -> float:
+    """This process's resident memory (the served app runs in it)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
 @dataclass
 class SecureServer:
     url: str

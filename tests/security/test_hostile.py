@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.security.conftest import ADMIN, SecureServer
+from tests.security.conftest import ADMIN, SecureServer, rss_mb
 from tests.security.figures import record
 from tests.security.hostile_files import corpus
 
@@ -20,14 +20,6 @@ SERVER_SETTINGS = {"parse_timeout_s": 3, "parse_memory_mb": 1024, "max_file_mb":
                    "max_upload_files": 8, "archive_max_mb": 64, "rate_limit_per_minute": 0, "max_tokens_limit": 2}
 CORPUS = {"kb": {"intro.md": "# Intro\n\nThe appliance answers questions over documents."}}
 MB = 1024 * 1024
-
-
-def rss_mb() -> float:
-    """This process's resident memory (the served app runs in it)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def _files_named(root: Path, fragment: str) -> list[str]:

@@ -21,6 +21,7 @@ from appliance.engine.sampling import SamplingParams
 from appliance.engine.tokenizer import ChatMessage
 from appliance.errors import ApplianceError
 from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
+from appliance.server.admission import admission_of
 from appliance.server.answers import Answer, citations_json, collect, open_answer, sources_json, stream_error, usage_of
 from appliance.server.deps import AppState, Principal, current_principal, get_state
 from appliance.server.errors import ApiError
@@ -83,7 +84,8 @@ async def _charged(outputs: AsyncGenerator[RequestOutput, None], state: AppState
 async def _start(state: AppState, principal: Principal, prompt: list[int], params: SamplingParams
                  ) -> tuple[RequestOutput, AsyncIterator[RequestOutput]]:
     """Submit and wait for the first output, so that queue-full and bad prompts become JSON errors."""
-    outputs = _charged(engine_of(state).generate(prompt, params), state, principal.key_id)
+    charged = _charged(engine_of(state).generate(prompt, params), state, principal.key_id)
+    outputs = await admission_of(state).hold(charged)
     return await anext(outputs), outputs
 
 

@@ -1,0 +1,49 @@
+"""Admission control: at most APPLIANCE_MAX_QUEUE generation requests inside the server at once.
+
+A request takes its slot when it is accepted, before retrieval or tokenization, so that under overload the
+excess is refused at once (503 + Retry-After) instead of after the work that precedes the engine's own queue
+check. The slot is given back when the request's stream ends, is closed, or is garbage-collected.
+Used from the event loop only (no lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import TypeVar
+
+from appliance.errors import QueueFullError
+from appliance.server.deps import AppState
+
+T = TypeVar("T")
+
+
+class Admission:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+
+    async def hold(self, stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        """`stream`, holding a slot until it is over. Raises QueueFullError at once when none is free."""
+        if self.taken >= self.limit:
+            raise QueueFullError(f"the engine queue is full ({self.limit} requests); retry shortly")
+        self.taken += 1
+        held = self._held(stream)
+        await anext(held)  # started, so its `finally` runs however it ends (even unread, when collected)
+        return held
+
+    async def _held(self, stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        try:
+            yield None  # type: ignore[misc]  # the priming step of `hold`, never seen by the caller
+            async with aclosing(stream):
+                async for item in stream:
+                    yield item
+        finally:
+            self.taken -= 1
+
+
+def admission_of(state: AppState) -> Admission:
+    admission = state.extras.get("admission")
+    if admission is None:
+        admission = state.extras["admission"] = Admission(state.settings.max_queue)
+    return admission
