@@ -59,14 +59,15 @@ def ensure_collection(service: RetrievalService, collection: str, files: list[Pa
             "ingest_s": None if reused else round(time.perf_counter() - start, 1)}
 
 
-def warm_collection(loaded: LoadedModel, service: RetrievalService, kv_dir: Path) -> dict[str, float]:
-    """Encode every chunk of WARM_COLLECTION into the disk tier under `kv_dir` (what `appliance warm` does)."""
+def warm_collection(loaded: LoadedModel, service: RetrievalService, collection: str, kv_dir: Path
+                    ) -> dict[str, float]:
+    """Encode every chunk of `collection` into the disk tier under `kv_dir` (what `appliance warm` does)."""
     from appliance.config import EngineConfig
     from appliance.engine.engine import LLMEngine
     from appliance.rag.prompt import PromptBuilder
 
     engine = LLMEngine(loaded, EngineConfig(data_dir=kv_dir, doc_cache="blend"))
-    chunks = [(c.token_ids, c.doc_id) for d in service.list_documents(WARM_COLLECTION)
+    chunks = [(c.token_ids, c.doc_id) for d in service.list_documents(collection)
               for c in service.document_chunks(d.doc_id)]
     start = time.perf_counter()
     queued = engine.warm(list(PromptBuilder(engine.tokenizer).prefix), chunks)
@@ -150,18 +151,19 @@ def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurre
         stack.callback(service.close)
         pages = sorted(p for p in corpus_dir.iterdir() if p.suffix in (".html", ".md")) if corpus_dir.is_dir() else []
         say(f"ingesting {corpus_dir} (reused when already there)")
+        asked = questions[:segment]  # (B): the pages answering these questions are pre-encoded
+        answers = f"{WARM_COLLECTION}-{len(asked)}"
         corpus = {COLLECTION: ensure_collection(service, COLLECTION, pages),
-                  WARM_COLLECTION: ensure_collection(service, WARM_COLLECTION,
-                                                     [p for p in pages if p.name in {q.page for q in questions}])}
+                  WARM_COLLECTION: ensure_collection(service, answers,
+                                                     [p for p in pages if p.name in {q.page for q in asked}])}
         traffic = build_prompts(service, loaded.tokenizer, COLLECTION,
                                 skewed_traffic(questions, segment * (1 + len(concurrency))), k)
-        fresh = build_prompts(service, loaded.tokenizer, WARM_COLLECTION,
-                              fresh_questions(questions) + fresh_questions(questions[1:] + questions[:1]), k)
-        kv_dir = root / "kv-warm"
-        say(f"warming {WARM_COLLECTION}: encoding every chunk into {kv_dir}")
-        warm = warm_collection(loaded, service, kv_dir)
+        fresh = build_prompts(service, loaded.tokenizer, answers, fresh_questions(asked), k)
+        kv_dir = Path(tempfile.mkdtemp(dir=root, prefix="kv-warm-"))
+        say(f"warming {answers}: encoding every chunk into {kv_dir}")
+        warm = warm_collection(loaded, service, answers, kv_dir)
         seg_a = {c: traffic[(i + 1) * segment:(i + 2) * segment] for i, c in enumerate(concurrency)}
-        seg_b = {c: fresh[i * segment:(i + 1) * segment] for i, c in enumerate(concurrency)}
+        seg_b = {c: fresh for c in concurrency}  # a fresh system per level: each question is new to it
         bench = Bench(loaded, root, default_model_path(), max_tokens, kv_cache_mb, threads, say)
         runs: dict[str, dict[str, Any]] = {"A": {}, "B": {}}
         for name in systems:

@@ -35,7 +35,7 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory, loaded_model) -> dict:
 def test_result_structure_and_ranges(tiny_result: dict) -> None:
     assert tiny_result["machine"]["cores"]
     corpus = tiny_result["corpus"]
-    assert corpus["pydoc"]["documents"] == corpus["pydoc-answers"]["documents"] == 3
+    assert corpus["pydoc"]["documents"] == 3 and corpus["pydoc-answers"]["documents"] == 2  # the asked pages
     warm = tiny_result["warm"]
     assert warm["encoded"] == warm["chunks"] >= 3 and warm["disk_mb"] > 0
     for workload in ("A", "B"):
