@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.setup-done
 PYTHON ?= python3
 
-.PHONY: setup run test lint typecheck deploy-check unit bench-engine bench-retrieval clean
+.PHONY: setup run test lint typecheck deploy-check unit bench-engine bench-retrieval reliability clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,9 @@ test: lint typecheck deploy-check unit
 bench-engine: setup
 	$(PIP) install --quiet '.[bench]'   # llama-cpp-python builds from source (several minutes)
 	$(VENV)/bin/appliance bench engine
+
+reliability: setup
+	$(PY) scripts/reliability.py   # tests/security, figures to docs/RELIABILITY.md
 
 bench-retrieval: setup
 	test -d /usr/share/doc/python3.11/html/library || apt-get install -y python3.11-doc
