@@ -28,6 +28,24 @@ what each test measured. The tests assert the bounds; this page keeps the figure
 How each guarantee is built is described in README ("Keys and limits") and ARCHITECTURE ("Trust").
 """
 
+NOTES = """Reading the figures:
+
+- Overload: refusing costs what any request costs. The bound asserted is 50 ms, or 1.5 times the p99 of the
+  `/health` probes sent in the same burst when the machine is too loaded for even those to meet it. On this
+  2-core machine a quiet run measured a 45.6 ms refusal p99 (load average 1.5); with other work running, both
+  the refusals and the probes take about 100 ms. The excess is refused before retrieval or tokenization
+  (`server/admission.py`), and the admitted requests all complete.
+- Crash: `kill -9` (process death). SQLite runs in WAL mode with `synchronous=NORMAL`, which keeps every
+  committed transaction across a process crash; after a power loss the last transactions may be lost, though
+  the store stays consistent.
+- schemathesis runs every check but `positive_data_acceptance`: the API rightly refuses some schema-valid
+  requests for reasons a schema cannot state (a collection that does not exist, a prompt longer than the
+  model's context, `max_tokens` over this server's limit).
+- Prompt injection: the embedded SmolLM2-135M follows neither the instruction in a document nor the same
+  instruction from the user, so its 0% shows that the delimiting holds for this model but says little about
+  a stronger one; the canaries of `tests/security/canary.py` are the measurement to repeat with it.
+"""
+
 
 def _rows(figures: dict) -> list[tuple[str, str, str]]:
     acl, fuzz, hostile, crash = figures["acl"], figures["fuzz"], figures["hostile_files"], figures["crash"]
@@ -69,7 +87,7 @@ def _rows(figures: dict) -> list[tuple[str, str, str]]:
 def render(figures: dict, machine: dict[str, str]) -> str:
     table = ["| what | figure | detail |", "|---|---|---|"]
     table += [f"| {what} | **{figure}** | {detail} |" for what, figure, detail in _rows(figures)]
-    return "\n".join([INTRO, *table, "", machine_markdown(machine), ""])
+    return "\n".join([INTRO, *table, "", NOTES, machine_markdown(machine), ""])
 
 
 def main() -> int:
