@@ -27,7 +27,7 @@ def _schemathesis(url: str, key: str, report: Path) -> dict:
                "-H", f"Authorization: Bearer {key}", "--checks", "all", "--exclude-checks", "positive_data_acceptance",
                "--max-examples", str(MAX_EXAMPLES), "--seed", "7", "--workers", "1", "--request-timeout", "60",
                "--no-color", "--report", "json", "--report-json-path", str(report)]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=report.parent)  # its cache too
     assert report.is_file(), run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads(report.read_text())
     result["output"] = run.stdout
