@@ -60,7 +60,7 @@ def ensure_collection(service: RetrievalService, collection: str, files: list[Pa
 
 
 def warm_collection(loaded: LoadedModel, service: RetrievalService, collection: str, kv_dir: Path
-                    ) -> dict[str, float]:
+                    ) -> dict[str, Any]:
     """Encode every chunk of `collection` into the disk tier under `kv_dir` (what `appliance warm` does)."""
     from appliance.config import EngineConfig
     from appliance.engine.engine import LLMEngine
@@ -78,7 +78,7 @@ def warm_collection(loaded: LoadedModel, service: RetrievalService, collection: 
     tokens = sum(len(t) for t, _ in chunks)
     return {"chunks": len(chunks), "encoded": queued, "seconds": round(time.perf_counter() - start, 1),
             "disk_mb": round(disk.bytes_used / 2**20, 1), "kv_bytes_per_token": engine.kv_bytes_per_token,
-            "tokens": tokens}
+            "tokens": tokens, "dtype": str(engine.dtype).removeprefix("torch.")}
 
 
 class Bench:
@@ -159,7 +159,7 @@ def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurre
         traffic = build_prompts(service, loaded.tokenizer, COLLECTION,
                                 skewed_traffic(questions, segment * (1 + len(concurrency))), k)
         fresh = build_prompts(service, loaded.tokenizer, answers, fresh_questions(asked), k)
-        kv_dir = Path(tempfile.mkdtemp(dir=root, prefix="kv-warm-"))
+        kv_dir = root / "kv-warm"  # kept with the data dir: a later run only encodes what is missing
         say(f"warming {answers}: encoding every chunk into {kv_dir}")
         warm = warm_collection(loaded, service, answers, kv_dir)
         seg_a = {c: traffic[(i + 1) * segment:(i + 2) * segment] for i, c in enumerate(concurrency)}

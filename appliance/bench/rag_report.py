@@ -65,7 +65,7 @@ def rag_markdown(result: dict[str, Any]) -> str:
         f"(hybrid retrieval, k={w['k']} chunks of <= 256 tokens, passages in canonical order, built once); greedy, "
         f"max_tokens={w['max_tokens']}; TTFT from submission to the first token (retrieval, identical for all, "
         "is listed as a phase). llama.cpp = `llama-cpp-python[server]` OpenAI server on the same GGUF, RAM "
-        "prompt cache on, same thread count. Ours: one fresh engine per system, bfloat16, "
+        f"prompt cache on, same thread count. Ours: one fresh engine per system, {warm['dtype']} (auto), "
         "`APPLIANCE_DOC_CACHE=<mode>` (blend: 15% deviation-chosen tokens + 4 leading tokens per chunk recomputed).",
         "",
         f"**(A) skewed traffic** over python3.11-doc ({pydoc['documents']} pages, {pydoc['chunks']} chunks): "
@@ -76,9 +76,11 @@ def rag_markdown(result: dict[str, Any]) -> str:
         *_system_table(result["A"], levels, "ttft_mean_ms"),
         "",
         f"**(B) pre-encoded collection, questions never asked before**: the {answers['documents']} pages that "
-        f"answer the questions ({warm['chunks']} chunks, {warm['tokens']} tokens) encoded ahead of time in "
-        f"{warm['seconds']:.0f} s ({warm['disk_mb']:.0f} MB on disk, {warm['kv_bytes_per_token'] / 1000:.1f} KB "
-        "per token in bfloat16; `APPLIANCE_DOC_CACHE_KV_FORMAT=int8` halves it); questions in a phrasing (A) never "
+        f"answer the questions ({warm['chunks']} chunks, {warm['tokens']} tokens) encoded ahead of time "
+        f"({warm['encoded']} encoded by this run in {warm['seconds']:.0f} s, the rest found on disk from an earlier "
+        f"run; {warm['disk_mb']:.0f} MB on disk, {warm['kv_bytes_per_token'] / 1000:.1f} KB per token in the "
+        "engine's dtype; `APPLIANCE_DOC_CACHE_KV_FORMAT=int8` stores 1 byte per value); questions in a phrasing "
+        "(A) never "
         f"uses; a fresh system per level ({w['segment']} requests each). Mean prompt "
         f"{w['prompt_tokens_mean']['B']:.0f} tokens.",
         "",
