@@ -37,7 +37,7 @@ def test_result_structure_and_ranges(tiny_result: dict) -> None:
     corpus = tiny_result["corpus"]
     assert corpus["pydoc"]["documents"] == 3 and corpus["pydoc-answers"]["documents"] == 2  # the asked pages
     warm = tiny_result["warm"]
-    assert warm["encoded"] == warm["chunks"] >= 3 and warm["disk_mb"] > 0
+    assert warm["encoded"] == warm["chunks"] >= 2 and warm["disk_mb"] > 0  # the pages of the 2 asked questions
     for workload in ("A", "B"):
         assert set(tiny_result[workload]) == {"off", "blend"}
         for levels in tiny_result[workload].values():
