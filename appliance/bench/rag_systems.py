@@ -100,7 +100,8 @@ class LlamaCppServer:
             [sys.executable, "-m", "appliance.bench.llama_ids_server", "--model", str(gguf), "--host", "127.0.0.1",
              "--port", str(self.port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
              "--n_threads_batch", str(threads), "--cache", "true", "--cache_type", "ram",
-             "--cache_size", str(cache_bytes), "--verbose", "false"],
+             "--cache_size", str(cache_bytes), "--verbose", "false",
+             "--interrupt_requests", "false"],  # queue concurrent requests instead of cutting the running stream
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
