@@ -166,11 +166,18 @@ def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurre
         seg_b = {c: fresh for c in concurrency}  # a fresh system per level: each question is new to it
         bench = Bench(loaded, root, default_model_path(), max_tokens, kv_cache_mb, threads, say)
         runs: dict[str, dict[str, Any]] = {"A": {}, "B": {}}
+        failed: dict[str, str] = {}
         for name in systems:
-            runs["A"][name] = bench.skewed(name, traffic[:segment], seg_a)
-            runs["B"][name] = bench.pre_encoded(name, seg_b, kv_dir)
+            try:  # one system failing (a peer that cannot start, ...) is reported, not fatal to the others
+                a = bench.skewed(name, traffic[:segment], seg_a)
+                runs["B"][name] = bench.pre_encoded(name, seg_b, kv_dir)
+                runs["A"][name] = a
+            except Exception as exc:  # noqa: BLE001
+                runs["B"].pop(name, None)
+                failed[name] = f"{type(exc).__name__}: {exc}"
+                say(f"{name} failed: {failed[name]}")
     tokenizer = loaded.tokenizer
-    result: dict[str, Any] = {"machine": machine, "corpus": corpus, "warm": warm, "workload": {
+    result: dict[str, Any] = {"machine": machine, "corpus": corpus, "warm": warm, "failed": failed, "workload": {
         "model": loaded.name, "k": k, "max_tokens": max_tokens, "segment": segment, "concurrency": concurrency,
         "prompt_tokens_mean": {w: sum(len(p.token_ids) for p in ps) / len(ps) for w, ps in
                                (("A", traffic), ("B", fresh))},

@@ -95,6 +95,8 @@ def rag_markdown(result: dict[str, Any]) -> str:
         "",
         "(A)", "", *_phase_table(result["A"], levels[0], w["retrieval_ms_p50"]["A"]), "",
         "(B)", "", *_phase_table(result["B"], levels[0], w["retrieval_ms_p50"]["B"]), "",
+        *(f"**{name} failed** in this run: {why}" for name, why in result.get("failed", {}).items()),
+        "",
         f"![TTFT and throughput]({PLOT.name})",
         "",
         "Machine:",
