@@ -27,8 +27,14 @@ def make_batch(shapes: list[tuple[int, int]], block_size: int, kv_heads: int, di
         slots.extend(table[p // block_size] * block_size + p % block_size for p in range(ctx, ctx + new))
         starts.append(starts[-1] + new)
         seq_lens.append(ctx + new)
-    block_tables = torch.zeros(len(shapes), max(len(t) for t in tables), dtype=torch.int64)
-    for i, t in enumerate(tables):
-        block_tables[i, :len(t)] = torch.tensor(t)
+    block_tables = pad_block_tables(tables)
     batch = AttentionBatch(starts, seq_lens, torch.tensor(positions), torch.tensor(slots), block_tables, block_size)
     return batch, k_cache, v_cache
+
+
+def pad_block_tables(tables: list[list[int]]) -> torch.Tensor:
+    """Block tables of different lengths -> [B, max_blocks] int64, padded with 0."""
+    out = torch.zeros(len(tables), max(len(t) for t in tables), dtype=torch.int64)
+    for i, t in enumerate(tables):
+        out[i, :len(t)] = torch.tensor(t)
+    return out

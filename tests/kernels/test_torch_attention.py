@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kernels.base import AttentionBatch, get_backend
+from tests.kernels.paged import pad_block_tables
 
 
 def naive_attention(q, k_all, v_all, positions):
@@ -62,9 +63,7 @@ def test_ragged_batch_matches_reference(block_size: int, heads: int, kv_heads: i
         slots.extend(seq_slots[ctx:])
         starts.append(starts[-1] + new)
         seq_lens.append(ctx + new)
-    block_tables = torch.zeros(len(shapes), max(len(t) for t in tables), dtype=torch.int64)
-    for i, t in enumerate(tables):
-        block_tables[i, :len(t)] = torch.tensor(t)
+    block_tables = pad_block_tables(tables)
     batch = AttentionBatch(starts, seq_lens, torch.tensor(positions), torch.tensor(slots), block_tables, block_size)
     total = starts[-1]
     q = torch.randn(total, heads, d, generator=gen).to(dtype)
