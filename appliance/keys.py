@@ -137,6 +137,12 @@ class KeyStore:
         with self._lock:
             return self._db.execute("SELECT 1 FROM keys LIMIT 1").fetchone() is not None
 
+    def is_fresh(self, key: str) -> bool:
+        """Whether `key` passed argon2 less than `cache_s` ago (so `verify` will not pay argon2 again)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        with self._lock:
+            return self._verified.get(digest, 0.0) > time.monotonic()
+
     def verify(self, key: str) -> ApiKey | None:
         """The key's record if `key` is a valid, unrevoked key, else None."""
         parts = split_key(key)

@@ -32,9 +32,11 @@ NOTES = """Reading the figures:
 
 - Overload: refusing costs what any request costs. The bound asserted is 50 ms, or 1.5 times the p99 of the
   `/health` probes sent in the same burst when the machine is too loaded for even those to meet it. On this
-  2-core machine a quiet run measured a 45.6 ms refusal p99 (load average 1.5); with other work running, both
-  the refusals and the probes take about 100 ms. The excess is refused before retrieval or tokenization
-  (`server/admission.py`), and the admitted requests all complete.
+  2-core machine, quiet runs measured 45-60 ms for both the refusals and the probes: the event loop shares two
+  cores with the engine's prefill of the admitted requests. The excess is refused before retrieval (for a
+  plain chat, after its messages are tokenized) by `server/admission.py`, and the admitted requests all
+  complete. The request dependencies (state, key check) are async: as sync functions FastAPI ran them on
+  worker threads, and each hop waited for the GIL behind the engine thread (refusals took 2-3x the probes).
 - Crash: `kill -9` (process death). SQLite runs in WAL mode with `synchronous=NORMAL`, which keeps every
   committed transaction across a process crash; after a power loss the last transactions may be lost, though
   the store stays consistent.

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, Request, Security
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from appliance.keys import KeyStore, Role
@@ -51,7 +52,9 @@ ANONYMOUS = Principal(key_id="anonymous", role="admin")
 _bearer = HTTPBearer(auto_error=False, description="An API key (`ak_<key_id>_<secret>`) or APPLIANCE_ADMIN_KEY")
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
+    """The app state (async, like every dependency here: FastAPI runs a sync one on a worker thread, a hop
+    that costs milliseconds when the engine thread holds the GIL)."""
     return request.app.state.appliance
 
 
@@ -85,16 +88,20 @@ def _identify(state: AppState, token: str | None) -> Principal:
     return Principal(key.key_id, key.role, None if key.collections is None else frozenset(key.collections))
 
 
-def current_principal(request: Request,
-                      credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
+async def current_principal(request: Request,
+                            credentials: HTTPAuthorizationCredentials | None = Security(_bearer)) -> Principal:
     """The caller, from `Authorization: Bearer <key>`: the one place where authentication is decided.
 
     With no key configured at all (no APPLIANCE_ADMIN_KEY and no stored key) every caller is an anonymous
     admin. Otherwise the key must be APPLIANCE_ADMIN_KEY (key id `admin`) or a stored key (401 if missing,
     unknown or revoked). A key over its rate limit gets 429 with `Retry-After` (anonymous callers have none).
     """
-    state = get_state(request)
-    principal = _identify(state, credentials.credentials.strip() if credentials is not None else None)
+    state: AppState = request.app.state.appliance
+    token = credentials.credentials.strip() if credentials is not None else None
+    if token and not keys_of(state).is_fresh(token):
+        principal = await run_in_threadpool(_identify, state, token)  # argon2 (~20 ms) off the event loop
+    else:
+        principal = _identify(state, token)
     if principal is not ANONYMOUS:
         wait = _limiter_of(state).acquire(principal.key_id)
         if wait > 0:
@@ -104,7 +111,7 @@ def current_principal(request: Request,
     return principal
 
 
-def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
+async def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
     """The caller, who must hold an admin key (403 otherwise)."""
     if principal.role != "admin":
         raise ApiError(403, "forbidden", "this action needs an admin key")

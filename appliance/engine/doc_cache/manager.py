@@ -163,11 +163,10 @@ class DocCache:
         return req in self._waiting
 
     def invalidate(self, doc_id: str) -> int:
-        """Drop every cached chunk of a document, in memory and on disk; returns how many entries went."""
-        removed = len(self.tier.invalidate(doc_id))
-        if self.disk is not None:
-            removed += self.disk.invalidate(doc_id)
-        return removed
+        """Drop every cached chunk of a document, on disk and in memory; returns how many entries went.
+        Disk goes first, so that a lookup in between cannot promote an invalidated file back into memory."""
+        removed = self.disk.invalidate(doc_id) if self.disk is not None else 0
+        return removed + len(self.tier.invalidate(doc_id))
 
     def plan_compute(self, req: Request, frontier: int, deviation: torch.Tensor | None) -> list[int]:
         """The positions to compute after a fill: everything at or past `frontier` that is not a reused chunk
