@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     doc_cache_disk_mb: int = Field(default=8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
     doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
     threads: int = 0
+    cuda_graphs: bool = True  # on CUDA, decode steps replay captured graphs (needs triton)
     # --- trust (issue 7): request and upload sizes, archives, parsers, generation bounds, rate limits ---
     max_body_mb: float = Field(default=4.0, gt=0)  # any request body but an upload (413)
     max_upload_mb: float = Field(default=512.0, gt=0)  # one multipart upload request (413)
@@ -100,6 +101,7 @@ class Settings(BaseSettings):
             doc_cache_disk_mb=self.doc_cache_disk_mb,
             doc_cache_kv_format=self.doc_cache_kv_format,
             threads=self.threads,
+            decode_graphs="auto" if self.cuda_graphs else "off",
         )
 
 
@@ -127,4 +129,5 @@ class EngineConfig:
     doc_cache_kv_format: str = "model"
     threads: int = 0
     kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)
+    decode_graphs: str = "auto"  # auto (CUDA graphs on CUDA) | off | eager (the graph path uncaptured: tests)
     int4_decode_tokens: int = 32  # steps of at most this many tokens use 4-bit GGUF weights (CPU, bfloat16)

@@ -31,7 +31,7 @@ class TorchPlan:
 
 def sequence_slots(block_table: torch.Tensor, length: int, block_size: int) -> torch.Tensor:
     """Cache slots of tokens 0..length-1 of one sequence. block_table: [max_blocks] -> [length]."""
-    idx = torch.arange(length)
+    idx = torch.arange(length, device=block_table.device)
     return block_table[idx // block_size] * block_size + idx % block_size
 
 
@@ -40,6 +40,7 @@ class TorchAttention(AttentionBackend):
 
     def plan(self, batch: AttentionBatch) -> TorchPlan:
         plan = TorchPlan(slot_mapping=batch.slot_mapping)
+        device = batch.positions.device  # the plan's tensors live with the batch's (CPU or CUDA)
         decode: list[int] = []
         for i in range(batch.num_seqs):
             start, end = batch.query_start_loc[i], batch.query_start_loc[i + 1]
@@ -50,18 +51,19 @@ class TorchAttention(AttentionBackend):
                 decode.append(i)
             else:
                 slots = sequence_slots(batch.block_tables[i], seq_len, batch.block_size)
-                mask = torch.arange(seq_len)[None, :] <= batch.positions[start:end, None]
+                mask = torch.arange(seq_len, device=device)[None, :] <= batch.positions[start:end, None]
                 plan.chunks.append((start, end, slots, mask))
         if decode:
             max_len = max(batch.seq_lens[i] for i in decode)
-            lens = torch.tensor([batch.seq_lens[i] for i in decode])
-            idx = torch.arange(max_len)
+            lens = torch.tensor([batch.seq_lens[i] for i in decode], device=device)
+            idx = torch.arange(max_len, device=device)
             tables = batch.block_tables[decode]  # [Bd, max_blocks]
             plan.decode_slots = tables.gather(1, (idx // batch.block_size).expand(len(decode), -1)) \
                 * batch.block_size + idx % batch.block_size  # [Bd, L]
             hidden = idx[None, :] >= lens[:, None]
-            plan.decode_bias = torch.zeros(hidden.shape).masked_fill(hidden, float("-inf"))[:, None, None, :]
-            plan.decode_rows = torch.tensor([batch.query_start_loc[i] for i in decode])
+            bias = torch.zeros(hidden.shape, device=device).masked_fill(hidden, float("-inf"))  # [Bd, L]
+            plan.decode_bias = bias[:, None, None, :]
+            plan.decode_rows = torch.tensor([batch.query_start_loc[i] for i in decode], device=device)
         return plan
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,

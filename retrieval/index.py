@@ -2,8 +2,8 @@
 
 Exact (`IndexFlatIP`) while the collection is small; past `hnsw_threshold` vectors it becomes HNSW.
 Removal: exact indexes remove ids; HNSW cannot, so removed ids become tombstones excluded inside the
-search (an IDSelector) until the next rebuild. On CUDA with faiss-gpu installed, exact search runs on a
-GPU copy (imported lazily; CPU-only machines never touch it).
+search (an IDSelector) until the next rebuild. With `use_gpu` (the default; off under APPLIANCE_DEVICE=cpu),
+on CUDA with faiss-gpu installed, exact search runs on a GPU copy (CPU-only machines never touch it).
 """
 
 from __future__ import annotations
@@ -33,14 +33,15 @@ def _gpu_resources() -> Any:
 class VectorIndex:
     """Copy-on-write: `with_changes` returns a new index, so searches on the old one stay safe."""
 
-    def __init__(self, index: Any, tombstones: np.ndarray | None = None) -> None:
+    def __init__(self, index: Any, tombstones: np.ndarray | None = None, use_gpu: bool = True) -> None:
         self.index = index
+        self.use_gpu = use_gpu
         self.tombstones = np.zeros(0, dtype=np.int64) if tombstones is None else tombstones
         self._selector = None
         if len(self.tombstones):
             self._selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.tombstones))
         self._gpu: Any = None
-        if self.is_exact and (res := _gpu_resources()) is not None:
+        if use_gpu and self.is_exact and (res := _gpu_resources()) is not None:
             self._gpu = faiss.index_cpu_to_gpu(res, 0, self.index)
 
     @property
@@ -48,7 +49,8 @@ class VectorIndex:
         return isinstance(faiss.downcast_index(self.index.index), faiss.IndexFlat)
 
     @classmethod
-    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray | None, hnsw_threshold: int) -> VectorIndex:
+    def build(cls, dim: int, ids: np.ndarray, vectors: np.ndarray | None, hnsw_threshold: int,
+              use_gpu: bool = True) -> VectorIndex:
         if len(ids) >= hnsw_threshold:
             inner: Any = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
             inner.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
@@ -57,7 +59,7 @@ class VectorIndex:
         index: Any = faiss.IndexIDMap2(inner)
         if vectors is not None and len(ids):
             index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
-        return cls(index)
+        return cls(index, use_gpu=use_gpu)
 
     @property
     def dim(self) -> int:
@@ -88,7 +90,7 @@ class VectorIndex:
             if len(add_ids):
                 ids = np.concatenate([ids, add_ids])
                 vectors = np.concatenate([vectors, add_vectors])
-            return VectorIndex.build(self.dim, ids, vectors, hnsw_threshold)
+            return VectorIndex.build(self.dim, ids, vectors, hnsw_threshold, self.use_gpu)
         index: Any = faiss.clone_index(self.index)
         tombstones = self.tombstones
         if len(remove_ids):
@@ -98,7 +100,7 @@ class VectorIndex:
                 tombstones = np.union1d(tombstones, remove_ids).astype(np.int64)
         if len(add_ids):
             index.add_with_ids(np.ascontiguousarray(add_vectors, dtype=np.float32), np.asarray(add_ids, dtype=np.int64))
-        return VectorIndex(index, tombstones)
+        return VectorIndex(index, tombstones, self.use_gpu)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of shape (len(queries), k); missing results have id -1."""
@@ -118,5 +120,5 @@ class VectorIndex:
         return faiss.serialize_index(self.index).tobytes()
 
     @classmethod
-    def from_bytes(cls, data: bytes, tombstones: np.ndarray) -> VectorIndex:
-        return cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)), tombstones)
+    def from_bytes(cls, data: bytes, tombstones: np.ndarray, use_gpu: bool = True) -> VectorIndex:
+        return cls(faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8)), tombstones, use_gpu)

@@ -37,8 +37,11 @@ class CollectionIndex:
 
 
 class IndexManager:
-    def __init__(self, root: Path, store: Store, dim: Callable[[], int], hnsw_threshold: int = 20_000) -> None:
+    def __init__(self, root: Path, store: Store, dim: Callable[[], int], hnsw_threshold: int = 20_000,
+                 use_gpu: bool = True) -> None:
+        """`use_gpu`: exact vector search may run on faiss-gpu when CUDA is there (False: always the CPU)."""
         self.root = root
+        self.use_gpu = use_gpu
         self.store = store
         self._dim = dim  # called only when an index must be built, so the embedder loads lazily
         self.hnsw_threshold = hnsw_threshold
@@ -138,7 +141,7 @@ class IndexManager:
         ids, vectors, texts = self.store.ready_corpus(collection)
         rebuilt = CollectionIndex(
             version,
-            VectorIndex.build(self._dim(), ids, vectors, self.hnsw_threshold),
+            VectorIndex.build(self._dim(), ids, vectors, self.hnsw_threshold, self.use_gpu),
             LexicalIndex.build(ids, texts),
         )
         self._write(collection, rebuilt)
@@ -147,7 +150,8 @@ class IndexManager:
     def _read(self, collection: str, version: int) -> CollectionIndex | None:
         folder = self.root / collection / f"v{version}"
         try:
-            vector = VectorIndex.from_bytes((folder / "vectors.faiss").read_bytes(), np.load(folder / "tombstones.npy"))
+            vector = VectorIndex.from_bytes((folder / "vectors.faiss").read_bytes(), np.load(folder / "tombstones.npy"),
+                                            self.use_gpu)
             return CollectionIndex(version, vector, LexicalIndex.load(folder / "bm25"))
         except FileNotFoundError:
             return None

@@ -88,7 +88,7 @@ class RetrievalService:
         data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(data_dir / "retrieval.sqlite3")
         model = shared_embedder(embedder, device)
-        indexes = IndexManager(data_dir / "indexes", store, lambda: model.dim, hnsw_threshold)
+        indexes = IndexManager(data_dir / "indexes", store, lambda: model.dim, hnsw_threshold, device != "cpu")
         service = cls(data_dir, store, model, Chunker(tokenizer, chunk_tokens), indexes, limits or IngestLimits())
         service.jobs.recover_interrupted()
         _remove_dead_uploads(data_dir / "uploads")

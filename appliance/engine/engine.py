@@ -31,7 +31,7 @@ from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import Scheduler
 from appliance.engine.tokenizer import TextTokenizer
 from appliance.errors import RequestError
-from kernels.base import get_backend
+from kernels.base import get_backend, installed
 
 log = logging.getLogger("appliance.engine")
 
@@ -65,20 +65,28 @@ class LLMEngine:
         chunk_budget = int(budget * config.doc_cache_share)
         bytes_per_block = self.kv_bytes_per_token * config.block_size
         num_blocks = config.kv_blocks or max(2, (budget - chunk_budget) // bytes_per_block)
-        self.runner = ModelRunner(self.model, self.backend, num_blocks, config.block_size)
+        pool_tokens = num_blocks * config.block_size
+        self.max_model_len = min(config.max_model_len, loaded.config.max_position, pool_tokens)
+        self.runner = ModelRunner(self.model, self.backend, num_blocks, config.block_size, self._decode_graphs(),
+                                  config.max_num_seqs, -(-self.max_model_len // config.block_size))
         salt = hashlib.sha256(f"{loaded.source}|{loaded.config.to_json()}|{self.dtype}".encode()).digest()
         self.block_manager = BlockManager(num_blocks, config.block_size, salt, config.enable_prefix_caching)
         self.doc_cache = build_doc_cache(config, salt, self.dtype, chunk_budget)
         self.kv_mover = KVMover(self.model, self.runner.kv_caches, config.block_size)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        pool_tokens = num_blocks * config.block_size
-        self.max_model_len = min(config.max_model_len, loaded.config.max_position, pool_tokens)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
         log.info("engine ready: %s on %s/%s, backend %s, %d KV blocks of %d tokens (%d tokens), %d KB of KV per "
                  "token, chunk tier %d MB", loaded.name, self.device, self.dtype, self.backend.name, num_blocks,
                  config.block_size, pool_tokens, self.kv_bytes_per_token // 1024, chunk_budget // 2**20)
+
+    def _decode_graphs(self) -> str:
+        """The runner's decode-graph mode: `auto` captures CUDA graphs on CUDA when triton is installed."""
+        mode = self.config.decode_graphs
+        if mode != "auto":
+            return mode
+        return "capture" if self.device.type == "cuda" and installed("triton") else "off"
 
     def _int4_decode(self) -> bool:
         """Small batches run on the GGUF's own 4-bit weights: CPU, bfloat16, and the kernel present."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from appliance.engine.decode_graphs import DecodeGraphs
 from appliance.engine.model import CausalLM
 from appliance.engine.request import Request
 from appliance.engine.sampling import Sampler
@@ -15,24 +16,33 @@ from kernels.base import AttentionBackend, AttentionBatch
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, backend: AttentionBackend, num_blocks: int, block_size: int) -> None:
+    def __init__(self, model: CausalLM, backend: AttentionBackend, num_blocks: int, block_size: int,
+                 decode_graphs: str = "off", max_batch: int = 0, max_blocks: int = 0) -> None:
+        """`decode_graphs`: `capture` (CUDA graphs for decode steps of up to `max_batch` sequences of up to
+        `max_blocks` blocks), `eager` (the same static-buffer path without capture: tests) or `off`."""
         cfg = model.config
         self.model = model
         self.backend = backend
         self.block_size = block_size
-        shape = (num_blocks, block_size, cfg.num_kv_heads, cfg.head_dim)
+        scratch = 0 if decode_graphs == "off" else 1  # block `num_blocks`: where padded graph rows write
+        shape = (num_blocks + scratch, block_size, cfg.num_kv_heads, cfg.head_dim)
         self.kv_caches = [(torch.zeros(shape, dtype=model.dtype, device=model.device),
                            torch.zeros(shape, dtype=model.dtype, device=model.device))
                           for _ in range(cfg.num_layers)]
         self.sampler = Sampler()
+        self.graphs = None if decode_graphs == "off" else DecodeGraphs(
+            model, self.kv_caches, block_size, num_blocks, max_batch, max_blocks, capture=decode_graphs == "capture")
 
     @torch.inference_mode()
     def execute(self, items: list[tuple[Request, int]]) -> list[int | None]:
         """Compute the next `n` tokens of each request; return the sampled next token of each request whose
         work reaches its end (None for requests still in the middle of their prompt, and for encode jobs)."""
         batch, input_ids = self._prepare(items)
-        plan = self.backend.plan(batch)
-        hidden = self.model.forward(input_ids, batch.positions, self.kv_caches, self.backend, plan)  # [T, hidden]
+        if self.graphs is not None and self.graphs.fits(batch):
+            hidden = self.graphs.run(batch, input_ids)  # [B, hidden]: one token per sequence
+        else:
+            plan = self.backend.plan(batch)
+            hidden = self.model.forward(input_ids, batch.positions, self.kv_caches, self.backend, plan)  # [T, hidden]
         rows = [i for i, (req, n) in enumerate(items) if n == req.num_new_tokens and not req.prefill_only]
         sampled: list[int | None] = [None] * len(items)
         if rows:

@@ -30,3 +30,18 @@ def test_gpu_exact_search_matches_brute_force() -> None:
     assert smaller._gpu is not None
     _, found = smaller.search(queries, 10)
     assert not np.isin(found, ids[best[:, 0]]).any()
+
+
+
+def test_device_cpu_keeps_search_on_the_cpu(tmp_path, loaded_model) -> None:
+    """APPLIANCE_DEVICE=cpu reaches the indexes: no GPU copy, through build, changes and snapshots alike."""
+    from retrieval.service import RetrievalService
+
+    service = RetrievalService.open(tmp_path, loaded_model.tokenizer, device="cpu")
+    use_gpu = service.indexes.use_gpu
+    service.close()
+    vectors = np.eye(8, dtype=np.float32)
+    index = VectorIndex.build(8, np.arange(8), vectors, 100, use_gpu)
+    changed = index.with_changes(np.array([8]), vectors[:1], np.array([0]), 100)
+    reread = VectorIndex.from_bytes(changed.to_bytes(), changed.tombstones, use_gpu)
+    assert index._gpu is None and changed._gpu is None and reread._gpu is None
