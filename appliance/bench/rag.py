@@ -3,11 +3,13 @@
 Systems: this engine in each document-cache mode (`off`, `exact`, `blend`, `reuse`) and llama.cpp's OpenAI
 server (prompt cache on) on the same GGUF file, all fed the same prompt token ids (retrieval runs once,
 up front; its latency is reported as its own phase). Workloads (see rag_workload.py):
-  (A) skewed traffic over the whole python3.11-doc library: a warm-up segment, then one fresh segment per
-      concurrency level, all drawn from the same Zipf popularity; the caches carry over between segments.
+  (A) skewed traffic over the whole python3.11-doc library: the first half warms each system (one segment
+      per level), the second half is measured (one fresh segment per concurrency level), all drawn from the
+      same Zipf popularity; the caches carry over between segments.
   (B) a pre-encoded collection (the pages that answer the questions, `appliance warm`-ed once) and questions
       in a new phrasing; a fresh system per concurrency level, so nothing but the warm disk tier is cached.
 Fidelity: the greedy answers of each system at concurrency 1 against `off` on the same prompts.
+A system `blend@R` is `blend` recomputing a share R of the reused chunk tokens (default 0.15).
 """
 
 from __future__ import annotations
@@ -92,8 +94,9 @@ class Bench:
     def system(self, name: str, kv_dir: Path | None = None) -> System:
         if name == "llama.cpp":
             return LlamaCppServer(self.gguf, self.threads)
-        data_dir = kv_dir or Path(tempfile.mkdtemp(dir=self.root, prefix=f"kv-{name}-"))
-        return OurEngine(self.loaded, name, data_dir, self.kv_cache_mb)
+        mode, _, ratio = name.partition("@")
+        data_dir = kv_dir or Path(tempfile.mkdtemp(dir=self.root, prefix=f"kv-{mode}-"))
+        return OurEngine(self.loaded, mode, data_dir, self.kv_cache_mb, float(ratio) if ratio else None)
 
     def level(self, system: System, prompts: list[BenchPrompt], concurrency: int
               ) -> tuple[list[Completion], float]:
@@ -120,7 +123,7 @@ class Bench:
         out = {}
         for c, prompts in segments.items():
             self.say(f"B/{name}: concurrency {c}, {len(prompts)} requests")
-            system = self.system(name, kv_dir if name in ("blend", "reuse") else None)
+            system = self.system(name, kv_dir if name.partition("@")[0] in ("blend", "reuse") else None)
             try:
                 out[c] = self.level(system, prompts, c)
             finally:
@@ -157,19 +160,20 @@ def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurre
                   WARM_COLLECTION: ensure_collection(service, answers,
                                                      [p for p in pages if p.name in {q.page for q in asked}])}
         traffic = build_prompts(service, loaded.tokenizer, COLLECTION,
-                                skewed_traffic(questions, segment * (1 + len(concurrency))), k)
+                                skewed_traffic(questions, 2 * segment * len(concurrency)), k)
         fresh = build_prompts(service, loaded.tokenizer, answers, fresh_questions(asked), k)
         kv_dir = root / "kv-warm"  # kept with the data dir: a later run only encodes what is missing
         say(f"warming {answers}: encoding every chunk into {kv_dir}")
         warm = warm_collection(loaded, service, answers, kv_dir)
-        seg_a = {c: traffic[(i + 1) * segment:(i + 2) * segment] for i, c in enumerate(concurrency)}
+        half = segment * len(concurrency)  # (A): the first half warms every system, the second is measured
+        seg_a = {c: traffic[half + i * segment:half + (i + 1) * segment] for i, c in enumerate(concurrency)}
         seg_b = {c: fresh for c in concurrency}  # a fresh system per level: each question is new to it
         bench = Bench(loaded, root, default_model_path(), max_tokens, kv_cache_mb, threads, say)
         runs: dict[str, dict[str, Any]] = {"A": {}, "B": {}}
         failed: dict[str, str] = {}
         for name in systems:
             try:  # one system failing (a peer that cannot start, ...) is reported, not fatal to the others
-                a = bench.skewed(name, traffic[:segment], seg_a)
+                a = bench.skewed(name, traffic[:half], seg_a)
                 runs["B"][name] = bench.pre_encoded(name, seg_b, kv_dir)
                 runs["A"][name] = a
             except Exception as exc:  # noqa: BLE001
@@ -195,10 +199,12 @@ def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurre
 
 def bench_rag(
     json_file: Annotated[Path | None, typer.Option("--json", help="also write the full result here")] = None,
-    segment: Annotated[int, typer.Option(min=2, help="requests per segment (warm-up and each level)")] = 24,
+    segment: Annotated[int, typer.Option(min=2, help="requests per concurrency level (A warms up with as many "
+                                                    "per level first)")] = 24,
     max_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per answer at most")] = 32,
     concurrency: Annotated[str, typer.Option(help="concurrency levels, comma-separated")] = "1,4,16",
-    systems: Annotated[str, typer.Option(help="systems to compare, comma-separated")] = ",".join(SYSTEMS),
+    systems: Annotated[str, typer.Option(help="systems to compare, comma-separated (blend@R: blend recomputing "
+                                              "a share R)")] = ",".join(SYSTEMS),
     data_dir: Annotated[Path | None, typer.Option(help="keep (and reuse) the ingested corpus and model here")
                         ] = None,
     docs: Annotated[bool, typer.Option("--docs/--no-docs", help="update docs/BENCHMARKS.md")] = True,

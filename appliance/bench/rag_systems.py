@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -46,16 +46,19 @@ class System(Protocol):
 class OurEngine:
     """The appliance's engine serving every request in `mode` (off | exact | blend | reuse)."""
 
-    def __init__(self, loaded: LoadedModel, mode: str, data_dir: Path, kv_cache_mb: int) -> None:
+    def __init__(self, loaded: LoadedModel, mode: str, data_dir: Path, kv_cache_mb: int,
+                 blend_ratio: float | None = None) -> None:
         from appliance.config import EngineConfig
         from appliance.engine.async_engine import AsyncEngine
         from appliance.engine.engine import LLMEngine
 
         config = EngineConfig(data_dir=data_dir, kv_cache_mb=kv_cache_mb, doc_cache=mode,
                               enable_prefix_caching=mode != "off")
+        if blend_ratio is not None:
+            config = replace(config, blend_ratio=blend_ratio)
         self.engine = LLMEngine(loaded, config)
         self.async_engine = AsyncEngine(self.engine, max_queue=1024)
-        self.name = mode
+        self.name = mode if blend_ratio is None else f"{mode}@{blend_ratio:g}"
 
     async def complete(self, prompt: BenchPrompt, max_tokens: int) -> Completion:
         from appliance.engine.sampling import SamplingParams
