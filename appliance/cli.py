@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from appliance.bench.blend import bench_blend
 from appliance.bench.engine import bench_engine
 from appliance.bench.rag import bench_rag
 from appliance.commands.ask import ask
@@ -31,6 +32,7 @@ app.command("warm")(warm)
 app.command("ask")(ask)
 bench_app.command("engine")(bench_engine)
 bench_app.command("rag")(bench_rag)
+bench_app.command("blend")(bench_blend)
 err = Console(stderr=True)
 
 

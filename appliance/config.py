@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     doc_cache_share: float = Field(default=0.4, ge=0.0, lt=1.0)  # share of kv_cache_mb kept for the chunk tier
     blend_ratio: float = Field(default=0.15, ge=0.0, le=1.0)  # reused chunk tokens recomputed by deviation (blend)
     blend_first_tokens: int = Field(default=4, ge=0)  # leading tokens of each chunk always recomputed (blend)
+    blend_select_layers: int = Field(default=2, ge=2)  # early layers run densely to measure deviations (blend)
     doc_cache_disk_mb: int = Field(default=8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
     doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
     threads: int = 0
@@ -98,6 +99,7 @@ class Settings(BaseSettings):
             doc_cache_share=self.doc_cache_share,
             blend_ratio=self.blend_ratio,
             blend_first_tokens=self.blend_first_tokens,
+            blend_select_layers=self.blend_select_layers,
             doc_cache_disk_mb=self.doc_cache_disk_mb,
             doc_cache_kv_format=self.doc_cache_kv_format,
             threads=self.threads,
@@ -125,6 +127,7 @@ class EngineConfig:
     doc_cache_share: float = 0.4  # of kv_cache_mb, for the chunk tier (the paged pool gets the rest)
     blend_ratio: float = 0.15
     blend_first_tokens: int = 4
+    blend_select_layers: int = 2
     doc_cache_disk_mb: int = 8192
     doc_cache_kv_format: str = "model"
     threads: int = 0

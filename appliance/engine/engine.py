@@ -238,7 +238,8 @@ class LLMEngine:
         self.doc_cache.release(req)
         deviation = None
         if req.doc_mode == "blend":
-            deviation = self.kv_mover.deviations(self.backend, req.token_ids, req.block_table, frontier)
+            deviation = self.kv_mover.deviations(self.backend, req.token_ids, req.block_table, frontier,
+                                                 self.doc_cache.blend.select_layers)
         req.pending_positions = self.doc_cache.plan_compute(req, frontier, deviation)
         reused_from = [s.start for s in req.layout.chunks if s.end > frontier]  # no exact KV from here on
         req.exact_limit = max(frontier, min(reused_from)) if reused_from else None

@@ -15,8 +15,6 @@ from appliance.engine.model import CausalLM, KVPair
 from kernels.base import AttentionBackend, AttentionBatch
 from kernels.rope import RotaryEmbedding, apply_rotary, inverse_tables
 
-SELECT_LAYERS = 2  # the early layers run densely over the whole prompt to measure each reused token's deviation
-
 
 def request_slots(block_table: list[int], positions: torch.Tensor, block_size: int) -> torch.Tensor:
     """Flat cache slots of `positions` [n] in a request's blocks -> [n] int64."""
@@ -66,16 +64,17 @@ class KVMover:
 
     @torch.inference_mode()
     def deviations(self, backend: AttentionBackend, token_ids: list[int], block_table: list[int],
-                   frontier: int) -> torch.Tensor:
-        """Run the first SELECT_LAYERS layers densely over the whole prompt; return, per position, how far the
-        KV in the request's blocks (reused) is from the true KV at the last of those layers ([T] float32, zero
-        before `frontier`), after overwriting those layers' KV from `frontier` on with the true values."""
+                   frontier: int, layers: int) -> torch.Tensor:
+        """Run the first `layers` layers (>= 2: the first layer's KV does not depend on context, so it cannot
+        deviate) densely over the whole prompt; return, per position, how far the KV in the request's blocks
+        (reused) is from the true KV at the last of those layers ([T] float32, zero before `frontier`), after
+        overwriting those layers' KV from `frontier` on with the true values."""
         device = self.model.device
         t, bs = len(token_ids), self.block_size
         num_blocks = -(-t // bs)
         like = self.kv_caches[0][0]
         shape = (num_blocks, bs, *like.shape[2:])
-        scratch = [(like.new_empty(shape), like.new_empty(shape)) for _ in range(SELECT_LAYERS)]
+        scratch = [(like.new_empty(shape), like.new_empty(shape)) for _ in range(min(layers, len(self.kv_caches)))]
         positions = torch.arange(t, device=device)
         batch = AttentionBatch([0, t], [t], positions, positions, torch.arange(num_blocks, device=device)[None], bs)
         ids = torch.tensor(token_ids, dtype=torch.int64, device=device)
@@ -87,7 +86,7 @@ class KVMover:
             k_cache, v_cache = self.kv_caches[layer]
             kvh, dim = k_cache.shape[2:]
             true_k, true_v = sk.view(-1, kvh, dim)[frontier:t], sv.view(-1, kvh, dim)[frontier:t]  # [n, KVH, D]
-            if layer == SELECT_LAYERS - 1:
+            if layer == len(scratch) - 1:
                 k_old, v_old = k_cache.view(-1, kvh, dim)[slots], v_cache.view(-1, kvh, dim)[slots]
                 gap = (true_k.float() - k_old.float()).square().sum((1, 2)) \
                     + (true_v.float() - v_old.float()).square().sum((1, 2))  # [n]

@@ -19,5 +19,5 @@ def build_doc_cache(config: EngineConfig, salt: bytes, dtype: torch.dtype, budge
         root = config.data_dir / "kvcache" / salt.hex()[:16]
         fmt: KVFormat = "int8" if config.doc_cache_kv_format == "int8" else "model"
         disk = DiskTier(root, fmt, config.doc_cache_disk_mb * 2**20, dtype)
-    blend = BlendConfig(ratio=config.blend_ratio, first_tokens=config.blend_first_tokens)
+    blend = BlendConfig(config.blend_ratio, config.blend_first_tokens, config.blend_select_layers)
     return DocCache(ChunkTier(budget_bytes), disk, salt, blend)

@@ -28,10 +28,13 @@ from appliance.engine.sampling import SamplingParams
 @dataclass(frozen=True)
 class BlendConfig:
     """`ratio`: share of each request's reused chunk tokens recomputed by deviation (CacheBlend); `first_tokens`:
-    leading tokens of every chunk always recomputed (EPIC). Question, headers and separators are always computed."""
+    leading tokens of every chunk always recomputed (EPIC); `select_layers`: early layers run densely over the whole
+    prompt to measure the deviations (the last of them is where they are measured). Question, headers and
+    separators are always computed."""
 
     ratio: float = 0.15
     first_tokens: int = 4
+    select_layers: int = 2
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,53 @@
+"""A tiny run of `appliance bench blend`: three markdown pages, two questions, a few variants.
+
+Nothing here is timed; what is checked is that the fidelity measures can tell: a 100% recompute (chosen
+by deviation or at random) must give off's answers and distributions, plain reuse must not be exact.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.bench.blend import Variant, blend_markdown, run_blend_bench
+from tests.bench.test_bench_rag_smoke import PAGES, QUESTIONS
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tmp_path_factory: pytest.TempPathFactory, loaded_model) -> dict:
+    corpus = tmp_path_factory.mktemp("corpus")
+    for name, text in PAGES.items():
+        (corpus / name).write_text(text)
+    return run_blend_bench(tmp_path_factory.mktemp("data"), 2, ["reuse", "blend@1.0", "random@1.0", "blend@0.5/3"],
+                           max_tokens=4, k=2, corpus_dir=corpus, questions=QUESTIONS, loaded=loaded_model)
+
+
+def test_full_recompute_matches_off_and_reuse_does_not(tiny_result: dict) -> None:
+    rows = tiny_result["variants"]
+    assert set(rows) == {"off", "reuse", "blend@1.0", "random@1.0", "blend@0.5/3"}
+    for name in ("blend@1.0", "random@1.0"):
+        assert rows[name]["forced_top1"] == 1.0 and rows[name]["token_f1"] == 1.0
+        assert rows[name]["forced_kl"] < 1e-6
+    assert rows["reuse"]["recomputed"] == 0 and rows["reuse"]["forced_kl"] > 1e-6
+    assert 0 < rows["blend@0.5/3"]["recomputed"] < rows["blend@1.0"]["recomputed"]
+    assert all(r["ttft_ms"] > 0 for r in rows.values())
+
+
+def test_markdown_rows(tiny_result: dict) -> None:
+    text = blend_markdown(tiny_result)
+    for name in tiny_result["variants"]:
+        assert f"| {name} |" in text
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("reuse", Variant("reuse", "reuse")),
+    ("blend@0.15", Variant("blend@0.15", "blend", 0.15, 2)),
+    ("blend@0.3/4", Variant("blend@0.3/4", "blend", 0.3, 4)),
+    ("random@0.2", Variant("random@0.2", "blend", 0.2, 2, random=True)),
+])
+def test_variant_specs(spec: str, expected: Variant) -> None:
+    assert Variant.parse(spec) == expected
+
+
+def test_unknown_variant_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown variant"):
+        Variant.parse("exact@0.1")
