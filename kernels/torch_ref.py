@@ -82,8 +82,8 @@ class TorchAttention(AttentionBackend):
                                                     rows[None, :] <= rows[:, None])
             else:
                 out[start:end] = _sdpa(q[start:end], k[start:end], v[start:end], None, causal=True)
-        for start, end, slots, mask in plan.chunks:
-            if low_precision and end - start > _BLOCK:
+        for start, end, slots, mask in plan.chunks:  # a masked SDPA in bf16 falls back to its slow math kernel
+            if low_precision:
                 out[start:end] = _blocked_attention(q[start:end], k_flat[slots], v_flat[slots], mask)
             else:
                 out[start:end] = _sdpa(q[start:end], k_flat[slots], v_flat[slots], mask, causal=False)

@@ -25,8 +25,8 @@ def naive_attention(q, k_all, v_all, positions):
 
 CASES = [(block_size, heads, kv_heads, seed, torch.float32, 30) for block_size in (1, 4, 16)
          for heads, kv_heads in ((4, 4), (6, 2), (8, 1)) for seed in (0, 1)]
-# bfloat16 with chunks longer than one 256-row block exercises the blocked-matmul prefill path
-CASES += [(16, 6, 2, seed, torch.bfloat16, 600) for seed in (0, 1)]
+# bfloat16 takes the blocked-matmul path for continued chunks: longer than one 256-row block, and short ones
+CASES += [(16, 6, 2, seed, torch.bfloat16, max_new) for seed in (0, 1) for max_new in (600, 40)]
 
 
 @pytest.mark.parametrize("block_size,heads,kv_heads,seed,dtype,max_new", CASES)
