@@ -120,23 +120,26 @@ def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visibl
 
     q: [Q, H, D]; k/v: [L, KVH, D]; visible: [Q, L] bool -> [Q, H, D]. Blocks of query rows against the keys
     up to the last one the block can see, as bf16 batched matmuls (the query heads of one KV head stacked)
-    with a float32 softmax: on CPU, bf16 GEMMs run several times faster than SDPA's bf16 kernel for long
-    prompts. Queries are in position order, so a block's last row sees the most keys.
+    and a softmax that accumulates in float32: on CPU, bf16 GEMMs run several times faster than SDPA's bf16 kernel for long
+    prompts. Each row sees a prefix of the keys and queries are in position order, so a block's last row
+    sees the most keys and its first row's keys are seen by all: only the columns past those are masked.
     """
     n, heads, dim = q.shape
     kv_heads = k.shape[1]
     group = heads // kv_heads
+    q = (q.float() * dim ** -0.5).to(q.dtype)  # scaled here, not on the [rows, keys] scores
     qg = q.view(n, kv_heads, group, dim).permute(1, 2, 0, 3)  # [KVH, G, Q, D]
     kt = k.permute(1, 2, 0)  # [KVH, D, L]
     vt = v.transpose(0, 1)  # [KVH, L, D]
     out = torch.empty_like(q)
+    seen = visible.sum(-1).tolist()  # keys each row sees (a prefix)
     for start in range(0, n, _BLOCK):
         end = min(start + _BLOCK, n)
-        rows = end - start
-        keys = int(visible[end - 1].nonzero().max()) + 1
+        rows, keys, common = end - start, seen[end - 1], seen[start]
         scores = torch.bmm(qg[:, :, start:end].reshape(kv_heads, group * rows, dim), kt[:, :, :keys])
-        scores = scores.float().view(kv_heads, group, rows, keys) * dim ** -0.5  # [KVH, G, rows, keys]
-        probs = scores.masked_fill_(~visible[start:end, :keys], float("-inf")).softmax(-1).to(v.dtype)
+        scores = scores.view(kv_heads, group, rows, keys)  # [KVH, G, rows, keys] in q's dtype
+        scores[..., common:].masked_fill_(~visible[start:end, common:keys], float("-inf"))
+        probs = scores.softmax(-1)  # accumulates in float32 internally: no conversion passes over the scores
         block = torch.bmm(probs.view(kv_heads, group * rows, keys), vt[:, :keys])  # [KVH, G*rows, D]
         out[start:end] = block.view(kv_heads, group, rows, dim).permute(2, 0, 1, 3).reshape(rows, heads, dim)
     return out
