@@ -120,9 +120,9 @@ def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visibl
 
     q: [Q, H, D]; k/v: [L, KVH, D]; visible: [Q, L] bool -> [Q, H, D]. Blocks of query rows against the keys
     up to the last one the block can see, as bf16 batched matmuls (the query heads of one KV head stacked)
-    and a softmax that accumulates in float32: on CPU, bf16 GEMMs run several times faster than SDPA's bf16 kernel for long
-    prompts. Each row sees a prefix of the keys and queries are in position order, so a block's last row
-    sees the most keys and its first row's keys are seen by all: only the columns past those are masked.
+    and a softmax that accumulates in float32: on CPU, bf16 GEMMs run several times faster than SDPA's bf16
+    kernel for long prompts. Each row sees a prefix of the keys, so a block needs the keys up to its longest
+    row's and masks only the columns past its shortest row's.
     """
     n, heads, dim = q.shape
     kv_heads = k.shape[1]
@@ -135,7 +135,7 @@ def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visibl
     seen = visible.sum(-1).tolist()  # keys each row sees (a prefix)
     for start in range(0, n, _BLOCK):
         end = min(start + _BLOCK, n)
-        rows, keys, common = end - start, seen[end - 1], seen[start]
+        rows, keys, common = end - start, max(seen[start:end]), min(seen[start:end])
         scores = torch.bmm(qg[:, :, start:end].reshape(kv_heads, group * rows, dim), kt[:, :, :keys])
         scores = scores.view(kv_heads, group, rows, keys)  # [KVH, G, rows, keys] in q's dtype
         scores[..., common:].masked_fill_(~visible[start:end, common:keys], float("-inf"))
