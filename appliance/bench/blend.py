@@ -103,15 +103,17 @@ def randomize_selection(engine: LLMEngine) -> None:
 
 
 def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[BenchPrompt], max_tokens: int,
-               variant: Variant | None = None, forced: list[list[int]] | None = None) -> list[Answer]:
+               variant: Variant | None = None, forced: list[list[int]] | None = None, dtype: str = "auto"
+               ) -> list[Answer]:
     """Answer every prompt, one at a time, in a fresh engine whose disk tier is `kv_dir`."""
     from appliance.config import EngineConfig
     from appliance.engine.engine import LLMEngine
     from appliance.engine.sampling import SamplingParams
 
     variant = variant or Variant(mode, mode)
-    config = EngineConfig(data_dir=kv_dir, kv_cache_mb=2048, doc_cache=mode, enable_prefix_caching=mode != "off",
-                          blend_ratio=variant.ratio, blend_select_layers=variant.select_layers)
+    config = EngineConfig(data_dir=kv_dir, dtype=dtype, kv_cache_mb=2048, doc_cache=mode,
+                          enable_prefix_caching=mode != "off", blend_ratio=variant.ratio,
+                          blend_select_layers=variant.select_layers)
     engine = LLMEngine(loaded, config)
     if variant.random:
         randomize_selection(engine)
@@ -150,10 +152,12 @@ def costs(answers: list[Answer]) -> dict[str, float]:
 
 
 def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[str], max_tokens: int = 32,
-                    k: int = 5, say: Callable[[str], None] = lambda _: None, corpus_dir: Path | None = None,
-                    questions: list[Question] | None = None, loaded: LoadedModel | None = None) -> dict[str, Any]:
+                    k: int = 5, dtype: str = "auto", say: Callable[[str], None] = lambda _: None,
+                    corpus_dir: Path | None = None, questions: list[Question] | None = None,
+                    loaded: LoadedModel | None = None) -> dict[str, Any]:
     """Ingest the pages answering the first `num_questions` questions, encode the chunks their prompts use,
-    then answer with off and every variant; return the figures. Tests pass a small corpus and model."""
+    then answer with off and every variant in the engine `dtype`; return the figures. Tests pass a small
+    corpus and model."""
     from appliance.bench.rag import WARM_COLLECTION, ensure_collection
     from appliance.bench.retrieval import CORPUS
     from appliance.engine.loader import load_model
@@ -174,18 +178,18 @@ def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[st
         prompts = build_prompts(service, loaded.tokenizer, collection, fresh_questions(asked), k)
         kv_dir = root / "kv-blend"
         say("encoding the chunks the prompts use (kept on disk for every variant)")
-        answer_all(loaded, kv_dir, "reuse", prompts, 1)
+        answer_all(loaded, kv_dir, "reuse", prompts, 1, dtype=dtype)
         say("off: full prefill, the reference")
-        reference = answer_all(loaded, kv_dir, "off", prompts, max_tokens)
+        reference = answer_all(loaded, kv_dir, "off", prompts, max_tokens, dtype=dtype)
         forced = [a.token_ids for a in reference]
         rows = {"off": costs(reference)}
         for variant in parsed:
             say(f"{variant.spec}: free-running, then teacher-forced on off's answers")
-            free = answer_all(loaded, kv_dir, variant.mode, prompts, max_tokens, variant)
-            tf = answer_all(loaded, kv_dir, variant.mode, prompts, max_tokens, variant, forced)
+            free = answer_all(loaded, kv_dir, variant.mode, prompts, max_tokens, variant, dtype=dtype)
+            tf = answer_all(loaded, kv_dir, variant.mode, prompts, max_tokens, variant, forced, dtype)
             rows[variant.spec] = costs(free) | compare(reference, free, tf)
     return {"machine": describe_machine(), "corpus": corpus, "questions": len(asked), "max_tokens": max_tokens,
-            "k": k, "mean_prompt_tokens": mean(len(p.token_ids) for p in prompts), "variants": rows}
+            "k": k, "dtype": dtype, "mean_prompt_tokens": mean(len(p.token_ids) for p in prompts), "variants": rows}
 
 
 def blend_markdown(result: dict[str, Any]) -> str:
@@ -222,6 +226,7 @@ def bench_blend(
     variants: Annotated[str, typer.Option(help="comma-separated: reuse, blend@R, blend@R/L, random@R")
                         ] = ",".join(VARIANTS),
     max_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per answer at most")] = 32,
+    dtype: Annotated[str, typer.Option(help="engine dtype: auto, float32 or bfloat16")] = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="keep (and reuse) the ingested pages and model here")
                         ] = None,
     docs: Annotated[bool, typer.Option("--docs/--no-docs", help="update docs/BENCHMARKS.md")] = True,
@@ -232,7 +237,7 @@ def bench_blend(
     from appliance.bench.report import update_section
 
     console = Console()
-    result = run_blend_bench(data_dir, questions, variants.split(","), max_tokens,
+    result = run_blend_bench(data_dir, questions, variants.split(","), max_tokens, dtype=dtype,
                              say=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     markdown = blend_markdown(result)
     console.print(markdown)

@@ -1,7 +1,8 @@
 """A tiny run of `appliance bench blend`: three markdown pages, two questions, a few variants.
 
-Nothing here is timed; what is checked is that the fidelity measures can tell: a 100% recompute (chosen
-by deviation or at random) must give off's answers and distributions, plain reuse must not be exact.
+Nothing here is timed; what is checked is that the fidelity measures can tell: in float32 (where the engine
+is exact), a 100% recompute (chosen by deviation or at random) must give off's answers and distributions,
+plain reuse must not.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory, loaded_model) -> dict:
     for name, text in PAGES.items():
         (corpus / name).write_text(text)
     return run_blend_bench(tmp_path_factory.mktemp("data"), 2, ["reuse", "blend@1.0", "random@1.0", "blend@0.5/3"],
-                           max_tokens=4, k=2, corpus_dir=corpus, questions=QUESTIONS, loaded=loaded_model)
+                           max_tokens=4, k=2, dtype="float32", corpus_dir=corpus, questions=QUESTIONS,
+                           loaded=loaded_model)
 
 
 def test_full_recompute_matches_off_and_reuse_does_not(tiny_result: dict) -> None:
