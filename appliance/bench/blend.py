@@ -56,9 +56,14 @@ class Variant:
             return cls(spec, "reuse")
         kind, _, rest = spec.partition("@")
         ratio, _, layers = rest.partition("/")
-        if kind not in ("blend", "random") or not ratio:
-            raise ValueError(f"unknown variant {spec!r} (reuse, blend@R, blend@R/L, random@R)")
-        return cls(spec, "blend", float(ratio), int(layers or 2), kind == "random")
+        try:
+            variant = cls(spec, "blend", float(ratio), int(layers or 2), kind == "random")
+        except ValueError:
+            variant = None
+        if kind not in ("blend", "random") or variant is None or not 0 <= variant.ratio <= 1 \
+                or variant.select_layers < 2:
+            raise ValueError(f"unknown variant {spec!r} (reuse, blend@R, blend@R/L, random@R; 0 <= R <= 1, L >= 2)")
+        return variant
 
 
 @dataclass
@@ -151,7 +156,7 @@ def costs(answers: list[Answer]) -> dict[str, float]:
     return {"ttft_ms": 1000 * mean(a.ttft_s for a in answers), "recomputed": mean(a.recomputed for a in answers)}
 
 
-def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[str], max_tokens: int = 32,
+def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[Variant], max_tokens: int = 32,
                     k: int = 5, dtype: str = "auto", say: Callable[[str], None] = lambda _: None,
                     corpus_dir: Path | None = None, questions: list[Question] | None = None,
                     loaded: LoadedModel | None = None) -> dict[str, Any]:
@@ -163,7 +168,6 @@ def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[st
     from appliance.engine.loader import load_model
     from retrieval.service import RetrievalService
 
-    parsed = [Variant.parse(v) for v in variants]
     asked = (questions or load_questions())[:num_questions]
     corpus_dir = corpus_dir or CORPUS
     with ExitStack() as stack:
@@ -183,7 +187,7 @@ def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[st
         reference = answer_all(loaded, kv_dir, "off", prompts, max_tokens, dtype=dtype)
         forced = [a.token_ids for a in reference]
         rows = {"off": costs(reference)}
-        for variant in parsed:
+        for variant in variants:
             say(f"{variant.spec}: free-running, then teacher-forced on off's answers")
             free = answer_all(loaded, kv_dir, variant.mode, prompts, max_tokens, variant, dtype=dtype)
             tf = answer_all(loaded, kv_dir, variant.mode, prompts, max_tokens, variant, forced, dtype)
@@ -237,7 +241,11 @@ def bench_blend(
     from appliance.bench.report import update_section
 
     console = Console()
-    result = run_blend_bench(data_dir, questions, variants.split(","), max_tokens, dtype=dtype,
+    try:
+        parsed = [Variant.parse(spec) for spec in variants.split(",")]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--variants") from exc
+    result = run_blend_bench(data_dir, questions, parsed, max_tokens, dtype=dtype,
                              say=lambda msg: console.print(f"[dim]{msg}[/dim]"))
     markdown = blend_markdown(result)
     console.print(markdown)

@@ -18,9 +18,9 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory, loaded_model) -> dict:
     corpus = tmp_path_factory.mktemp("corpus")
     for name, text in PAGES.items():
         (corpus / name).write_text(text)
-    return run_blend_bench(tmp_path_factory.mktemp("data"), 2, ["reuse", "blend@1.0", "random@1.0", "blend@0.5/3"],
-                           max_tokens=4, k=2, dtype="float32", corpus_dir=corpus, questions=QUESTIONS,
-                           loaded=loaded_model)
+    variants = [Variant.parse(spec) for spec in ("reuse", "blend@1.0", "random@1.0", "blend@0.5/3")]
+    return run_blend_bench(tmp_path_factory.mktemp("data"), 2, variants, max_tokens=4, k=2, dtype="float32",
+                           corpus_dir=corpus, questions=QUESTIONS, loaded=loaded_model)
 
 
 def test_full_recompute_matches_off_and_reuse_does_not(tiny_result: dict) -> None:
@@ -50,6 +50,7 @@ def test_variant_specs(spec: str, expected: Variant) -> None:
     assert Variant.parse(spec) == expected
 
 
-def test_unknown_variant_is_refused() -> None:
+@pytest.mark.parametrize("spec", ["exact@0.1", "blend", "blend@x", "blend@1.5", "blend@0.2/1", "random@0.2/y"])
+def test_unknown_variant_is_refused(spec: str) -> None:
     with pytest.raises(ValueError, match="unknown variant"):
-        Variant.parse("exact@0.1")
+        Variant.parse(spec)
