@@ -64,21 +64,18 @@ def ensure_collection(service: RetrievalService, collection: str, files: list[Pa
 def warm_collection(loaded: LoadedModel, service: RetrievalService, collection: str, kv_dir: Path
                     ) -> dict[str, Any]:
     """Encode every chunk of `collection` into the disk tier under `kv_dir` (what `appliance warm` does)."""
+    from appliance.commands.warm import queue_collection
     from appliance.config import EngineConfig
     from appliance.engine.engine import LLMEngine
-    from appliance.rag.prompt import PromptBuilder
 
     engine = LLMEngine(loaded, EngineConfig(data_dir=kv_dir, doc_cache="blend"))
-    chunks = [(c.token_ids, c.doc_id) for d in service.list_documents(collection)
-              for c in service.document_chunks(d.doc_id)]
     start = time.perf_counter()
-    queued = engine.warm(list(PromptBuilder(engine.tokenizer).prefix), chunks)
+    total, tokens, queued = queue_collection(engine, service, collection)
     while engine.has_unfinished():
         engine.step()
     disk = engine.doc_cache.disk
     assert disk is not None
-    tokens = sum(len(t) for t, _ in chunks)
-    return {"chunks": len(chunks), "encoded": queued, "seconds": round(time.perf_counter() - start, 1),
+    return {"chunks": total, "encoded": queued, "seconds": round(time.perf_counter() - start, 1),
             "disk_mb": round(disk.bytes_used / 2**20, 1), "kv_bytes_per_token": engine.kv_bytes_per_token,
             "tokens": tokens, "dtype": str(engine.dtype).removeprefix("torch.")}
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -19,29 +19,41 @@ from appliance.config import Settings
 from appliance.errors import ApplianceError
 from retrieval.service import RetrievalService
 
+if TYPE_CHECKING:
+    from appliance.engine.engine import LLMEngine
+
 console = Console()
 err = Console(stderr=True)
+
+
+def queue_collection(engine: LLMEngine, service: RetrievalService, collection: str) -> tuple[int, int, int]:
+    """Queue encode jobs for every passage of `collection` not cached yet, exactly as prompts hold them
+    (after the RAG system prefix); returns (passages, their tokens, jobs queued)."""
+    from appliance.rag.prompt import PromptBuilder
+
+    builder = PromptBuilder(engine.tokenizer)
+    passages = [(list(builder.passage_tokens(c)), c.doc_id) for doc in service.list_documents(collection)
+                for c in service.document_chunks(doc.doc_id)]
+    tokens = sum(len(t) for t, _ in passages)
+    return len(passages), tokens, engine.warm(list(builder.prefix), passages)
 
 
 def warm_collection(settings: Settings, service: RetrievalService, collection: str) -> tuple[int, int, float]:
     """Encode the collection's chunks that are not cached yet; returns (chunks, newly encoded, seconds)."""
     from appliance.engine.engine import LLMEngine
-    from appliance.rag.prompt import PromptBuilder
 
-    chunks = [(c.token_ids, c.doc_id) for doc in service.list_documents(collection)
-              for c in service.document_chunks(doc.doc_id)]
     engine = LLMEngine.from_config(settings.engine_config())
     if engine.doc_cache.disk is None:
         raise ApplianceError("the disk tier is off (APPLIANCE_DOC_CACHE_DISK_MB=0): nothing to warm into")
     started = time.perf_counter()
-    queued = engine.warm(list(PromptBuilder(engine.tokenizer).prefix), chunks)
+    total, _, queued = queue_collection(engine, service, collection)
     columns = (TextColumn("[bold]encoding chunk KV"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("warm", total=queued)
         while engine.has_unfinished():
             engine.step()
             progress.update(task, completed=engine.doc_cache.stats.encoded_chunks)
-    return len(chunks), queued, time.perf_counter() - started
+    return total, queued, time.perf_counter() - started
 
 
 def report_warm(collection: str, result: tuple[int, int, float], settings: Settings) -> None:

@@ -2,10 +2,12 @@
 
     [system prefix][passage 1]...[passage k][question + assistant header]
 
-Each passage contributes a small numbered header followed by its chunk's token ids exactly as stored
-at ingestion, so a passage's tokens are identical in every prompt it appears in (the KV cache keys on
-them). Passages are put in a canonical order (by chunk id), so the same set of passages retrieved in
-any order yields the same prompt and the same cache hits; the numbers `[n]` follow that order.
+Each passage is its number `[n]` followed by the passage's own run of tokens: a title line, the chunk's
+token ids exactly as stored at ingestion, and a blank line. That run depends on the chunk alone, never on
+the question or the passage's place, so it is identical in every prompt it appears in: the document KV
+cache keys on it and reuses its KV wherever it lands; only the few tokens of `[n]` are prompt-specific.
+Passages are put in a canonical order (by chunk id), so the same set of passages retrieved in any order
+yields the same prompt and the same cache hits; the numbers `[n]` follow that order.
 """
 
 from __future__ import annotations
@@ -67,15 +69,19 @@ class PromptBuilder:
         self.prefix = tuple(bos + tokenizer.encode_template(before) + tokenizer.encode("<documents>\n"))
         self.suffix = tuple(tokenizer.encode_template(after))
 
+    def passage_tokens(self, chunk: Chunk) -> tuple[int, ...]:
+        """A passage's own tokens, the same in every prompt: ` title[, page p]\n`, the stored chunk, a blank line.
+        (What `appliance warm` encodes: the document cache keys on exactly this run.)"""
+        where = f", page {chunk.page}" if chunk.page else ""
+        title = self.tokenizer.encode(f" {chunk.title}{where}\n")
+        return (*title, *chunk.token_ids, *self.tokenizer.encode("\n\n"))
+
     def build(self, question: str, chunks: list[Chunk]) -> RagPrompt:
         passages = tuple(sorted(chunks, key=lambda c: c.chunk_id))
         segments = [Segment(self.prefix)]
         for n, chunk in enumerate(passages, start=1):
-            where = f", page {chunk.page}" if chunk.page else ""
-            header = f"[{n}] {chunk.title}{where}\n"
-            segments.append(Segment(tuple(self.tokenizer.encode(header))))
-            segments.append(Segment(tuple(chunk.token_ids), chunk.chunk_id))
-            segments.append(Segment(tuple(self.tokenizer.encode("\n\n"))))
+            segments.append(Segment(tuple(self.tokenizer.encode(f"[{n}]"))))
+            segments.append(Segment(self.passage_tokens(chunk), chunk.chunk_id))
         tail = tuple(self.tokenizer.encode(f"</documents>\n\nQuestion: {question}")) + self.suffix
         segments.append(Segment(tail))
         return RagPrompt(tuple(segments), passages)

@@ -28,7 +28,13 @@ def test_chunks_keep_their_stored_tokens_in_canonical_order(tok) -> None:
     assert p1.token_ids == p2.token_ids
     assert [c.chunk_id for c in p1.passages] == [3, 7]
     chunk_segments = [s for s in p1.segments if s.chunk_id is not None]
-    assert [list(s.token_ids) for s in chunk_segments] == [b.token_ids, a.token_ids]
+    assert [s.token_ids for s in chunk_segments] == [builder.passage_tokens(b), builder.passage_tokens(a)]
+    for segment, chunk in zip(chunk_segments, (b, a), strict=True):  # the stored tokens, untouched, inside
+        run = list(segment.token_ids)
+        assert any(run[i:i + len(chunk.token_ids)] == chunk.token_ids for i in range(len(run)))
+    # a passage's run depends on the chunk alone: the same in another prompt, at another number
+    alone = builder.build("Elsewhere?", [a])
+    assert [s.token_ids for s in alone.segments if s.chunk_id is not None] == [builder.passage_tokens(a)]
     text = tok.decode(p1.token_ids, skip_special_tokens=False)
     assert "[1] Doc, page 4\nBeta passage" in text and "[2] Doc\nAlpha passage" in text
     assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")

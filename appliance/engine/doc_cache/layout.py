@@ -27,8 +27,8 @@ class PromptLayout:
     """A prompt is `[prefix][..chunk..][..chunk..]...[rest]`; chunks are encoded once after `prefix`.
 
     Every chunk's KV is computed in the context of `prompt[:prefix_len]` (the shared system prefix) and
-    then reused at whatever position the chunk takes in later prompts. Tokens outside the chunks (headers,
-    separators, the question) are always computed.
+    then reused at whatever position the chunk takes in later prompts. Tokens outside the chunks (passage
+    numbers, the question) are always computed.
     """
 
     prefix_len: int
