@@ -1,9 +1,12 @@
 """The paged KV pool's bookkeeping: block tables, refcounts and the exact prefix cache.
 
 A full block is identified by a chained hash `h(parent_hash, its token ids, salt)`; the salt covers the
-model, dtype and RoPE settings, so a cached block is only reused by the exact same computation. A hit
-is verified against the block's stored token ids. Blocks whose refcount drops to zero stay in the
-cache (and in an LRU free queue) until a new allocation needs them. This file touches no tensors.
+model, dtype and RoPE settings, so a cached block is only reused by the exact same computation. Blocks
+holding reused (document-cache) KV, from a request's `reuse_from` on, chain under the request's
+`reuse_salt` instead (its mode and settings): only a request of the same kind reuses them, and they never
+count as exact prefix-cache hits. A hit is verified against the block's stored token ids. Blocks whose
+refcount drops to zero stay in the cache (and in an LRU free queue) until a new allocation needs them.
+This file touches no tensors.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ class BlockManager:
         self.cached: dict[int, int] = {}  # hash -> block id
         self.free_queue: OrderedDict[int, None] = OrderedDict((b, None) for b in range(num_blocks))
         self.prefix_queries = 0  # tokens looked up
-        self.prefix_hits = 0  # tokens found
+        self.prefix_hits = 0  # tokens found with exact KV
+        self.reused_prefix_hits = 0  # tokens found with reused (blended) KV, under a request's `reuse_salt`
 
     @property
     def num_free_blocks(self) -> int:
@@ -57,6 +61,11 @@ class BlockManager:
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
+    def _salt(self, req: Request, block_index: int) -> bytes:
+        """The chain salt of a request's block: the exact one, unless the block holds reused KV."""
+        end = (block_index + 1) * self.block_size
+        return self.salt if req.reuse_from is None or end <= req.reuse_from else req.reuse_salt
+
     def lookup_prefix(self, req: Request) -> list[int]:
         """Cached blocks matching the request's leading full blocks; the last token is never covered."""
         if not self.enable_prefix_caching or req.doc_mode == "off":
@@ -66,7 +75,7 @@ class BlockManager:
         bs = self.block_size
         for start in range(0, (req.num_tokens - 1) // bs * bs, bs):
             tokens = tuple(req.token_ids[start:start + bs])
-            parent = block_hash(parent, tokens, self.salt)
+            parent = block_hash(parent, tokens, self._salt(req, start // bs))
             block = self.cached.get(parent)
             if block is None or self.block_tokens[block] != tokens:
                 break
@@ -97,20 +106,21 @@ class BlockManager:
 
     def record_lookup(self, req: Request, hits: int) -> None:
         """Count a first admission in the prefix-cache counters (vLLM's queries/hits, in tokens)."""
+        exact = hits if req.reuse_from is None else min(hits, req.reuse_from // self.block_size)
         self.prefix_queries += req.num_tokens
-        self.prefix_hits += hits * self.block_size
+        self.prefix_hits += exact * self.block_size
+        self.reused_prefix_hits += (hits - exact) * self.block_size
 
     def commit_full_blocks(self, req: Request) -> None:
-        """Register the request's newly computed full blocks in the prefix cache."""
-        if not self.enable_prefix_caching:
+        """Register the request's newly computed full blocks in the prefix cache (`off` requests: never)."""
+        if not self.enable_prefix_caching or req.doc_mode == "off":
             return
         bs = self.block_size
-        exact = req.num_computed_tokens if req.exact_limit is None else min(req.num_computed_tokens, req.exact_limit)
-        full = exact // bs
+        full = req.num_computed_tokens // bs
         parent = (self.block_hashes[req.block_table[req.num_hashed_blocks - 1]] or 0) if req.num_hashed_blocks else 0
         for i in range(req.num_hashed_blocks, full):
             tokens = tuple(req.token_ids[i * bs:(i + 1) * bs])
-            parent = block_hash(parent, tokens, self.salt)
+            parent = block_hash(parent, tokens, self._salt(req, i))
             block = req.block_table[i]
             if parent not in self.cached:
                 self.cached[parent] = block

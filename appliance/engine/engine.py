@@ -121,8 +121,6 @@ class LLMEngine:
         if mode not in DOC_CACHE_MODES:
             raise RequestError(f"unknown doc_cache mode {mode!r} (one of {', '.join(DOC_CACHE_MODES)})")
         req = Request(request_id, list(prompt_token_ids), params, doc_mode=mode)
-        if mode == "off":
-            req.exact_limit = 0
         self.requests[request_id] = req
         self.outputs.add(req)
         if mode in ("blend", "reuse") and layout is not None and layout.chunks:
@@ -132,6 +130,7 @@ class LLMEngine:
                 self.abort(request_id)
                 raise RequestError(str(exc)) from exc
             req.layout = layout
+            req.reuse_from, req.reuse_salt = layout.chunks[0].start, self.doc_cache.variant_salt(mode)
             jobs, ready = self.doc_cache.admit(req)
             for job in jobs:
                 self.scheduler.add(job)
@@ -230,19 +229,20 @@ class LLMEngine:
             self.scheduler.add(ready)
 
     def _fill(self, req: Request) -> None:
-        """Write a newly admitted request's reused chunk KV into its blocks and decide what to compute."""
+        """Write a newly admitted request's reused chunk KV into its blocks and decide what to compute.
+        Passages the prefix-cache hits reach into (an earlier request of the same mode had the same leading
+        passages) are not filled: their cached blocks stand, and the rest of such a passage is computed."""
         assert req.layout is not None
         started = time.perf_counter()
-        frontier = req.num_computed_tokens  # exact prefix-cache hits end here
-        self.kv_mover.fill(self.backend, req.block_table, self.doc_cache.take(req), frontier)
+        frontier = req.num_computed_tokens  # prefix-cache hits (exact, then reused) end here
+        reused = [(span, entry) for span, entry in self.doc_cache.take(req) if span.start >= frontier]
+        self.kv_mover.fill(self.backend, req.block_table, reused)
         self.doc_cache.release(req)
         deviation = None
-        if req.doc_mode == "blend":
+        if req.doc_mode == "blend" and reused:
             deviation = self.kv_mover.deviations(self.backend, req.token_ids, req.block_table, frontier,
                                                  self.doc_cache.blend.select_layers)
         req.pending_positions = self.doc_cache.plan_compute(req, frontier, deviation)
-        reused_from = [s.start for s in req.layout.chunks if s.end > frontier]  # no exact KV from here on
-        req.exact_limit = max(frontier, min(reused_from)) if reused_from else None
         req.num_cached_tokens = frontier + req.num_reused_tokens
         req.awaiting_fill = False
         req.fill_seconds = time.perf_counter() - started

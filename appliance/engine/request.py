@@ -49,7 +49,10 @@ class Request:
     prefill_only: bool = False  # an encode job: computes its prompt's KV for the chunk tier, samples nothing
     awaiting_fill: bool = False  # admitted with blocks, reused KV not yet written (blend/reuse)
     pending_positions: list[int] = field(default_factory=list)  # prompt positions still to compute after a fill
-    exact_limit: int | None = None  # tokens past this are not exact KV: never registered in the prefix cache
+    # from this position on the KV is reused/blended, not exact: its blocks are cached under `reuse_salt`,
+    # a chain only requests of the same mode and settings share (None: every block is exact KV)
+    reuse_from: int | None = None
+    reuse_salt: bytes = b""
     num_reused_tokens: int = 0  # prompt tokens whose KV came from the chunk tier (not recomputed)
     num_recomputed_tokens: int = 0  # chunk tokens that had cached KV but were recomputed (blend)
     num_encoded_tokens: int = 0  # chunk tokens this request had to encode first (chunk-tier misses)

@@ -113,7 +113,7 @@ class Scheduler:
         req.num_computed_tokens = 0
         req.pending_positions = []
         req.layout = None
-        req.exact_limit = None
+        req.reuse_from = None
         req.num_preemptions += 1
         req.status = RequestStatus.WAITING
         self.waiting.appendleft(req)

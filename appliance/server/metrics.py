@@ -101,17 +101,19 @@ class _LiveCollector(Collector):
                 total = CounterMetricFamily(name, doc, labels=["model_name"])
                 total.add_metric([model], value)
                 yield total
-            yield from _doc_cache(engine.doc_cache, model)
+            yield from _doc_cache(engine.doc_cache, bm.reused_prefix_hits, model)
         if self.state.retrieval is not None:
             yield from _ingestion(self.state.retrieval)
 
 
-def _doc_cache(cache: DocCache, model: str) -> Iterator[Metric]:
-    """The chunk tier's lookups, encodes, evictions and bytes (memory and disk). A chunk reused by `blend`
-    or `reuse` counts here, never in vllm:prefix_cache_hits (which only counts exact prefix blocks)."""
+def _doc_cache(cache: DocCache, prefix_hits: int, model: str) -> Iterator[Metric]:
+    """The chunk tier's lookups, encodes, evictions and bytes (memory and disk), and the prompt tokens found in
+    blocks an earlier `blend`/`reuse` request of the same settings left (`prefix_hits`). Reused KV counts here,
+    never in vllm:prefix_cache_hits (which only counts exact prefix blocks)."""
     tier = cache.tier
     disk_bytes = cache.disk.bytes_used if cache.disk is not None else 0
     for name, doc, value in (
+        ("rag_doc_cache_prefix_hits", "Prompt tokens found in blocks blended for an earlier request", prefix_hits),
         ("rag_doc_cache_hits", "Chunk lookups found in the chunk tier", tier.stats.hits),
         ("rag_doc_cache_misses", "Chunk lookups not in memory", tier.stats.misses),
         ("rag_doc_cache_disk_hits", "Chunk lookups missed in memory and found on disk", cache.stats.disk_hits),

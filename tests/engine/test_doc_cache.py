@@ -49,6 +49,19 @@ def rag(engine: LLMEngine, question: str, chunks: list[Chunk]) -> RagPrompt:
     return PromptBuilder(engine.tokenizer).build(question, chunks)
 
 
+def span(engine: LLMEngine, *chunks: Chunk) -> int:
+    """Tokens the passages take in a prompt (what the chunk tier caches): title line, chunk, blank line."""
+    builder = PromptBuilder(engine.tokenizer)
+    return sum(len(builder.passage_tokens(c)) for c in chunks)
+
+
+def warm_passages(engine: LLMEngine, chunks: list[Chunk]) -> None:
+    builder = PromptBuilder(engine.tokenizer)
+    engine.warm(list(builder.prefix), [(list(builder.passage_tokens(c)), c.doc_id) for c in chunks])
+    while engine.has_unfinished():
+        engine.step()
+
+
 def run(engine: LLMEngine, prompt: RagPrompt, mode: str, rid: str, params: SamplingParams = GREEDY):
     engine.add_request(rid, prompt.token_ids, params, prompt.layout(), mode)
     tokens: list[int] = []
@@ -77,11 +90,9 @@ def test_blend_recomputing_everything_is_identical_to_off(engine_for, passages) 
     prompt = rag(engine_for(), "Which module joins iterables?", [passages[3], passages[1], passages[0]])
     off, _ = run(engine_for(doc_cache="off"), prompt, "off", "off")
     engine = engine_for(blend_ratio=1.0)
-    # the chunks are encoded once, each after the system prefix only, by an earlier question over another set
-    run(engine, rag(engine, "What is a virtual environment?", passages), "blend", "warm")
+    warm_passages(engine, passages)  # each chunk encoded once, after the system prefix only
     blended, out = run(engine, prompt, "blend", "blend")
-    assert out.num_encoded_tokens == 0 and out.num_recomputed_tokens == sum(len(p.token_ids) for p in passages[:2]) \
-        + len(passages[3].token_ids)
+    assert out.num_encoded_tokens == 0 and out.num_recomputed_tokens == span(engine, passages[3], *passages[:2])
     assert blended == off
 
 
@@ -89,19 +100,44 @@ def test_reuse_and_blend_take_chunks_from_the_tier_and_count_it(engine_for, pass
     engine = engine_for(blend_ratio=0.15)
     warm = rag(engine, "What is a virtual environment?", passages)
     _, cold = run(engine, warm, "blend", "cold")
-    assert cold.num_encoded_tokens == sum(len(p.token_ids) for p in passages)
+    assert cold.num_encoded_tokens == span(engine, *passages)
     exact_hits_before = engine.block_manager.prefix_hits
-    prompt = rag(engine, "What does groupby do?", [passages[3], passages[0]])
-    chunk_tokens = len(passages[3].token_ids) + len(passages[0].token_ids)
+    prompt = rag(engine, "What does groupby do?", [passages[3], passages[1]])  # not how `warm` began
+    chunk_tokens = span(engine, passages[3], passages[1])
     _, blend = run(engine, prompt, "blend", "blend")
     assert blend.num_encoded_tokens == 0
     assert 0.15 * chunk_tokens <= blend.num_recomputed_tokens <= 0.15 * chunk_tokens + 2 * 4 + 1
     assert blend.num_cached_tokens >= chunk_tokens - blend.num_recomputed_tokens
-    # only exact KV (system prefix, first header) counts as prefix-cache hits, never the blended chunks
+    # only exact KV (system prefix, first passage number) counts as prefix-cache hits, never the blended chunks
     assert engine.block_manager.prefix_hits - exact_hits_before <= prompt.layout().chunks[0].start
     _, reuse = run(engine, prompt, "reuse", "reuse")
     assert reuse.num_recomputed_tokens == 0 and reuse.num_cached_tokens >= chunk_tokens
     assert engine.doc_cache.tier.stats.hits >= 4
+
+
+def test_a_repeat_of_the_same_passages_reuses_the_blended_blocks(engine_for, passages) -> None:
+    """A second question over the same passages takes the first one's blended blocks (recomputing nothing of
+    them); with a 100% recompute those blocks are exact KV, so the answer is still off's. They are chained
+    under blend's own salt: an `exact` request never takes them, and they never count as exact hits."""
+    first = rag(engine_for(), "Which module joins iterables?", passages[:3])
+    again = rag(engine_for(), "How do I read a file with pathlib?", passages[:3])
+    off, _ = run(engine_for(doc_cache="off"), again, "off", "off")
+    engine = engine_for(blend_ratio=1.0)
+    warm_passages(engine, passages)
+    run(engine, first, "blend", "first")
+    exact_hits, bs = engine.block_manager.prefix_hits, engine.config.block_size
+    blended, out = run(engine, again, "blend", "again")
+    last = again.layout().chunks[-1]
+    assert out.num_cached_tokens >= last.end // bs * bs  # every full block through the passages
+    assert out.num_recomputed_tokens == 0 and out.num_encoded_tokens == 0
+    assert blended == off
+    assert engine.block_manager.prefix_hits - exact_hits <= again.layout().chunks[0].start
+    assert engine.block_manager.reused_prefix_hits >= last.end // bs * bs - again.layout().chunks[0].start
+    _, exact = run(engine, again, "exact", "exact")
+    assert exact.num_cached_tokens <= again.layout().chunks[0].start
+    reused_hits = engine.block_manager.reused_prefix_hits
+    run(engine, again, "reuse", "reuse")  # another mode: its own chain
+    assert engine.block_manager.reused_prefix_hits == reused_hits
 
 
 def test_rerotated_keys_equal_keys_computed_at_the_new_position(engine_for, passages) -> None:
@@ -156,7 +192,7 @@ def test_deleting_a_document_invalidates_its_chunks(engine_for, passages) -> Non
     assert engine.invalidate_document("doc-0") == 2  # memory and disk
     assert {k for e in engine.doc_cache.tier.entries.values() for k in e.doc_ids} == {"doc-1"}
     _, again = run(engine, prompt, "reuse", "b")
-    assert again.num_encoded_tokens == len(passages[0].token_ids)
+    assert again.num_encoded_tokens == span(engine, passages[0])
 
 
 def test_a_chunk_is_found_on_disk_by_a_new_engine(engine_for, passages) -> None:

@@ -51,10 +51,14 @@ def test_modes_are_chosen_per_request_and_accounted(server: Server) -> None:
     assert kv["tokens_reused"] >= first["kv"]["tokens_encoded"]
     assert kv["tokens_reused"] + kv["tokens_computed"] == second["usage"]["prompt_tokens"]
     assert ask(server.url, "Is black tea made with boiling water?", None)["kv"]["mode"] == "exact"
+    repeat = ask(server.url, "How hot should the water be for green tea?", "blend")  # the same passages
+    assert repeat["kv"]["tokens_encoded"] == 0 and repeat["kv"]["tokens_reused"] > first["kv"]["tokens_reused"]
     metrics = httpx.get(server.url + "/metrics").text
-    hits = next(float(line.split()[-1]) for line in metrics.splitlines()
-                if line.startswith("rag_doc_cache_hits_total"))
-    assert hits >= 2
+
+    def total(name: str) -> float:
+        return next(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(name + "_total"))
+    assert total("rag_doc_cache_hits") >= 2
+    assert total("rag_doc_cache_prefix_hits") >= server.engine.config.block_size  # the repeat's blended blocks
     assert 'rag_doc_cache_bytes{model_name="smollm2"}' in metrics
     bad = httpx.post(server.url + "/api/ask", json={"question": "q", "collection": "drinks", "doc_cache": "fast"})
     assert bad.status_code == 422

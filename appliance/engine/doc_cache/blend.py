@@ -47,20 +47,16 @@ class KVMover:
             vs.append(v_cache.view(-1, kvh, dim)[slots])
         return ChunkEntry(key, torch.stack(ks), torch.stack(vs), doc_ids)
 
-    def fill(self, backend: AttentionBackend, block_table: list[int], chunks: list[tuple[ChunkSpan, ChunkEntry]],
-             frontier: int) -> None:
-        """Write each chunk's KV at its span's positions (those at or past `frontier`) in every layer, through
-        the backend's `write_rotated` (a fused kernel on GPUs)."""
+    def fill(self, backend: AttentionBackend, block_table: list[int], chunks: list[tuple[ChunkSpan, ChunkEntry]]
+             ) -> None:
+        """Write each chunk's KV at its span's positions in every layer, through the backend's `write_rotated`
+        (a fused kernel on GPUs)."""
         for span, entry in chunks:
-            first = max(span.start, frontier)
-            if first >= span.end:
-                continue
-            positions = torch.arange(first, span.end, device=self.model.device)
+            positions = torch.arange(span.start, span.end, device=self.model.device)
             slots = request_slots(block_table, positions.cpu(), self.block_size).to(self.model.device)
             cos, sin = self.rope.tables(positions)
-            rows = slice(first - span.start, span.length)
             for layer, (k_cache, v_cache) in enumerate(self.kv_caches):
-                backend.write_rotated(k_cache, v_cache, entry.k[layer, rows], entry.v[layer, rows], slots, cos, sin)
+                backend.write_rotated(k_cache, v_cache, entry.k[layer], entry.v[layer], slots, cos, sin)
 
     @torch.inference_mode()
     def deviations(self, backend: AttentionBackend, token_ids: list[int], block_table: list[int],

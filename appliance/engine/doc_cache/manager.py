@@ -12,6 +12,7 @@ A `blend`/`reuse` request goes through three steps:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -29,8 +30,8 @@ from appliance.engine.sampling import SamplingParams
 class BlendConfig:
     """`ratio`: share of each request's reused chunk tokens recomputed by deviation (CacheBlend); `first_tokens`:
     leading tokens of every chunk always recomputed (EPIC); `select_layers`: early layers run densely over the whole
-    prompt to measure the deviations (the last of them is where they are measured). Question, headers and
-    separators are always computed."""
+    prompt to measure the deviations (the last of them is where they are measured). The question and the
+    passage numbers are always computed."""
 
     ratio: float = 0.15
     first_tokens: int = 4
@@ -171,18 +172,26 @@ class DocCache:
         removed = self.disk.invalidate(doc_id) if self.disk is not None else 0
         return removed + len(self.tier.invalidate(doc_id))
 
+    def variant_salt(self, mode: str) -> bytes:
+        """The prefix-cache chain salt of blocks holding `mode`'s reused KV (the blend settings included):
+        a block blended one way is never taken for exact KV, nor for KV blended another way."""
+        settings = f"{mode}|{self.blend}" if mode == "blend" else mode
+        return hashlib.sha256(self.salt + settings.encode()).digest()
+
     def plan_compute(self, req: Request, frontier: int, deviation: torch.Tensor | None) -> list[int]:
         """The positions to compute after a fill: everything at or past `frontier` that is not a reused chunk
         token, plus (blend, given per-position `deviation`) each chunk's first tokens and the most deviating
-        `ratio` of the reused chunk tokens. Sets the request's reuse counters."""
+        `ratio` of the reused chunk tokens. Chunks starting before `frontier` were not filled (see the engine's
+        `_fill`). Sets the request's reuse counters."""
         assert req.layout is not None
         chunk_positions: list[int] = []
         chosen: set[int] = set()
         for span in req.layout.chunks:
-            start = max(span.start, frontier)
-            chunk_positions.extend(range(start, span.end))
+            if span.start < frontier:
+                continue
+            chunk_positions.extend(range(span.start, span.end))
             if deviation is not None:
-                chosen.update(range(start, min(span.start + self.blend.first_tokens, span.end)))
+                chosen.update(range(span.start, min(span.start + self.blend.first_tokens, span.end)))
         in_chunks = set(chunk_positions)
         if deviation is not None and self.blend.ratio > 0:
             candidates = [p for p in chunk_positions if p not in chosen]
