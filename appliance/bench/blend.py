@@ -100,9 +100,9 @@ def randomize_selection(engine: LLMEngine) -> None:
 
     measure = engine.kv_mover.deviations
 
-    def random_scores(*args: Any, **kwargs: Any) -> torch.Tensor:
-        deviation = measure(*args, **kwargs)
-        return torch.where(deviation > 0, torch.rand(deviation.shape), deviation)  # zero before the frontier
+    def random_scores(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        deviation, hidden = measure(*args, **kwargs)
+        return torch.where(deviation > 0, torch.rand(deviation.shape), deviation), hidden  # 0 before the frontier
 
     engine.kv_mover.deviations = random_scores  # type: ignore[method-assign]
 

@@ -238,11 +238,16 @@ class LLMEngine:
         reused = [(span, entry) for span, entry in self.doc_cache.take(req) if span.start >= frontier]
         self.kv_mover.fill(self.backend, req.block_table, reused)
         self.doc_cache.release(req)
-        deviation = None
         if req.doc_mode == "blend" and reused:
-            deviation = self.kv_mover.deviations(self.backend, req.token_ids, req.block_table, frontier,
-                                                 self.doc_cache.blend.select_layers)
-        req.pending_positions = self.doc_cache.plan_compute(req, frontier, deviation)
+            layers = self.doc_cache.blend.select_layers
+            deviation, hidden = self.kv_mover.deviations(self.backend, req.token_ids, req.block_table, frontier,
+                                                         layers)
+            req.pending_positions = self.doc_cache.plan_compute(req, frontier, deviation)
+            # the dense pass ran the first layers for every position: the recompute resumes after them
+            rows = torch.tensor(req.pending_positions, device=self.device) - frontier
+            req.resume_hidden, req.resume_layer = hidden[rows], layers
+        else:
+            req.pending_positions = self.doc_cache.plan_compute(req, frontier, None)
         req.num_cached_tokens = frontier + req.num_reused_tokens
         req.awaiting_fill = False
         req.fill_seconds = time.perf_counter() - started

@@ -6,6 +6,7 @@ Tokens of all scheduled sequences are flattened into one dimension T; attention 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -66,6 +67,19 @@ class DecoderLayer:
         return x + self.down(F.silu(gate) * up)
 
 
+@dataclass
+class Resume:
+    """Rows of a batch that skip the first `layer` layers: their residual stream entering `layer` is known
+    (blend's dense selection pass computed those layers for them, KV included). The other rows run every
+    layer; `early_plan` is the backend plan of those rows alone (None when there are none)."""
+
+    layer: int
+    rows: torch.Tensor  # [R] int64 rows of the flat batch that resume
+    hidden: torch.Tensor  # [R, hidden] float32 residual stream entering `layer`
+    early_rows: torch.Tensor  # [T - R] int64 the other rows
+    early_plan: Any
+
+
 class CausalLM:
     """The whole model: embeddings, decoder layers, final norm and LM head."""
 
@@ -86,17 +100,32 @@ class CausalLM:
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, scaling, dtype, device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVPair],
-                backend: AttentionBackend, plan: Any) -> torch.Tensor:
-        """input_ids, positions: [T] -> final hidden states [T, hidden] (before the LM head)."""
-        x = self.run_layers(input_ids, positions, kv_caches, backend, plan)
+                backend: AttentionBackend, plan: Any, resume: Resume | None = None) -> torch.Tensor:
+        """input_ids, positions: [T] -> final hidden states [T, hidden] (before the LM head). With `resume`, its
+        rows enter at `resume.layer` with the given residual stream; the other rows run every layer."""
+        cos, sin = self.rope.tables(positions)
+        if resume is None:
+            x = self._through(self.embed[input_ids].float(), cos, sin, 0, kv_caches, backend, plan)
+        else:
+            x = torch.empty(len(input_ids), self.config.hidden_size, device=self.device)  # [T, hidden] float32
+            x[resume.rows] = resume.hidden
+            if len(resume.early_rows):
+                e = resume.early_rows
+                x[e] = self._through(self.embed[input_ids[e]].float(), cos[e], sin[e], 0,
+                                     kv_caches[:resume.layer], backend, resume.early_plan)
+            x = self._through(x, cos, sin, resume.layer, kv_caches[resume.layer:], backend, plan)
         return F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps).to(self.dtype)
 
     def run_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVPair],
                    backend: AttentionBackend, plan: Any) -> torch.Tensor:
         """Run the first `len(kv_caches)` layers (their K/V land in `kv_caches`) -> residual stream [T, hidden]."""
-        x = self.embed[input_ids].float()  # [T, hidden] float32 residual stream
         cos, sin = self.rope.tables(positions)
-        for layer, (k_cache, v_cache) in zip(self.layers[:len(kv_caches)], kv_caches, strict=True):
+        return self._through(self.embed[input_ids].float(), cos, sin, 0, kv_caches, backend, plan)
+
+    def _through(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, first: int, kv_caches: list[KVPair],
+                 backend: AttentionBackend, plan: Any) -> torch.Tensor:
+        """x: [T, hidden] float32 entering layer `first` -> leaving layer `first + len(kv_caches) - 1`."""
+        for layer, (k_cache, v_cache) in zip(self.layers[first:first + len(kv_caches)], kv_caches, strict=True):
             x = layer(x, cos, sin, k_cache, v_cache, backend, plan)
         return x
 

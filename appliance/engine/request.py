@@ -57,6 +57,10 @@ class Request:
     num_recomputed_tokens: int = 0  # chunk tokens that had cached KV but were recomputed (blend)
     num_encoded_tokens: int = 0  # chunk tokens this request had to encode first (chunk-tier misses)
     fill_seconds: float = 0.0  # writing reused KV into its blocks and choosing what to recompute
+    # blend: the residual stream of `pending_positions` entering layer `resume_layer` ([n, hidden] float32),
+    # left by the dense selection pass, so that their recompute skips the layers it already ran
+    resume_hidden: torch.Tensor | None = None
+    resume_layer: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -84,6 +88,8 @@ class Request:
         """Record that the next `n` tokens to compute are done."""
         if self.pending_positions:
             del self.pending_positions[:n]
+            if self.resume_hidden is not None:
+                self.resume_hidden = self.resume_hidden[n:] if self.pending_positions else None
             if not self.pending_positions:
                 self.num_computed_tokens = self.num_tokens
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from appliance.engine.decode_graphs import DecodeGraphs
-from appliance.engine.model import CausalLM
+from appliance.engine.model import CausalLM, Resume
 from appliance.engine.request import Request
 from appliance.engine.sampling import Sampler
 from kernels.base import AttentionBackend, AttentionBatch
@@ -38,11 +38,13 @@ class ModelRunner:
         """Compute the next `n` tokens of each request; return the sampled next token of each request whose
         work reaches its end (None for requests still in the middle of their prompt, and for encode jobs)."""
         batch, input_ids = self._prepare(items)
-        if self.graphs is not None and self.graphs.fits(batch):
+        resume = self._resume(items, batch)
+        if self.graphs is not None and resume is None and self.graphs.fits(batch):
             hidden = self.graphs.run(batch, input_ids)  # [B, hidden]: one token per sequence
         else:
             plan = self.backend.plan(batch)
-            hidden = self.model.forward(input_ids, batch.positions, self.kv_caches, self.backend, plan)  # [T, hidden]
+            hidden = self.model.forward(input_ids, batch.positions, self.kv_caches, self.backend, plan,
+                                        resume)  # [T, hidden]
         rows = [i for i, (req, n) in enumerate(items) if n == req.num_new_tokens and not req.prefill_only]
         sampled: list[int | None] = [None] * len(items)
         if rows:
@@ -54,6 +56,29 @@ class ModelRunner:
             for i, token in zip(rows, tokens, strict=True):
                 sampled[i] = token
         return sampled
+
+    def _resume(self, items: list[tuple[Request, int]], batch: AttentionBatch) -> Resume | None:
+        """Which rows enter past the first layers (blend recomputes whose early layers the selection pass ran)."""
+        resumed = [req.resume_hidden is not None for req, _ in items]
+        if not any(resumed):
+            return None
+        layers = {req.resume_layer for (req, _), r in zip(items, resumed, strict=True) if r}
+        assert len(layers) == 1, "one engine resumes at one layer"
+        rows: list[int] = []
+        early: list[int] = []
+        hidden = []
+        for i, ((req, n), r) in enumerate(zip(items, resumed, strict=True)):
+            span = range(batch.query_start_loc[i], batch.query_start_loc[i + 1])
+            if r:
+                rows.extend(span)
+                hidden.append(req.resume_hidden[:n])
+            else:
+                early.extend(span)
+        others = [item for item, r in zip(items, resumed, strict=True) if not r]
+        device = self.model.device
+        return Resume(layers.pop(), torch.tensor(rows, device=device), torch.cat(hidden),
+                      torch.tensor(early, dtype=torch.int64, device=device),
+                      self.backend.plan(self._prepare(others)[0]) if others else None)
 
     def _prepare(self, items: list[tuple[Request, int]]) -> tuple[AttentionBatch, torch.Tensor]:
         bs = self.block_size

@@ -112,6 +112,7 @@ class Scheduler:
         self.bm.free(req)
         req.num_computed_tokens = 0
         req.pending_positions = []
+        req.resume_hidden = None
         req.layout = None
         req.reuse_from = None
         req.num_preemptions += 1

@@ -96,6 +96,30 @@ def test_blend_recomputing_everything_is_identical_to_off(engine_for, passages) 
     assert blended == off
 
 
+def test_blend_recompute_shares_a_step_with_a_plain_prefill(engine_for, passages) -> None:
+    """Blend's recomputed tokens enter past the layers its selection pass ran; in a step shared with a plain
+    prefill (which runs every layer) each row must still get its own residual stream, KV and answer."""
+    prompt = rag(engine_for(), "Which module joins iterables?", [passages[3], passages[1], passages[0]])
+    plain = rag(engine_for(), "What is a virtual environment?", [passages[2]]).token_ids
+    off = engine_for(doc_cache="off")
+    expected = [run(off, prompt, "off", "ref")[0], off.generate([plain], GREEDY)[0].token_ids]
+    engine = engine_for(blend_ratio=1.0, max_num_batched_tokens=64)
+    warm_passages(engine, passages)
+    engine.add_request("plain", plain, GREEDY, doc_cache="off")  # runs first: 64 tokens a step
+    engine.add_request("blend", prompt.token_ids, GREEDY, prompt.layout(), "blend")
+    got: dict[str, list[int]] = {"blend": [], "plain": []}
+    mixed = False
+    while engine.has_unfinished():
+        running = {r.request_id: r for r in engine.scheduler.running}
+        blend_pending = "blend" in running and running["blend"].resume_hidden is not None
+        plain_busy = "plain" in running and not running["plain"].finished
+        mixed |= blend_pending and plain_busy
+        for out in engine.step():
+            got[out.request_id] += out.token_ids
+    assert mixed  # the two did share steps
+    assert [got["blend"], got["plain"]] == expected
+
+
 def test_reuse_and_blend_take_chunks_from_the_tier_and_count_it(engine_for, passages) -> None:
     engine = engine_for(blend_ratio=0.15)
     warm = rag(engine, "What is a virtual environment?", passages)

@@ -60,33 +60,27 @@ class KVMover:
 
     @torch.inference_mode()
     def deviations(self, backend: AttentionBackend, token_ids: list[int], block_table: list[int],
-                   frontier: int, layers: int) -> torch.Tensor:
+                   frontier: int, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the first `layers` layers (>= 2: the first layer's KV does not depend on context, so it cannot
-        deviate) densely over the whole prompt; return, per position, how far the KV in the request's blocks
-        (reused) is from the true KV at the last of those layers ([T] float32, zero before `frontier`), after
-        overwriting those layers' KV from `frontier` on with the true values."""
+        deviate) over the prompt from `frontier` on, in the request's own blocks: a continued prefill (the KV
+        before `frontier` is exact in those layers), which replaces those layers' reused KV by the true one.
+
+        Returns the deviation per position ([T] float32, zero before `frontier`): how far the reused KV at the
+        last of those layers was from the true one; and the residual stream leaving those layers
+        ([T - frontier, hidden] float32), from which recomputed positions resume (`model.Resume`)."""
         device = self.model.device
-        t, bs = len(token_ids), self.block_size
-        num_blocks = -(-t // bs)
-        like = self.kv_caches[0][0]
-        shape = (num_blocks, bs, *like.shape[2:])
-        scratch = [(like.new_empty(shape), like.new_empty(shape)) for _ in range(min(layers, len(self.kv_caches)))]
-        positions = torch.arange(t, device=device)
-        batch = AttentionBatch([0, t], [t], positions, positions, torch.arange(num_blocks, device=device)[None], bs)
-        ids = torch.tensor(token_ids, dtype=torch.int64, device=device)
-        self.model.run_layers(ids, positions, scratch, backend, backend.plan(batch))
-        tail = torch.arange(frontier, t)
-        slots = request_slots(block_table, tail, bs).to(device)
+        t = len(token_ids)
+        positions = torch.arange(frontier, t)
+        slots = request_slots(block_table, positions, self.block_size).to(device)
+        k_cache, v_cache = self.kv_caches[layers - 1]
+        kvh, dim = k_cache.shape[2:]
+        k_reused, v_reused = k_cache.view(-1, kvh, dim)[slots], v_cache.view(-1, kvh, dim)[slots]  # copies
+        table = torch.tensor(block_table, dtype=torch.int64, device=device)[None]
+        batch = AttentionBatch([0, t - frontier], [t], positions.to(device), slots, table, self.block_size)
+        ids = torch.tensor(token_ids[frontier:], dtype=torch.int64, device=device)
+        hidden = self.model.run_layers(ids, batch.positions, self.kv_caches[:layers], backend, backend.plan(batch))
+        k_true, v_true = k_cache.view(-1, kvh, dim)[slots], v_cache.view(-1, kvh, dim)[slots]  # [n, KVH, D]
         deviation = torch.zeros(t)
-        for layer, (sk, sv) in enumerate(scratch):
-            k_cache, v_cache = self.kv_caches[layer]
-            kvh, dim = k_cache.shape[2:]
-            true_k, true_v = sk.view(-1, kvh, dim)[frontier:t], sv.view(-1, kvh, dim)[frontier:t]  # [n, KVH, D]
-            if layer == len(scratch) - 1:
-                k_old, v_old = k_cache.view(-1, kvh, dim)[slots], v_cache.view(-1, kvh, dim)[slots]
-                gap = (true_k.float() - k_old.float()).square().sum((1, 2)) \
-                    + (true_v.float() - v_old.float()).square().sum((1, 2))  # [n]
-                deviation[frontier:] = gap.cpu()
-            k_cache.view(-1, kvh, dim).index_copy_(0, slots, true_k)
-            v_cache.view(-1, kvh, dim).index_copy_(0, slots, true_v)
-        return deviation
+        deviation[frontier:] = ((k_true.float() - k_reused.float()).square().sum((1, 2))
+                                + (v_true.float() - v_reused.float()).square().sum((1, 2))).cpu()
+        return deviation, hidden
