@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+BLEND_SELECT_LAYERS = 4  # blend measures KV deviation after this many layers (appliance bench blend)
+
 if TYPE_CHECKING:
     from retrieval.jobs import IngestLimits
 
@@ -41,7 +43,7 @@ class Settings(BaseSettings):
     doc_cache_share: float = Field(default=0.4, ge=0.0, lt=1.0)  # share of kv_cache_mb kept for the chunk tier
     blend_ratio: float = Field(default=0.15, ge=0.0, le=1.0)  # reused chunk tokens recomputed by deviation (blend)
     blend_first_tokens: int = Field(default=4, ge=0)  # leading tokens of each chunk always recomputed (blend)
-    blend_select_layers: int = Field(default=2, ge=2)  # early layers run densely to measure deviations (blend)
+    blend_select_layers: int = Field(default=BLEND_SELECT_LAYERS, ge=2)  # dense early layers: deviations (blend)
     doc_cache_disk_mb: int = Field(default=8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
     doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
     threads: int = 0
@@ -127,7 +129,7 @@ class EngineConfig:
     doc_cache_share: float = 0.4  # of kv_cache_mb, for the chunk tier (the paged pool gets the rest)
     blend_ratio: float = 0.15
     blend_first_tokens: int = 4
-    blend_select_layers: int = 2
+    blend_select_layers: int = BLEND_SELECT_LAYERS
     doc_cache_disk_mb: int = 8192
     doc_cache_kv_format: str = "model"
     threads: int = 0

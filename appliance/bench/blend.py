@@ -8,9 +8,10 @@ finds the chunks on disk. Per variant: mean TTFT, tokens recomputed, and fidelit
 - teacher-forced on off's answer: at each of its tokens, the variant's next-token distribution against off's
   (mean KL in nats, top-1 agreement), a smooth measure of how close the reused KV is to the true one.
 
-Variants: `reuse`; `blend@R` (recompute a share R chosen by KV deviation, measured 2 layers deep);
-`blend@R/L` (deviations measured L layers deep); `random@R` (the same share chosen at random: the control
-that says what the deviation is worth).
+Variants: `reuse`; `blend@R` (recompute a share R chosen by KV deviation, measured as many layers deep as
+the engine's default, `config.BLEND_SELECT_LAYERS`); `blend@R/L` (deviations measured L layers deep);
+`random@R` and `random@R/L` (the same share chosen at random: the control that says what the deviation is
+worth).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import typer
 from appliance.bench.machine import describe_machine, machine_markdown
 from appliance.bench.rag_fidelity import token_f1
 from appliance.bench.rag_workload import BenchPrompt, Question, build_prompts, fresh_questions, load_questions
+from appliance.config import BLEND_SELECT_LAYERS
 
 if TYPE_CHECKING:
     import torch
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from appliance.engine.engine import LLMEngine
     from appliance.engine.loader import LoadedModel
 
-VARIANTS = ("reuse", "random@0.15", "blend@0.15", "blend@0.15/4", "random@0.3", "blend@0.3", "blend@0.5")
+VARIANTS = ("reuse", "random@0.15", "blend@0.15/2", "blend@0.15", "random@0.3", "blend@0.3", "blend@0.5")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Variant:
     spec: str
     mode: str  # reuse | blend
     ratio: float = 0.0
-    select_layers: int = 2
+    select_layers: int = BLEND_SELECT_LAYERS
     random: bool = False
 
     @classmethod
@@ -57,7 +59,7 @@ class Variant:
         kind, _, rest = spec.partition("@")
         ratio, _, layers = rest.partition("/")
         try:
-            variant = cls(spec, "blend", float(ratio), int(layers or 2), kind == "random")
+            variant = cls(spec, "blend", float(ratio), int(layers or BLEND_SELECT_LAYERS), kind == "random")
         except ValueError:
             variant = None
         if kind not in ("blend", "random") or variant is None or not 0 <= variant.ratio <= 1 \
@@ -205,7 +207,8 @@ def blend_markdown(result: dict[str, Any]) -> str:
         f"{result['questions']} fresh questions over the pages that answer them ({result['corpus']['chunks']} "
         f"chunks), k={result['k']}, mean prompt {result['mean_prompt_tokens']:.0f} tokens, chunks pre-encoded "
         f"on disk, one request at a time, greedy, {result['max_tokens']} tokens. `blend@R/L`: a share R chosen "
-        "by KV deviation measured L layers deep (L=2 when not given); `random@R`: the same share at random. "
+        f"by KV deviation measured L layers deep (L={BLEND_SELECT_LAYERS}, the default, when not given); "
+        "`random@R`: the same share at random. "
         "Teacher-forced: along off's answer, the variant's next-token distribution against off's.",
         "",
         "| variant | tokens recomputed | TTFT mean ms | off / this | first token agrees | token F1 "

@@ -71,7 +71,7 @@ class LLMEngine:
                                   config.max_num_seqs, -(-self.max_model_len // config.block_size))
         salt = hashlib.sha256(f"{loaded.source}|{loaded.config.to_json()}|{self.dtype}".encode()).digest()
         self.block_manager = BlockManager(num_blocks, config.block_size, salt, config.enable_prefix_caching)
-        self.doc_cache = build_doc_cache(config, salt, self.dtype, chunk_budget)
+        self.doc_cache = build_doc_cache(config, salt, self.dtype, chunk_budget, loaded.config.num_layers)
         self.kv_mover = KVMover(self.model, self.runner.kv_caches, config.block_size)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.bench.blend import Variant, blend_markdown, run_blend_bench
+from appliance.config import BLEND_SELECT_LAYERS
 from tests.bench.test_bench_rag_smoke import PAGES, QUESTIONS
 
 
@@ -42,9 +43,10 @@ def test_markdown_rows(tiny_result: dict) -> None:
 
 @pytest.mark.parametrize("spec, expected", [
     ("reuse", Variant("reuse", "reuse")),
-    ("blend@0.15", Variant("blend@0.15", "blend", 0.15, 2)),
+    ("blend@0.15", Variant("blend@0.15", "blend", 0.15, BLEND_SELECT_LAYERS)),
     ("blend@0.3/4", Variant("blend@0.3/4", "blend", 0.3, 4)),
-    ("random@0.2", Variant("random@0.2", "blend", 0.2, 2, random=True)),
+    ("random@0.2", Variant("random@0.2", "blend", 0.2, BLEND_SELECT_LAYERS, random=True)),
+    ("random@0.2/2", Variant("random@0.2/2", "blend", 0.2, 2, random=True)),
 ])
 def test_variant_specs(spec: str, expected: Variant) -> None:
     assert Variant.parse(spec) == expected

@@ -33,9 +33,9 @@ class BlendConfig:
     prompt to measure the deviations (the last of them is where they are measured). The question and the
     passage numbers are always computed."""
 
-    ratio: float = 0.15
-    first_tokens: int = 4
-    select_layers: int = 2
+    ratio: float
+    first_tokens: int
+    select_layers: int
 
 
 @dataclass(frozen=True)
