@@ -59,22 +59,23 @@ class ModelRunner:
 
     def _resume(self, items: list[tuple[Request, int]], batch: AttentionBatch) -> Resume | None:
         """Which rows enter past the first layers (blend recomputes whose early layers the selection pass ran)."""
-        resumed = [req.resume_hidden is not None for req, _ in items]
-        if not any(resumed):
-            return None
-        layers = {req.resume_layer for (req, _), r in zip(items, resumed, strict=True) if r}
-        assert len(layers) == 1, "one engine resumes at one layer"
-        rows: list[int] = []
-        early: list[int] = []
-        hidden = []
-        for i, ((req, n), r) in enumerate(zip(items, resumed, strict=True)):
+        rows: list[int] = []  # flat-batch rows that resume, and their residual streams
+        hidden: list[torch.Tensor] = []
+        layers: set[int] = set()
+        early: list[int] = []  # the other rows, and their items
+        others: list[tuple[Request, int]] = []
+        for i, (req, n) in enumerate(items):
             span = range(batch.query_start_loc[i], batch.query_start_loc[i + 1])
-            if r:
+            if req.resume_hidden is None:
+                early.extend(span)
+                others.append((req, n))
+            else:
                 rows.extend(span)
                 hidden.append(req.resume_hidden[:n])
-            else:
-                early.extend(span)
-        others = [item for item, r in zip(items, resumed, strict=True) if not r]
+                layers.add(req.resume_layer)
+        if not rows:
+            return None
+        assert len(layers) == 1, "one engine resumes at one layer"
         device = self.model.device
         return Resume(layers.pop(), torch.tensor(rows, device=device), torch.cat(hidden),
                       torch.tensor(early, dtype=torch.int64, device=device),
