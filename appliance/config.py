@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     blend_select_layers: int = Field(default=BLEND_SELECT_LAYERS, ge=2)  # dense early layers: deviations (blend)
     doc_cache_disk_mb: int = Field(default=8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
     doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
-    threads: int = 0
+    threads: int = Field(default=0, ge=0)  # engine intra-op threads (0: every CPU this process may use)
     cuda_graphs: bool = True  # on CUDA, decode steps replay captured graphs (needs triton)
     # --- trust (issue 7): request and upload sizes, archives, parsers, generation bounds, rate limits ---
     max_body_mb: float = Field(default=4.0, gt=0)  # any request body but an upload (413)
@@ -132,7 +132,7 @@ class EngineConfig:
     blend_select_layers: int = BLEND_SELECT_LAYERS
     doc_cache_disk_mb: int = 8192
     doc_cache_kv_format: str = "model"
-    threads: int = 0
+    threads: int = 0  # 0: every CPU this process may use
     kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)
     decode_graphs: str = "auto"  # auto (CUDA graphs on CUDA) | off | eager (the graph path uncaptured: tests)
     int4_decode_tokens: int = 32  # steps of at most this many tokens use 4-bit GGUF weights (CPU, bfloat16)

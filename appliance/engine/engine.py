@@ -49,8 +49,8 @@ class EngineStats:
 
 class LLMEngine:
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        self.threads = config.threads or len(os.sched_getaffinity(0))
+        self._use_threads()
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
@@ -80,6 +80,13 @@ class LLMEngine:
         log.info("engine ready: %s on %s/%s, backend %s, %d KV blocks of %d tokens (%d tokens), %d KB of KV per "
                  "token, chunk tier %d MB", loaded.name, self.device, self.dtype, self.backend.name, num_blocks,
                  config.block_size, pool_tokens, self.kv_bytes_per_token // 1024, chunk_budget // 2**20)
+
+    def _use_threads(self) -> None:
+        """Give the calling thread the engine's intra-op thread count. Torch threads take their count from a
+        process-wide default when they first compute, and any thread's `torch.set_num_threads` changes that
+        default (the query embedder runs on one thread), so the thread that steps sets its own."""
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def _decode_graphs(self) -> str:
         """The runner's decode-graph mode: `auto` captures CUDA graphs on CUDA when triton is installed."""
@@ -181,6 +188,7 @@ class LLMEngine:
         """Schedule, fill newly admitted document-cache requests, run the model once, and report what each
         request produced."""
         started = time.perf_counter()
+        self._use_threads()
         batch = self.scheduler.schedule()
         self.stats.preemptions += len(batch.preempted)
         for req in batch.to_fill:
