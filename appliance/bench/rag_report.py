@@ -116,8 +116,8 @@ def rag_markdown(result: dict[str, Any]) -> str:
         f"answer the questions ({warm['chunks']} chunks, {warm['tokens']} tokens) encoded ahead of time "
         f"({warm['encoded']} encoded by this run in {warm['seconds']:.0f} s, the rest found on disk from an earlier "
         f"run; {warm['disk_mb']:.0f} MB on disk, {warm['kv_bytes_per_token'] / 1000:.1f} KB per token in the "
-        "engine's dtype; `APPLIANCE_DOC_CACHE_KV_FORMAT=int8` stores 1 byte per value); questions in a phrasing "
-        "(A) never "
+        "engine's dtype; `APPLIANCE_DOC_CACHE_KV_FORMAT=int8` stores 1 byte per value; the files read once before "
+        "(B), so they start in the OS page cache as right after a warm); questions in a phrasing (A) never "
         f"uses; a fresh system per level ({w['segment']} requests each). Mean prompt "
         f"{w['prompt_tokens_mean']['B']:.0f} tokens.",
         "",
