@@ -61,10 +61,14 @@ class BlockManager:
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
+    def _exact_blocks(self, req: Request) -> int | None:
+        """How many leading blocks of the request hold exact KV (None: all of them)."""
+        return None if req.reuse_from is None else req.reuse_from // self.block_size
+
     def _salt(self, req: Request, block_index: int) -> bytes:
         """The chain salt of a request's block: the exact one, unless the block holds reused KV."""
-        end = (block_index + 1) * self.block_size
-        return self.salt if req.reuse_from is None or end <= req.reuse_from else req.reuse_salt
+        exact = self._exact_blocks(req)
+        return self.salt if exact is None or block_index < exact else req.reuse_salt
 
     def lookup_prefix(self, req: Request) -> list[int]:
         """Cached blocks matching the request's leading full blocks; the last token is never covered."""
@@ -106,7 +110,8 @@ class BlockManager:
 
     def record_lookup(self, req: Request, hits: int) -> None:
         """Count a first admission in the prefix-cache counters (vLLM's queries/hits, in tokens)."""
-        exact = hits if req.reuse_from is None else min(hits, req.reuse_from // self.block_size)
+        exact_blocks = self._exact_blocks(req)
+        exact = hits if exact_blocks is None else min(hits, exact_blocks)
         self.prefix_queries += req.num_tokens
         self.prefix_hits += exact * self.block_size
         self.reused_prefix_hits += (hits - exact) * self.block_size
