@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from appliance.openmp import release_openmp_workers
 from retrieval.errors import RetrievalError
 
 if TYPE_CHECKING:
@@ -137,7 +138,8 @@ class Embedder:
         return int(dim)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """(len(texts), dim) float32, unit length rows."""
+        """(len(texts), dim) float32, unit length rows. The calling thread's OpenMP workers are given back
+        afterwards: an ingest or embeddings thread must not throttle the engine's (`appliance.openmp`)."""
         model = self._load()
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -148,12 +150,15 @@ class Embedder:
             if self._autocast_dtype is not None
             else contextlib.nullcontext()
         )
-        with torch.inference_mode(), autocast:
-            vectors = model.encode(
-                texts,
-                batch_size=self.batch_size,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-                show_progress_bar=False,
-            )
+        try:
+            with torch.inference_mode(), autocast:
+                vectors = model.encode(
+                    texts,
+                    batch_size=self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+        finally:
+            release_openmp_workers()
         return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -19,6 +19,7 @@ from appliance.engine.engine import LLMEngine
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError, QueueFullError, RequestError
+from appliance.openmp import release_openmp_workers
 
 log = logging.getLogger("appliance.engine")
 
@@ -45,9 +46,13 @@ class _Invalidate:
 
 
 class AsyncEngine:
-    """Thread-safe front of `LLMEngine` for the server. At most `max_queue` requests are in flight."""
+    """Thread-safe front of `LLMEngine` for the server. At most `max_queue` requests are in flight.
+
+    The constructing thread gives back its OpenMP workers (it loaded the model and set up the engine): the
+    engine thread's must be the only ones for its parallel ops to run unthrottled (`appliance.openmp`)."""
 
     def __init__(self, engine: LLMEngine, max_queue: int = 256) -> None:
+        release_openmp_workers()
         self.engine = engine
         self.max_queue = max_queue
         self._inbox: queue.Queue[_Add | _Abort | _Invalidate | None] = queue.Queue()

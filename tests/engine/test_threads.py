@@ -1,4 +1,5 @@
-"""The thread that steps the engine computes on the engine's thread count, whatever the process default."""
+"""The thread that steps the engine computes on the engine's thread count, whatever the process default, and
+its OpenMP team is the only one."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import threading
 
 import torch
 
+from appliance.engine.async_engine import AsyncEngine
 from appliance.engine.sampling import SamplingParams
+from tests.openmp_teams import num_threads, on_a_thread, settled_threads, start_team
 
 
 def test_the_stepping_thread_uses_the_engines_thread_count(make_engine) -> None:
@@ -24,3 +27,24 @@ def test_the_stepping_thread_uses_the_engines_thread_count(make_engine) -> None:
     thread.join()
     torch.set_num_threads(before)
     assert seen == [2]
+
+
+def test_the_async_engine_leaves_the_engine_thread_the_only_openmp_team(make_engine) -> None:
+    """The thread that builds the front (it loaded the model: it keeps a team) gives its workers back, or the
+    engine thread's team runs throttled (appliance.openmp)."""
+    engine = make_engine(threads=2)
+    default = torch.get_num_threads()
+
+    def build_the_front() -> int:
+        start_team()  # as loading the model and allocating the cache do
+        before = num_threads()
+        front = AsyncEngine(engine)
+        try:
+            return settled_threads(before) - before  # + the engine thread, - this thread's worker
+        finally:
+            front.close()
+
+    try:
+        assert on_a_thread(build_the_front) == 0
+    finally:
+        torch.set_num_threads(default)

@@ -1,4 +1,5 @@
-"""The query embedder's single-threaded workers must not change how many intra-op threads other threads get."""
+"""The embedder must not slow other threads' torch work: its single-threaded query workers leave the default
+thread count alone, and a thread that embeds documents keeps no OpenMP team afterwards (appliance.openmp)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import threading
 
 import torch
 
-from retrieval.embed import _single_thread_pool
+from retrieval.embed import _single_thread_pool, shared_embedder
+from tests.openmp_teams import num_threads, on_a_thread, settled_threads, start_team
 
 
 def _in_new_thread() -> int:
@@ -30,3 +32,19 @@ def test_single_thread_workers_leave_the_default_alone() -> None:
         assert _in_new_thread() == 2  # a thread computing for the first time after the pool started
     finally:
         torch.set_num_threads(before)
+
+
+def test_embedding_documents_gives_back_the_threads_openmp_team() -> None:
+    embedder = shared_embedder("default", "auto")
+    default = torch.get_num_threads()
+
+    def embed() -> int:
+        start_team()
+        with_team = num_threads()
+        embedder.encode(["a passage of a document to embed", "and another one"])
+        return with_team - settled_threads(with_team - 1)
+
+    try:
+        assert on_a_thread(embed) == 1
+    finally:
+        torch.set_num_threads(default)
