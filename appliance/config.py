@@ -14,6 +14,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BLEND_SELECT_LAYERS = 4  # blend measures KV deviation after this many layers (appliance bench blend)
+BLEND_CANDIDATES = 0.3  # share of reused chunk tokens carried from layer 2 to BLEND_SELECT_LAYERS (gradual filtering)
 
 if TYPE_CHECKING:
     from retrieval.jobs import IngestLimits
@@ -43,7 +44,8 @@ class Settings(BaseSettings):
     doc_cache_share: float = Field(default=0.4, ge=0.0, lt=1.0)  # share of kv_cache_mb kept for the chunk tier
     blend_ratio: float = Field(default=0.15, ge=0.0, le=1.0)  # reused chunk tokens recomputed by deviation (blend)
     blend_first_tokens: int = Field(default=4, ge=0)  # leading tokens of each chunk always recomputed (blend)
-    blend_select_layers: int = Field(default=BLEND_SELECT_LAYERS, ge=2)  # dense early layers: deviations (blend)
+    blend_select_layers: int = Field(default=BLEND_SELECT_LAYERS, ge=2)  # layer whose KV deviation chooses (blend)
+    blend_candidates: float = Field(default=BLEND_CANDIDATES, ge=0.0, le=1.0)  # carried past layer 2 (blend)
     doc_cache_disk_mb: int = Field(default=8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
     doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
     threads: int = Field(default=0, ge=0)  # engine intra-op threads (0: every CPU this process may use)
@@ -102,6 +104,7 @@ class Settings(BaseSettings):
             blend_ratio=self.blend_ratio,
             blend_first_tokens=self.blend_first_tokens,
             blend_select_layers=self.blend_select_layers,
+            blend_candidates=self.blend_candidates,
             doc_cache_disk_mb=self.doc_cache_disk_mb,
             doc_cache_kv_format=self.doc_cache_kv_format,
             threads=self.threads,
@@ -130,6 +133,7 @@ class EngineConfig:
     blend_ratio: float = 0.15
     blend_first_tokens: int = 4
     blend_select_layers: int = BLEND_SELECT_LAYERS
+    blend_candidates: float = BLEND_CANDIDATES
     doc_cache_disk_mb: int = 8192
     doc_cache_kv_format: str = "model"
     threads: int = 0  # 0: every CPU this process may use

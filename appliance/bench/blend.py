@@ -9,9 +9,10 @@ finds the chunks on disk. Per variant: mean TTFT, tokens recomputed, and fidelit
   (mean KL in nats, top-1 agreement), a smooth measure of how close the reused KV is to the true one.
 
 Variants: `reuse`; `blend@R` (recompute a share R chosen by KV deviation, measured as many layers deep as
-the engine's default, `config.BLEND_SELECT_LAYERS`); `blend@R/L` (deviations measured L layers deep);
-`random@R` and `random@R/L` (the same share chosen at random: the control that says what the deviation is
-worth).
+the engine's default, `config.BLEND_SELECT_LAYERS`, on the share `config.BLEND_CANDIDATES` carried there from
+layer 2); `blend@R/L` (deviations measured L layers deep); `blend@R/L/C` (a share C carried past layer 2; 1.0:
+a dense pass); `random@R` and `random@R/L` (the same share chosen at random: the control that says what the
+deviation is worth).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import typer
 from appliance.bench.machine import describe_machine, machine_markdown
 from appliance.bench.rag_fidelity import token_f1
 from appliance.bench.rag_workload import BenchPrompt, Question, build_prompts, fresh_questions, load_questions
-from appliance.config import BLEND_SELECT_LAYERS
+from appliance.config import BLEND_CANDIDATES, BLEND_SELECT_LAYERS
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from appliance.engine.engine import LLMEngine
     from appliance.engine.loader import LoadedModel
 
-VARIANTS = ("reuse", "random@0.15", "blend@0.15/2", "blend@0.15", "random@0.3", "blend@0.3", "blend@0.5")
+VARIANTS = ("reuse", "random@0.15", "blend@0.15/2", "blend@0.15", "blend@0.15/4/1", "random@0.3", "blend@0.3",
+            "blend@0.5")
 
 
 @dataclass(frozen=True)
@@ -51,20 +53,24 @@ class Variant:
     ratio: float = 0.0
     select_layers: int = BLEND_SELECT_LAYERS
     random: bool = False
+    candidates: float = BLEND_CANDIDATES
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
         if spec == "reuse":
             return cls(spec, "reuse")
         kind, _, rest = spec.partition("@")
-        ratio, _, layers = rest.partition("/")
+        ratio, _, rest = rest.partition("/")
+        layers, _, candidates = rest.partition("/")
         try:
-            variant = cls(spec, "blend", float(ratio), int(layers or BLEND_SELECT_LAYERS), kind == "random")
+            variant = cls(spec, "blend", float(ratio), int(layers or BLEND_SELECT_LAYERS), kind == "random",
+                          float(candidates or BLEND_CANDIDATES))
         except ValueError:
             variant = None
         if kind not in ("blend", "random") or variant is None or not 0 <= variant.ratio <= 1 \
-                or variant.select_layers < 2:
-            raise ValueError(f"unknown variant {spec!r} (reuse, blend@R, blend@R/L, random@R; 0 <= R <= 1, L >= 2)")
+                or variant.select_layers < 2 or not 0 <= variant.candidates <= 1:
+            raise ValueError(f"unknown variant {spec!r} (reuse, blend@R, blend@R/L, blend@R/L/C, random@R; "
+                             "0 <= R, C <= 1, L >= 2)")
         return variant
 
 
@@ -97,16 +103,18 @@ class StepRecorder:
 
 
 def randomize_selection(engine: LLMEngine) -> None:
-    """Replace the engine's deviation scores with random ones (same dense layers, same share recomputed)."""
+    """Replace the engine's deviation scores with random ones, in the dense pass and in the carried tokens' (same
+    layers computed, same shares carried and recomputed)."""
     import torch
 
-    measure = engine.kv_mover.deviations
+    def randomized(measure: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> Callable[..., Any]:
+        def random_scores(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            deviation, hidden = measure(*args, **kwargs)  # <= 0 where nothing was measured
+            return torch.where(deviation > 0, torch.rand(deviation.shape), deviation), hidden
+        return random_scores
 
-    def random_scores(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        deviation, hidden = measure(*args, **kwargs)
-        return torch.where(deviation > 0, torch.rand(deviation.shape), deviation), hidden  # 0 before the frontier
-
-    engine.kv_mover.deviations = random_scores  # type: ignore[method-assign]
+    engine.kv_mover.deviations = randomized(engine.kv_mover.deviations)  # type: ignore[method-assign]
+    engine.kv_mover.refine = randomized(engine.kv_mover.refine)  # type: ignore[method-assign]
 
 
 def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[BenchPrompt], max_tokens: int,
@@ -120,7 +128,7 @@ def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[Bench
     variant = variant or Variant(mode, mode)
     config = EngineConfig(data_dir=kv_dir, dtype=dtype, kv_cache_mb=2048, doc_cache=mode,
                           enable_prefix_caching=mode != "off", blend_ratio=variant.ratio,
-                          blend_select_layers=variant.select_layers)
+                          blend_select_layers=variant.select_layers, blend_candidates=variant.candidates)
     engine = LLMEngine(loaded, config)
     if variant.random:
         randomize_selection(engine)
@@ -206,8 +214,9 @@ def blend_markdown(result: dict[str, Any]) -> str:
         f"How close `blend`'s recompute choices keep the answer to full prefill (`appliance bench blend`): "
         f"{result['questions']} fresh questions over the pages that answer them ({result['corpus']['chunks']} "
         f"chunks), k={result['k']}, mean prompt {result['mean_prompt_tokens']:.0f} tokens, chunks pre-encoded "
-        f"on disk, one request at a time, greedy, {result['max_tokens']} tokens. `blend@R/L`: a share R chosen "
-        f"by KV deviation measured L layers deep (L={BLEND_SELECT_LAYERS}, the default, when not given); "
+        f"on disk, one request at a time, greedy, {result['max_tokens']} tokens. `blend@R/L/C`: a share R chosen "
+        f"by KV deviation measured L layers deep (L={BLEND_SELECT_LAYERS}, the default, when not given) among a "
+        f"share C carried there from layer 2 (C={BLEND_CANDIDATES} when not given; 1: a dense pass); "
         "`random@R`: the same share at random. "
         "Teacher-forced: along off's answer, the variant's next-token distribution against off's.",
         "",

@@ -247,18 +247,32 @@ class LLMEngine:
         self.kv_mover.fill(self.backend, req.block_table, reused)
         self.doc_cache.release(req)
         if req.doc_mode == "blend" and reused:
-            layers = self.doc_cache.blend.select_layers
-            deviation, hidden = self.kv_mover.deviations(self.backend, req.token_ids, req.block_table, frontier,
-                                                         layers)
-            req.pending_positions = self.doc_cache.plan_compute(req, frontier, deviation)
-            # the dense pass ran the first layers for every position: the recompute resumes after them
-            rows = torch.tensor(req.pending_positions, device=self.device) - frontier
-            req.resume_hidden, req.resume_layer = hidden[rows], layers
+            req.pending_positions = self._blend_plan(req, frontier)
         else:
             req.pending_positions = self.doc_cache.plan_compute(req, frontier, None)
         req.num_cached_tokens = frontier + req.num_reused_tokens
         req.awaiting_fill = False
         req.fill_seconds = time.perf_counter() - started
+
+    def _blend_plan(self, req: Request, frontier: int) -> list[int]:
+        """Blend's choice of tokens to recompute, in the request's filled blocks: the first layers run over every
+        position from `frontier` and measure each reused token's deviation; the most deviating `candidates`
+        share and the tokens computed anyway go on to `select_layers`, where the final `ratio` is chosen among
+        them. Recomputed tokens resume from the residual stream leaving those layers."""
+        blend = self.doc_cache.blend
+        dense = min(blend.DENSE_LAYERS, blend.select_layers)
+        deviation, hidden = self.kv_mover.deviations(self.backend, req.token_ids, req.block_table, frontier, dense)
+        carried = list(range(frontier, req.num_tokens))
+        if blend.select_layers > dense:
+            carried = self.doc_cache.plan_compute(req, frontier, deviation, share=blend.candidates)
+            rows = torch.tensor(carried, device=self.device) - frontier
+            deviation, hidden = self.kv_mover.refine(self.backend, req.token_ids, req.block_table, carried,
+                                                     hidden[rows], dense, blend.select_layers)
+        planned = self.doc_cache.plan_compute(req, frontier, deviation)  # within `carried`: the others score -1
+        row_of = {position: row for row, position in enumerate(carried)}
+        req.resume_hidden = hidden[torch.tensor([row_of[p] for p in planned], device=self.device)]
+        req.resume_layer = blend.select_layers
+        return planned
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
                  ) -> list[GenerationResult]:

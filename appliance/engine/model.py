@@ -119,8 +119,14 @@ class CausalLM:
     def run_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVPair],
                    backend: AttentionBackend, plan: Any) -> torch.Tensor:
         """Run the first `len(kv_caches)` layers (their K/V land in `kv_caches`) -> residual stream [T, hidden]."""
+        return self.continue_layers(self.embed[input_ids].float(), positions, 0, kv_caches, backend, plan)
+
+    def continue_layers(self, hidden: torch.Tensor, positions: torch.Tensor, first: int, kv_caches: list[KVPair],
+                        backend: AttentionBackend, plan: Any) -> torch.Tensor:
+        """Carry `hidden` ([T, hidden] float32, entering layer `first`) through the layers of `kv_caches` (those
+        from `first` on; their K/V land there) -> the residual stream leaving them."""
         cos, sin = self.rope.tables(positions)
-        return self._through(self.embed[input_ids].float(), cos, sin, 0, kv_caches, backend, plan)
+        return self._through(hidden, cos, sin, first, kv_caches, backend, plan)
 
     def _through(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, first: int, kv_caches: list[KVPair],
                  backend: AttentionBackend, plan: Any) -> torch.Tensor:

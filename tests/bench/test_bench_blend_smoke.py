@@ -47,12 +47,14 @@ def test_markdown_rows(tiny_result: dict) -> None:
     ("blend@0.3/4", Variant("blend@0.3/4", "blend", 0.3, 4)),
     ("random@0.2", Variant("random@0.2", "blend", 0.2, BLEND_SELECT_LAYERS, random=True)),
     ("random@0.2/2", Variant("random@0.2/2", "blend", 0.2, 2, random=True)),
+    ("blend@0.15/4/1", Variant("blend@0.15/4/1", "blend", 0.15, 4, candidates=1.0)),
 ])
 def test_variant_specs(spec: str, expected: Variant) -> None:
     assert Variant.parse(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["exact@0.1", "blend", "blend@x", "blend@1.5", "blend@0.2/1", "random@0.2/y"])
+@pytest.mark.parametrize("spec", ["exact@0.1", "blend", "blend@x", "blend@1.5", "blend@0.2/1", "random@0.2/y",
+                                  "blend@0.1/4/2"])
 def test_unknown_variant_is_refused(spec: str) -> None:
     with pytest.raises(ValueError, match="unknown variant"):
         Variant.parse(spec)

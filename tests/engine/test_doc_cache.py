@@ -10,6 +10,7 @@ import torch
 
 from appliance.engine.doc_cache.blend import request_slots
 from appliance.engine.doc_cache.layout import chunk_key
+from appliance.engine.doc_cache.manager import BlendConfig
 from appliance.engine.engine import LLMEngine
 from appliance.engine.sampling import SamplingParams
 from appliance.rag.prompt import PromptBuilder, RagPrompt
@@ -118,6 +119,49 @@ def test_blend_recompute_shares_a_step_with_a_plain_prefill(engine_for, passages
             got[out.request_id] += out.token_ids
     assert mixed  # the two did share steps
     assert [got["blend"], got["plain"]] == expected
+
+
+def blend_choices(engine: LLMEngine, prompt: RagPrompt):
+    """Run `prompt` in blend; return what each `plan_compute` call of its fill chose (the carried candidates,
+    then the final choice), the answer and the last output."""
+    plan_compute, calls = engine.doc_cache.plan_compute, []
+
+    def recorded(*args, **kwargs) -> list[int]:
+        calls.append(plan_compute(*args, **kwargs))
+        return calls[-1]
+
+    engine.doc_cache.plan_compute = recorded  # type: ignore[method-assign]
+    tokens, out = run(engine, prompt, "blend", "blend")
+    return calls, tokens, out
+
+
+def test_gradual_filtering_carrying_every_token_is_the_dense_pass(engine_for, passages, monkeypatch) -> None:
+    """Carrying every position from layer 2 on to the selection layer splits a dense pass in two: the same
+    deviations, the same tokens chosen, the same residual stream to resume from, the same answer."""
+    prompt = rag(engine_for(), "Which module joins iterables?", [passages[3], passages[1], passages[0]])
+    gradual = engine_for(blend_ratio=0.15, blend_candidates=1.0, blend_select_layers=4)
+    warm_passages(gradual, passages)
+    (carried, chosen), split_answer, _ = blend_choices(gradual, prompt)
+    assert carried[0] <= prompt.layout().chunks[0].start
+    assert carried == list(range(carried[0], len(prompt.token_ids)))
+    monkeypatch.setattr(BlendConfig, "DENSE_LAYERS", 4)  # the selection pass runs all 4 layers densely
+    dense = engine_for(blend_ratio=0.15, blend_select_layers=4)
+    warm_passages(dense, passages)
+    (dense_chosen,), dense_answer, _ = blend_choices(dense, prompt)
+    assert chosen == dense_chosen
+    assert split_answer == dense_answer
+
+
+def test_gradual_filtering_chooses_among_the_carried_tokens(engine_for, passages) -> None:
+    engine = engine_for(blend_ratio=0.15, blend_candidates=0.3, blend_select_layers=4)
+    warm_passages(engine, passages)
+    prompt = rag(engine, "Which module joins iterables?", [passages[3], passages[1], passages[0]])
+    (carried, chosen), _, out = blend_choices(engine, prompt)
+    chunk_tokens = span(engine, passages[3], *passages[:2])
+    computed_anyway = len(chosen) - out.num_recomputed_tokens  # the question, passage numbers, ...
+    assert set(chosen) <= set(carried)
+    assert len(carried) - computed_anyway >= 0.3 * chunk_tokens
+    assert 0.15 * chunk_tokens <= out.num_recomputed_tokens <= 0.15 * chunk_tokens + 3 * 4 + 1  # + first tokens
 
 
 def test_reuse_and_blend_take_chunks_from_the_tier_and_count_it(engine_for, passages) -> None:

@@ -68,19 +68,42 @@ class KVMover:
         Returns the deviation per position ([T] float32, zero before `frontier`): how far the reused KV at the
         last of those layers was from the true one; and the residual stream leaving those layers
         ([T - frontier, hidden] float32), from which recomputed positions resume (`model.Resume`)."""
+        ids = torch.tensor(token_ids[frontier:], dtype=torch.int64, device=self.model.device)
+        deviation, hidden = self._measure(backend, len(token_ids), block_table, torch.arange(frontier, len(token_ids)),
+                                          0, layers, ids)
+        return deviation.clamp_min(0), hidden
+
+    @torch.inference_mode()
+    def refine(self, backend: AttentionBackend, token_ids: list[int], block_table: list[int], positions: list[int],
+               hidden: torch.Tensor, first: int, layers: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Carry only `positions` (ascending; `hidden` [P, hidden] their residual stream entering layer `first`)
+        on through layers `first`..`layers - 1`, attending with their true positions to every key (the others'
+        stay reused in those layers): CacheBlend's gradual filtering, the deviations of a few tokens measured
+        deeper at a fraction of a dense pass's cost.
+
+        Returns the deviation per position at the last of those layers ([T] float32, -1 where not carried, so
+        never chosen over a carried one) and the residual stream of `positions` leaving them ([P, hidden])."""
+        return self._measure(backend, len(token_ids), block_table, torch.tensor(positions), first, layers, hidden)
+
+    def _measure(self, backend: AttentionBackend, t: int, block_table: list[int], positions: torch.Tensor,
+                 first: int, layers: int, entering: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run `positions` ([P] int64) of a T-token prompt through layers `first`..`layers - 1` from `entering`
+        (token ids [P] when `first` is 0, else the residual stream [P, hidden]); their K/V replace the cached.
+        -> (deviation [T], -1 elsewhere; residual stream [P, hidden] leaving the last layer)."""
         device = self.model.device
-        t = len(token_ids)
-        positions = torch.arange(frontier, t)
         slots = request_slots(block_table, positions, self.block_size).to(device)
         k_cache, v_cache = self.kv_caches[layers - 1]
         kvh, dim = k_cache.shape[2:]
         k_reused, v_reused = k_cache.view(-1, kvh, dim)[slots], v_cache.view(-1, kvh, dim)[slots]  # copies
         table = torch.tensor(block_table, dtype=torch.int64, device=device)[None]
-        batch = AttentionBatch([0, t - frontier], [t], positions.to(device), slots, table, self.block_size)
-        ids = torch.tensor(token_ids[frontier:], dtype=torch.int64, device=device)
-        hidden = self.model.run_layers(ids, batch.positions, self.kv_caches[:layers], backend, backend.plan(batch))
-        k_true, v_true = k_cache.view(-1, kvh, dim)[slots], v_cache.view(-1, kvh, dim)[slots]  # [n, KVH, D]
-        deviation = torch.zeros(t)
-        deviation[frontier:] = ((k_true.float() - k_reused.float()).square().sum((1, 2))
+        batch = AttentionBatch([0, len(positions)], [t], positions.to(device), slots, table, self.block_size)
+        caches, plan = self.kv_caches[first:layers], backend.plan(batch)
+        if first == 0:
+            hidden = self.model.run_layers(entering, batch.positions, caches, backend, plan)
+        else:
+            hidden = self.model.continue_layers(entering, batch.positions, first, caches, backend, plan)
+        k_true, v_true = k_cache.view(-1, kvh, dim)[slots], v_cache.view(-1, kvh, dim)[slots]  # [P, KVH, D]
+        deviation = torch.full((t,), -1.0)
+        deviation[positions] = ((k_true.float() - k_reused.float()).square().sum((1, 2))
                                 + (v_true.float() - v_reused.float()).square().sum((1, 2))).cpu()
         return deviation, hidden

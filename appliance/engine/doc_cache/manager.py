@@ -29,13 +29,17 @@ from appliance.engine.sampling import SamplingParams
 @dataclass(frozen=True)
 class BlendConfig:
     """`ratio`: share of each request's reused chunk tokens recomputed by deviation (CacheBlend); `first_tokens`:
-    leading tokens of every chunk always recomputed (EPIC); `select_layers`: early layers run densely over the whole
-    prompt to measure the deviations (the last of them is where they are measured). The question and the
-    passage numbers are always computed."""
+    leading tokens of every chunk always recomputed (EPIC); `select_layers`: the layer whose KV deviation chooses
+    them. The first `DENSE_LAYERS` run over the whole prompt; from there only the most deviating `candidates`
+    share (>= `ratio`; 1.0: every token) and the tokens computed anyway are carried on to `select_layers`
+    (CacheBlend's gradual filtering). The question and the passage numbers are always computed."""
+
+    DENSE_LAYERS = 2  # the first layer whose KV depends on context, so can deviate, is the second
 
     ratio: float
     first_tokens: int
     select_layers: int
+    candidates: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -178,11 +182,12 @@ class DocCache:
         settings = f"{mode}|{self.blend}" if mode == "blend" else mode
         return hashlib.sha256(self.salt + settings.encode()).digest()
 
-    def plan_compute(self, req: Request, frontier: int, deviation: torch.Tensor | None) -> list[int]:
+    def plan_compute(self, req: Request, frontier: int, deviation: torch.Tensor | None, share: float | None = None
+                     ) -> list[int]:
         """The positions to compute after a fill: everything at or past `frontier` that is not a reused chunk
         token, plus (blend, given per-position `deviation`) each chunk's first tokens and the most deviating
-        `ratio` of the reused chunk tokens. Chunks starting before `frontier` were not filled (see the engine's
-        `_fill`). Sets the request's reuse counters."""
+        `share` (default: blend's `ratio`) of the reused chunk tokens. Chunks starting before `frontier` were not
+        filled (see the engine's `_fill`). Sets the request's reuse counters (the last call's stand)."""
         assert req.layout is not None
         chunk_positions: list[int] = []
         chosen: set[int] = set()
@@ -193,9 +198,10 @@ class DocCache:
             if deviation is not None:
                 chosen.update(range(span.start, min(span.start + self.blend.first_tokens, span.end)))
         in_chunks = set(chunk_positions)
-        if deviation is not None and self.blend.ratio > 0:
+        share = self.blend.ratio if share is None else share
+        if deviation is not None and share > 0:
             candidates = [p for p in chunk_positions if p not in chosen]
-            extra = min(len(candidates), math.ceil(self.blend.ratio * len(chunk_positions)))
+            extra = min(len(candidates), math.ceil(share * len(chunk_positions)))
             if extra:
                 scores = deviation[torch.tensor(candidates)]
                 chosen.update(candidates[i] for i in scores.topk(extra).indices.tolist())
