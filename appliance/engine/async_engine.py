@@ -49,7 +49,8 @@ class AsyncEngine:
     """Thread-safe front of `LLMEngine` for the server. At most `max_queue` requests are in flight.
 
     The constructing thread gives back its OpenMP workers (it loaded the model and set up the engine): the
-    engine thread's must be the only ones for its parallel ops to run unthrottled (`appliance.openmp`)."""
+    engine thread's must be the only ones for its parallel ops to run unthrottled (`appliance.openmp`). The
+    engine thread gives back its own whenever it goes idle, for another engine's or an ingest's sake."""
 
     def __init__(self, engine: LLMEngine, max_queue: int = 256) -> None:
         release_openmp_workers()
@@ -108,6 +109,8 @@ class AsyncEngine:
         engine = self.engine
         while True:
             block = not engine.has_unfinished()
+            if block:  # idle: hold no OpenMP workers that would throttle another engine's or an ingest's
+                release_openmp_workers()
             try:
                 while True:
                     cmd = self._inbox.get(block=block)

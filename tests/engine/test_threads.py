@@ -3,6 +3,7 @@ its OpenMP team is the only one."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
 import torch
@@ -46,5 +47,30 @@ def test_the_async_engine_leaves_the_engine_thread_the_only_openmp_team(make_eng
 
     try:
         assert on_a_thread(build_the_front) == 0
+    finally:
+        torch.set_num_threads(default)
+
+
+def test_an_idle_engine_thread_holds_no_openmp_workers(make_engine) -> None:
+    """Between requests the engine thread gives its workers back, or another engine (or an ingest) computing
+    meanwhile would run throttled."""
+    engine = make_engine(threads=2)
+    default = torch.get_num_threads()
+
+    async def answer(front: AsyncEngine) -> None:
+        async for _ in front.generate([1, 2, 3, 4] * 64, SamplingParams(max_tokens=2, temperature=0.0)):
+            pass
+
+    def serve_one_request() -> int:
+        front = AsyncEngine(engine)
+        try:
+            before = num_threads()  # this thread (no team: the front took it back) and the idle engine thread
+            asyncio.run(answer(front))  # the engine thread computed on two threads: it had a worker
+            return settled_threads(before) - before
+        finally:
+            front.close()
+
+    try:
+        assert on_a_thread(serve_one_request) == 0
     finally:
         torch.set_num_threads(default)
