@@ -8,6 +8,7 @@ up front; its latency is reported as its own phase). Workloads (see rag_workload
       same Zipf popularity; the caches carry over between segments.
   (B) a pre-encoded collection (the pages that answer the questions, `appliance warm`-ed once) and questions
       in a new phrasing; a fresh system per concurrency level, so nothing but the warm disk tier is cached.
+Each level runs on each system in turn (see `Bench`).
 Fidelity: the greedy answers of each system at concurrency 1 against `off` on the same prompts.
 A system `blend@R` is `blend` recomputing a share R of the reused chunk tokens (default 0.15).
 """
@@ -20,8 +21,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -46,6 +48,7 @@ COLLECTION = "pydoc"
 WARM_COLLECTION = "pydoc-answers"
 MODES = ("off", "exact", "blend", "reuse")
 SYSTEMS = (*MODES, "llama.cpp")
+T = TypeVar("T")
 
 
 def ensure_collection(service: RetrievalService, collection: str, files: list[Path]) -> dict[str, Any]:
@@ -85,12 +88,15 @@ def warm_collection(loaded: LoadedModel, service: RetrievalService, collection: 
 
 
 class Bench:
-    """Runs the workloads against each system and keeps every completion."""
+    """Runs the workloads against every system, side by side in time: each concurrency level runs on each system
+    in turn, so a drift of the machine over the run (this VM's is large) enters each comparison little. A
+    system that fails is reported in `failed` and left out of the rest of the run."""
 
     def __init__(self, loaded: LoadedModel, root: Path, gguf: Path, max_tokens: int, kv_cache_mb: int,
                  threads: int, say: Callable[[str], None]) -> None:
         self.loaded, self.root, self.gguf = loaded, root, gguf
         self.max_tokens, self.kv_cache_mb, self.threads, self.say = max_tokens, kv_cache_mb, threads, say
+        self.failed: dict[str, str] = {}
 
     def system(self, name: str, kv_dir: Path | None = None) -> System:
         if name == "llama.cpp":
@@ -99,36 +105,63 @@ class Bench:
         data_dir = kv_dir or Path(tempfile.mkdtemp(dir=self.root, prefix=f"kv-{mode}-"))
         return OurEngine(self.loaded, mode, data_dir, self.kv_cache_mb, float(ratio) if ratio else None)
 
+    def attempt(self, name: str, work: Callable[[], T]) -> T | None:
+        """`work()` for system `name`; None once the system has failed (now or before)."""
+        if name in self.failed:
+            return None
+        try:
+            return work()
+        except Exception as exc:  # noqa: BLE001 - one system failing (a peer that cannot start, ...) is reported
+            self.failed[name] = f"{type(exc).__name__}: {exc}"
+            self.say(f"{name} failed: {self.failed[name]}")
+            return None
+
     def level(self, system: System, prompts: list[BenchPrompt], concurrency: int
               ) -> tuple[list[Completion], float]:
         return asyncio.run(run_level(system, prompts, concurrency, self.max_tokens))
 
-    def skewed(self, name: str, warmup: list[BenchPrompt], segments: dict[int, list[BenchPrompt]]
-               ) -> dict[int, tuple[list[Completion], float]]:
-        """Workload A: one system, warmed, then one segment per concurrency level."""
-        system = self.system(name)
+    def skewed(self, names: list[str], warmup: list[BenchPrompt], segments: dict[int, list[BenchPrompt]]
+               ) -> dict[str, dict[int, tuple[list[Completion], float]]]:
+        """Workload A: every system started and warmed, then each segment (one per concurrency level) run on
+        each system in turn, caches carried over."""
+        started: dict[str, System] = {}
+        out: dict[str, dict[int, tuple[list[Completion], float]]] = {name: {} for name in names}
         try:
-            self.say(f"A/{name}: warm-up, {len(warmup)} requests")
-            self.level(system, warmup, 4)
-            out = {}
+            for name in names:
+                self.say(f"A/{name}: warm-up, {len(warmup)} requests")
+                system = self.attempt(name, partial(self.system, name))
+                if system is not None:
+                    started[name] = system
+                    self.attempt(name, partial(self.level, system, warmup, 4))
             for c, prompts in segments.items():
-                self.say(f"A/{name}: concurrency {c}, {len(prompts)} requests")
-                out[c] = self.level(system, prompts, c)
-            return out
+                for name, system in started.items():
+                    self.say(f"A/{name}: concurrency {c}, {len(prompts)} requests")
+                    done = self.attempt(name, partial(self.level, system, prompts, c))
+                    if done is not None:
+                        out[name][c] = done
         finally:
-            system.close()
-
-    def pre_encoded(self, name: str, segments: dict[int, list[BenchPrompt]], kv_dir: Path
-                    ) -> dict[int, tuple[list[Completion], float]]:
-        """Workload B: a fresh system per level; ours reads the pre-encoded disk tier."""
-        out = {}
-        for c, prompts in segments.items():
-            self.say(f"B/{name}: concurrency {c}, {len(prompts)} requests")
-            system = self.system(name, kv_dir if name.partition("@")[0] in ("blend", "reuse") else None)
-            try:
-                out[c] = self.level(system, prompts, c)
-            finally:
+            for system in started.values():
                 system.close()
+        return out
+
+    def pre_encoded(self, names: list[str], segments: dict[int, list[BenchPrompt]], kv_dir: Path
+                    ) -> dict[str, dict[int, tuple[list[Completion], float]]]:
+        """Workload B: a fresh system per level and system (ours reads the pre-encoded disk tier), each level
+        run on each system in turn."""
+        out: dict[str, dict[int, tuple[list[Completion], float]]] = {name: {} for name in names}
+        for c, prompts in segments.items():
+            for name in names:
+                self.say(f"B/{name}: concurrency {c}, {len(prompts)} requests")
+                reads_tier = name.partition("@")[0] in ("blend", "reuse")
+                system = self.attempt(name, partial(self.system, name, kv_dir if reads_tier else None))
+                if system is None:
+                    continue
+                try:
+                    done = self.attempt(name, partial(self.level, system, prompts, c))
+                finally:
+                    system.close()
+                if done is not None:
+                    out[name][c] = done
         return out
 
 
@@ -170,17 +203,10 @@ def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurre
         seg_a = {c: traffic[half + i * segment:half + (i + 1) * segment] for i, c in enumerate(concurrency)}
         seg_b = {c: fresh for c in concurrency}  # a fresh system per level: each question is new to it
         bench = Bench(loaded, root, default_model_path(), max_tokens, kv_cache_mb, threads, say)
-        runs: dict[str, dict[str, Any]] = {"A": {}, "B": {}}
-        failed: dict[str, str] = {}
-        for name in systems:
-            try:  # one system failing (a peer that cannot start, ...) is reported, not fatal to the others
-                a = bench.skewed(name, traffic[:half], seg_a)
-                runs["B"][name] = bench.pre_encoded(name, seg_b, kv_dir)
-                runs["A"][name] = a
-            except Exception as exc:  # noqa: BLE001
-                runs["B"].pop(name, None)
-                failed[name] = f"{type(exc).__name__}: {exc}"
-                say(f"{name} failed: {failed[name]}")
+        a, b = bench.skewed(systems, traffic[:half], seg_a), bench.pre_encoded(systems, seg_b, kv_dir)
+        failed = bench.failed
+        runs = {w: {name: levels for name, levels in by_system.items() if name not in failed}
+                for w, by_system in (("A", a), ("B", b))}
     tokenizer = loaded.tokenizer
     result: dict[str, Any] = {"machine": machine, "corpus": corpus, "warm": warm, "failed": failed, "workload": {
         "model": loaded.name, "k": k, "max_tokens": max_tokens, "segment": segment, "concurrency": concurrency,
