@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,3 +49,11 @@ def make_engine(loaded_model: LoadedModel, model_cache_dir: Path) -> Callable[..
         return LLMEngine(loaded_model, EngineConfig(**fields))  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def keep_torch_threads() -> Iterator[None]:
+    """For tests that set torch's intra-op thread count (which also sets the process-wide default): put it back."""
+    default = torch.get_num_threads()
+    yield
+    torch.set_num_threads(default)

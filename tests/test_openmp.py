@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import threading
 
-import torch
-
 from appliance.openmp import release_openmp_workers
 from tests.openmp_teams import num_threads, on_a_thread, settled_threads, start_team
 
 
-def test_release_ends_the_calling_threads_team() -> None:
-    default = torch.get_num_threads()
-
+def test_release_ends_the_calling_threads_team(keep_torch_threads) -> None:
     def work() -> tuple[int, int]:
         start_team()  # a first parallel region may also start threads torch keeps for the process
         release_openmp_workers()
@@ -22,16 +18,12 @@ def test_release_ends_the_calling_threads_team() -> None:
         release_openmp_workers()
         return with_team - before, with_team - settled_threads(before)
 
-    try:
-        started, ended = on_a_thread(work)
-    finally:
-        torch.set_num_threads(default)
+    started, ended = on_a_thread(work)
     assert started == 1  # the thread and one worker compute on two threads
     assert ended == 1
 
 
-def test_release_leaves_other_threads_teams_alone() -> None:
-    default = torch.get_num_threads()
+def test_release_leaves_other_threads_teams_alone(keep_torch_threads) -> None:
     ready, done = threading.Event(), threading.Event()
 
     def keeps_a_team() -> None:
@@ -54,4 +46,3 @@ def test_release_leaves_other_threads_teams_alone() -> None:
     finally:
         done.set()
         other.join()
-        torch.set_num_threads(default)

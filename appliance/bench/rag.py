@@ -8,7 +8,7 @@ up front; its latency is reported as its own phase). Workloads (see rag_workload
       same Zipf popularity; the caches carry over between segments.
   (B) a pre-encoded collection (the pages that answer the questions, `appliance warm`-ed once) and questions
       in a new phrasing; a fresh system per concurrency level, so nothing but the warm disk tier is cached.
-Each level runs on each system in turn (see `Bench`).
+In (B) each level runs on each system in turn (see `Bench`).
 Fidelity: the greedy answers of each system at concurrency 1 against `off` on the same prompts.
 A system `blend@R` is `blend` recomputing a share R of the reused chunk tokens (default 0.15).
 """
@@ -88,9 +88,10 @@ def warm_collection(loaded: LoadedModel, service: RetrievalService, collection: 
 
 
 class Bench:
-    """Runs the workloads against every system, side by side in time: each concurrency level runs on each system
-    in turn, so a drift of the machine over the run (this VM's is large) enters each comparison little. A
-    system that fails is reported in `failed` and left out of the rest of the run."""
+    """Runs the workloads against every system. (B), the headline's TTFT, runs side by side in time: each
+    concurrency level on each system in turn, so a drift of the machine over the run (this VM's is large)
+    enters its comparisons little; (A) runs one system after another. A system that fails is reported in
+    `failed` and left out of the rest of the run."""
 
     def __init__(self, loaded: LoadedModel, root: Path, gguf: Path, max_tokens: int, kv_cache_mb: int,
                  threads: int, say: Callable[[str], None]) -> None:
@@ -120,28 +121,25 @@ class Bench:
               ) -> tuple[list[Completion], float]:
         return asyncio.run(run_level(system, prompts, concurrency, self.max_tokens))
 
-    def skewed(self, names: list[str], warmup: list[BenchPrompt], segments: dict[int, list[BenchPrompt]]
-               ) -> dict[str, dict[int, tuple[list[Completion], float]]]:
-        """Workload A: every system started and warmed, then each segment (one per concurrency level) run on
-        each system in turn, caches carried over."""
-        started: dict[str, System] = {}
-        out: dict[str, dict[int, tuple[list[Completion], float]]] = {name: {} for name in names}
+    def skewed(self, name: str, warmup: list[BenchPrompt], segments: dict[int, list[BenchPrompt]]
+               ) -> dict[int, tuple[list[Completion], float]]:
+        """Workload A on one system: warmed, then one segment per concurrency level, caches carried over. (One
+        system at a time: with every system's caches alive at once, 5 engines and llama.cpp's prompt cache,
+        the machine ran out of memory.)"""
+        out: dict[int, tuple[list[Completion], float]] = {}
+        system = self.attempt(name, partial(self.system, name))
+        if system is None:
+            return out
         try:
-            for name in names:
-                self.say(f"A/{name}: warm-up, {len(warmup)} requests")
-                system = self.attempt(name, partial(self.system, name))
-                if system is not None:
-                    started[name] = system
-                    self.attempt(name, partial(self.level, system, warmup, 4))
+            self.say(f"A/{name}: warm-up, {len(warmup)} requests")
+            self.attempt(name, partial(self.level, system, warmup, 4))
             for c, prompts in segments.items():
-                for name, system in started.items():
-                    self.say(f"A/{name}: concurrency {c}, {len(prompts)} requests")
-                    done = self.attempt(name, partial(self.level, system, prompts, c))
-                    if done is not None:
-                        out[name][c] = done
+                self.say(f"A/{name}: concurrency {c}, {len(prompts)} requests")
+                done = self.attempt(name, partial(self.level, system, prompts, c))
+                if done is not None:
+                    out[c] = done
         finally:
-            for system in started.values():
-                system.close()
+            system.close()
         return out
 
     def pre_encoded(self, names: list[str], segments: dict[int, list[BenchPrompt]], kv_dir: Path
@@ -203,7 +201,8 @@ def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurre
         seg_a = {c: traffic[half + i * segment:half + (i + 1) * segment] for i, c in enumerate(concurrency)}
         seg_b = {c: fresh for c in concurrency}  # a fresh system per level: each question is new to it
         bench = Bench(loaded, root, default_model_path(), max_tokens, kv_cache_mb, threads, say)
-        a, b = bench.skewed(systems, traffic[:half], seg_a), bench.pre_encoded(systems, seg_b, kv_dir)
+        a = {name: bench.skewed(name, traffic[:half], seg_a) for name in systems}
+        b = bench.pre_encoded(systems, seg_b, kv_dir)
         failed = bench.failed
         runs = {w: {name: levels for name, levels in by_system.items() if name not in failed}
                 for w, by_system in (("A", a), ("B", b))}

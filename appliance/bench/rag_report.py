@@ -99,8 +99,8 @@ def rag_markdown(result: dict[str, Any]) -> str:
         "is listed as a phase). llama.cpp = `llama-cpp-python[server]` OpenAI server on the same GGUF, RAM "
         f"prompt cache on, same thread count. Ours: one fresh engine per system, {warm['dtype']} (auto), "
         "`APPLIANCE_DOC_CACHE=<mode>` (blend: 15% deviation-chosen tokens + 4 leading tokens per chunk recomputed). "
-        "The systems run side by side in time: every level runs on each system in turn, so the machine's drift "
-        "over the run enters a comparison little.",
+        "In (B) the systems run side by side in time, every level on each system in turn, so the machine's "
+        "drift over the run enters its comparisons little; (A) runs one system after another.",
         "",
         f"**(A) skewed traffic** over python3.11-doc ({pydoc['documents']} pages, {pydoc['chunks']} chunks): "
         f"the 40 hand-written questions with Zipf(1.1) popularity in 5 phrasings; the first half of the traffic "

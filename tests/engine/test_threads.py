@@ -13,9 +13,8 @@ from appliance.engine.sampling import SamplingParams
 from tests.openmp_teams import num_threads, on_a_thread, settled_threads, start_team
 
 
-def test_the_stepping_thread_uses_the_engines_thread_count(make_engine) -> None:
+def test_the_stepping_thread_uses_the_engines_thread_count(make_engine, keep_torch_threads) -> None:
     engine = make_engine(threads=2)
-    before = torch.get_num_threads()
     seen: list[int] = []
 
     def serve() -> None:
@@ -26,15 +25,13 @@ def test_the_stepping_thread_uses_the_engines_thread_count(make_engine) -> None:
     thread = threading.Thread(target=serve)
     thread.start()
     thread.join()
-    torch.set_num_threads(before)
     assert seen == [2]
 
 
-def test_the_async_engine_leaves_the_engine_thread_the_only_openmp_team(make_engine) -> None:
+def test_the_async_engine_leaves_the_engine_thread_the_only_openmp_team(make_engine, keep_torch_threads) -> None:
     """The thread that builds the front (it loaded the model: it keeps a team) gives its workers back, or the
     engine thread's team runs throttled (appliance.openmp)."""
     engine = make_engine(threads=2)
-    default = torch.get_num_threads()
 
     def build_the_front() -> int:
         start_team()  # as loading the model and allocating the cache do
@@ -45,17 +42,13 @@ def test_the_async_engine_leaves_the_engine_thread_the_only_openmp_team(make_eng
         finally:
             front.close()
 
-    try:
-        assert on_a_thread(build_the_front) == 0
-    finally:
-        torch.set_num_threads(default)
+    assert on_a_thread(build_the_front) == 0
 
 
-def test_an_idle_engine_thread_holds_no_openmp_workers(make_engine) -> None:
+def test_an_idle_engine_thread_holds_no_openmp_workers(make_engine, keep_torch_threads) -> None:
     """Between requests the engine thread gives its workers back, or another engine (or an ingest) computing
     meanwhile would run throttled."""
     engine = make_engine(threads=2)
-    default = torch.get_num_threads()
 
     async def answer(front: AsyncEngine) -> None:
         async for _ in front.generate([1, 2, 3, 4] * 64, SamplingParams(max_tokens=2, temperature=0.0)):
@@ -70,7 +63,4 @@ def test_an_idle_engine_thread_holds_no_openmp_workers(make_engine) -> None:
         finally:
             front.close()
 
-    try:
-        assert on_a_thread(serve_one_request) == 0
-    finally:
-        torch.set_num_threads(default)
+    assert on_a_thread(serve_one_request) == 0

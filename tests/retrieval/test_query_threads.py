@@ -34,9 +34,8 @@ def test_single_thread_workers_leave_the_default_alone() -> None:
         torch.set_num_threads(before)
 
 
-def test_embedding_documents_gives_back_the_threads_openmp_team() -> None:
+def test_embedding_documents_gives_back_the_threads_openmp_team(keep_torch_threads) -> None:
     embedder = shared_embedder("default", "auto")
-    default = torch.get_num_threads()
 
     def embed() -> int:
         start_team()
@@ -44,7 +43,4 @@ def test_embedding_documents_gives_back_the_threads_openmp_team() -> None:
         embedder.encode(["a passage of a document to embed", "and another one"])
         return with_team - settled_threads(with_team - 1)
 
-    try:
-        assert on_a_thread(embed) == 1
-    finally:
-        torch.set_num_threads(default)
+    assert on_a_thread(embed) == 1
