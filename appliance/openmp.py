@@ -23,7 +23,8 @@ _OMP_PAUSE_SOFT = 1  # omp_pause_resource_t: free the threads, keep no state wor
 
 @functools.cache
 def _runtimes() -> tuple[ctypes.CDLL, ...]:
-    """Every libgomp loaded in this process (torch's, and any a library bundles), found in its memory map."""
+    """Every libgomp this process has loaded by the first call (torch's, and any a library bundles, such as
+    faiss's), found in its memory map."""
     import torch  # noqa: F401 - loads torch's OpenMP runtime
 
     try:
