@@ -10,7 +10,7 @@ import torch
 
 from appliance.engine.async_engine import AsyncEngine
 from appliance.engine.sampling import SamplingParams
-from tests.openmp_teams import num_threads, on_a_thread, settled_threads, start_team
+from tests.openmp_teams import on_a_thread, settled_count, start_team, threads_named
 
 
 def test_the_stepping_thread_uses_the_engines_thread_count(make_engine, keep_torch_threads) -> None:
@@ -35,14 +35,14 @@ def test_the_async_engine_leaves_the_engine_thread_the_only_openmp_team(make_eng
 
     def build_the_front() -> int:
         start_team()  # as loading the model and allocating the cache do
-        before = num_threads()
-        front = AsyncEngine(engine)
+        with_team = threads_named("omp-builder")
+        front = AsyncEngine(engine)  # its engine thread, created here, takes this thread's name
         try:
-            return settled_threads(before) - before  # + the engine thread, - this thread's worker
+            return settled_count("omp-builder", with_team) - with_team  # + the engine thread, - the worker
         finally:
             front.close()
 
-    assert on_a_thread(build_the_front) == 0
+    assert on_a_thread("omp-builder", build_the_front) == 0
 
 
 def test_an_idle_engine_thread_holds_no_openmp_workers(make_engine, keep_torch_threads) -> None:
@@ -55,12 +55,12 @@ def test_an_idle_engine_thread_holds_no_openmp_workers(make_engine, keep_torch_t
             pass
 
     def serve_one_request() -> int:
-        front = AsyncEngine(engine)
+        front = AsyncEngine(engine)  # its engine thread takes this thread's name, and so do its workers
         try:
-            before = num_threads()  # this thread (no team: the front took it back) and the idle engine thread
+            idle = threads_named("omp-server")
             asyncio.run(answer(front))  # the engine thread computed on two threads: it had a worker
-            return settled_threads(before) - before
+            return settled_count("omp-server", idle) - idle
         finally:
             front.close()
 
-    assert on_a_thread(serve_one_request) == 0
+    assert on_a_thread("omp-server", serve_one_request) == 0

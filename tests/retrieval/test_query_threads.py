@@ -8,7 +8,7 @@ import threading
 import torch
 
 from retrieval.embed import _single_thread_pool, shared_embedder
-from tests.openmp_teams import num_threads, on_a_thread, settled_threads, start_team
+from tests.openmp_teams import on_a_thread, settled_count, start_team, threads_named
 
 
 def _in_new_thread() -> int:
@@ -39,8 +39,8 @@ def test_embedding_documents_gives_back_the_threads_openmp_team(keep_torch_threa
 
     def embed() -> int:
         start_team()
-        with_team = num_threads()
+        with_team = threads_named("omp-embed")
         embedder.encode(["a passage of a document to embed", "and another one"])
-        return with_team - settled_threads(with_team - 1)
+        return with_team - settled_count("omp-embed", with_team - 1)
 
-    assert on_a_thread(embed) == 1
+    assert on_a_thread("omp-embed", embed) == 1
