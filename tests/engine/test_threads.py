@@ -4,7 +4,6 @@ its OpenMP team is the only one."""
 from __future__ import annotations
 
 import asyncio
-import threading
 
 import torch
 
@@ -15,17 +14,13 @@ from tests.openmp_teams import on_a_thread, settled_count, start_team, threads_n
 
 def test_the_stepping_thread_uses_the_engines_thread_count(make_engine, keep_torch_threads) -> None:
     engine = make_engine(threads=2)
-    seen: list[int] = []
 
-    def serve() -> None:
+    def serve() -> int:
         torch.set_num_threads(1)  # what another thread's set_num_threads leaves as the default of a new thread
         engine.generate([[1, 2, 3, 4]], SamplingParams(max_tokens=2, temperature=0.0))
-        seen.append(torch.get_num_threads())
+        return torch.get_num_threads()
 
-    thread = threading.Thread(target=serve)
-    thread.start()
-    thread.join()
-    assert seen == [2]
+    assert on_a_thread("engine-stepper", serve) == 2
 
 
 def test_the_async_engine_leaves_the_engine_thread_the_only_openmp_team(make_engine, keep_torch_threads) -> None:

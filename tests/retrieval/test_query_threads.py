@@ -3,35 +3,21 @@ thread count alone, and a thread that embeds documents keeps no OpenMP team afte
 
 from __future__ import annotations
 
-import threading
-
 import torch
 
 from retrieval.embed import _single_thread_pool, shared_embedder
 from tests.openmp_teams import on_a_thread, settled_count, start_team, threads_named
 
 
-def _in_new_thread() -> int:
-    seen: list[int] = []
-    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
-    thread.start()
-    thread.join()
-    return seen[0]
-
-
-def test_single_thread_workers_leave_the_default_alone() -> None:
-    before = torch.get_num_threads()
+def test_single_thread_workers_leave_the_default_alone(keep_torch_threads) -> None:
     torch.set_num_threads(2)
+    pool = _single_thread_pool(2, "test-query")
     try:
-        pool = _single_thread_pool(2, "test-query")
-        try:
-            assert [pool.submit(torch.get_num_threads).result() for _ in range(4)] == [1, 1, 1, 1]
-        finally:
-            pool.shutdown()
-        assert torch.get_num_threads() == 2
-        assert _in_new_thread() == 2  # a thread computing for the first time after the pool started
+        assert [pool.submit(torch.get_num_threads).result() for _ in range(4)] == [1, 1, 1, 1]
     finally:
-        torch.set_num_threads(before)
+        pool.shutdown()
+    assert torch.get_num_threads() == 2
+    assert on_a_thread("first-compute", torch.get_num_threads) == 2  # a thread new to torch after the pool started
 
 
 def test_embedding_documents_gives_back_the_threads_openmp_team(keep_torch_threads) -> None:
