@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.setup-done
 PYTHON ?= python3
 
-.PHONY: setup run test lint typecheck deploy-check unit bench-engine bench-retrieval reliability clean
+.PHONY: setup run demo test test-system-deps lint typecheck deploy-check unit bench-engine bench-retrieval reliability clean
 
 setup: $(STAMP)
 
@@ -21,26 +21,40 @@ $(STAMP): pyproject.toml
 run: setup
 	$(VENV)/bin/appliance serve
 
+# A `demo` collection of Python library pages (Debian's python3.11-doc), pre-encoded; then `make run`.
+demo: setup
+	@scripts/system_deps.sh $(DEMO_SYSTEM_PACKAGES)
+	$(VENV)/bin/appliance demo
+
 lint: setup
 	$(VENV)/bin/ruff check .
 
 typecheck: setup
 	$(VENV)/bin/mypy appliance kernels retrieval
 
-# The docker compose v2 plugin where installed, else the docker-compose client (.ci/run installs Debian's).
+# The docker compose v2 plugin where installed, else Debian's docker-compose client.
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
+# Debian packages as PACKAGE=WITNESS (a file it ships or a command it provides); scripts/system_deps.sh installs
+# the missing ones when run as root, else says what to install and stops. The suite needs a compose client
+# (deploy-check) and Chromium (tests/ui drive it through Playwright; a browser is never downloaded).
+TEST_SYSTEM_PACKAGES := chromium=/usr/bin/chromium $(if $(filter docker-compose,$(COMPOSE)),docker-compose=docker-compose)
+DEMO_SYSTEM_PACKAGES := python3.11-doc=/usr/share/doc/python3.11/html/library/index.html
+
+test-system-deps:
+	@scripts/system_deps.sh $(TEST_SYSTEM_PACKAGES)
+
 # No Docker engine is needed: both compose setups must validate, and the Dockerfile must lint clean.
-deploy-check: setup
-	@command -v $(firstword $(COMPOSE)) >/dev/null || { echo "needs a compose client: apt-get install docker-compose"; exit 1; }
+deploy-check: setup test-system-deps
 	APPLIANCE_ENV_FILE=deploy/appliance.env.example $(COMPOSE) -f docker-compose.yml config -q
 	APPLIANCE_ENV_FILE=deploy/appliance.env.example $(COMPOSE) -f docker-compose.yml -f docker-compose.gpu.yml config -q
 	$(VENV)/bin/hadolint Dockerfile
 
-unit: setup
-	$(PY) -m pytest
+# Only `gpu`-marked tests may skip here (tests/conftest.py fails any other skip under TESTS_ONLY_GPU_SKIPS).
+unit: setup test-system-deps
+	TESTS_ONLY_GPU_SKIPS=1 $(PY) -m pytest
 
-test: lint typecheck deploy-check unit
+test: test-system-deps lint typecheck deploy-check unit
 
 bench-engine: setup
 	$(PIP) install --quiet '.[bench]'   # llama-cpp-python builds from source (several minutes)
@@ -50,7 +64,7 @@ reliability: setup
 	$(PY) scripts/reliability.py   # tests/security, figures to docs/RELIABILITY.md
 
 bench-retrieval: setup
-	test -d /usr/share/doc/python3.11/html/library || apt-get install -y python3.11-doc
+	@scripts/system_deps.sh $(DEMO_SYSTEM_PACKAGES)
 	$(VENV)/bin/appliance bench retrieval
 
 clean:

@@ -19,6 +19,21 @@ if not torch.cuda.is_available():  # triton kernels run on CPU tensors in its in
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+ONLY_GPU_SKIPS = os.environ.get("TESTS_ONLY_GPU_SKIPS") == "1"  # set by `make test`
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under `make test` only `gpu`-marked tests may skip: any other skip (a missing browser, a missing
+    kernel) means the machine was not set up as the suite needs, and fails with its reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if ONLY_GPU_SKIPS and report.skipped and not hasattr(report, "wasxfail") and "gpu" not in item.keywords:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped outside a gpu test, which `make test` does not allow: {reason}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
         return
