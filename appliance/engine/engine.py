@@ -69,7 +69,7 @@ class LLMEngine:
         self.max_model_len = min(config.max_model_len, loaded.config.max_position, pool_tokens)
         self.runner = ModelRunner(self.model, self.backend, num_blocks, config.block_size, self._decode_graphs(),
                                   config.max_num_seqs, -(-self.max_model_len // config.block_size))
-        salt = hashlib.sha256(f"{loaded.source}|{loaded.config.to_json()}|{self.dtype}".encode()).digest()
+        salt = hashlib.sha256(f"{loaded.fingerprint}|{loaded.config.to_json()}|{self.dtype}".encode()).digest()
         self.block_manager = BlockManager(num_blocks, config.block_size, salt, config.enable_prefix_caching)
         self.doc_cache = build_doc_cache(config, salt, self.dtype, chunk_budget, loaded.config.num_layers)
         self.kv_mover = KVMover(self.model, self.runner.kv_caches, config.block_size)

@@ -54,7 +54,10 @@ _GGUF_LAYER_NAMES = {
 class LoadedModel:
     """Weights (HF names, float32 on CPU), shape and tokenizer of one model.
 
-    `int4` holds, for weights stored as Q4_0/Q4_1 in a GGUF file, the exact 4-bit form as well.
+    `source` is where they were read from (the GGUF file, or its conversion cache on later starts);
+    `fingerprint` names the weights themselves, the same wherever they were read from (`weights_fingerprint`
+    of the file(s) the user named): cached KV is keyed by it. `int4` holds, for weights stored as Q4_0/Q4_1
+    in a GGUF file, the exact 4-bit form as well.
     """
 
     name: str
@@ -62,7 +65,24 @@ class LoadedModel:
     weights: dict[str, torch.Tensor]
     tokenizer: TextTokenizer
     source: Path
+    fingerprint: str
     int4: dict[str, Int4Weight] = field(default_factory=dict)
+
+
+def weights_fingerprint(files: list[Path], sample_bytes: int = 1 << 20, samples: int = 8) -> str:
+    """A hex digest identifying the content of weight files at a cost independent of their size: each file's
+    length, its first and last `sample_bytes` (GGUF and safetensors headers: every tensor's name, shape and
+    offset) and `samples` evenly spaced slices of its data. Renaming or moving a file keeps it."""
+    digest = hashlib.sha256()
+    for path in files:
+        size = path.stat().st_size
+        starts = {0, max(0, size - sample_bytes)} | {size * i // (samples + 1) for i in range(1, samples + 1)}
+        digest.update(str(size).encode())
+        with open(path, "rb") as f:
+            for start in sorted(starts):
+                f.seek(start)
+                digest.update(f.read(sample_bytes))
+    return digest.hexdigest()
 
 
 def default_model_path() -> Path:
@@ -96,11 +116,12 @@ def load_model(model: str = "default", data_dir: Path | None = None) -> LoadedMo
     """Load weights, config and tokenizer; a GGUF conversion is cached under `data_dir/models`."""
     path = resolve_model_path(model)
     if path.is_dir():
-        return _load_hf_folder(path, path.name)
+        return _load_hf_folder(path, path.name, weights_fingerprint(sorted(path.glob("*.safetensors"))))
+    fingerprint = weights_fingerprint([path])
     cache = _cache_dir(path, data_dir) if data_dir is not None else None
     if cache is not None and (cache / "model.safetensors").is_file():
-        return _load_hf_folder(cache, path.stem)
-    loaded = _load_gguf(path)
+        return _load_hf_folder(cache, path.stem, fingerprint)
+    loaded = _load_gguf(path, fingerprint)
     if cache is not None:
         _write_cache(cache, loaded)
     return loaded
@@ -135,7 +156,7 @@ def _gguf_fields(reader) -> dict:
     return fields
 
 
-def _load_gguf(path: Path) -> LoadedModel:
+def _load_gguf(path: Path, fingerprint: str) -> LoadedModel:
     import numpy as np
     from gguf import GGUFReader
     from gguf.quants import dequantize
@@ -167,7 +188,7 @@ def _load_gguf(path: Path) -> LoadedModel:
         if packed is not None and hf_name != "model.embed_tokens.weight":
             int4[hf_name] = packed
     tokenizer = tokenizer_from_gguf_fields(fields)
-    return LoadedModel(path.stem, config, weights, tokenizer, path, int4)
+    return LoadedModel(path.stem, config, weights, tokenizer, path, fingerprint, int4)
 
 
 def _hf_name(gguf_name: str) -> str | None:
@@ -193,7 +214,7 @@ def _rope_row_order(rows: int, n_heads: int) -> torch.Tensor:
     return torch.arange(rows).reshape(n_heads, rows // n_heads // 2, 2).transpose(1, 2).reshape(rows)
 
 
-def _load_hf_folder(folder: Path, name: str) -> LoadedModel:
+def _load_hf_folder(folder: Path, name: str, fingerprint: str) -> LoadedModel:
     from safetensors.torch import load_file
 
     ours = folder / _CONFIG_FILE
@@ -207,7 +228,7 @@ def _load_hf_folder(folder: Path, name: str) -> LoadedModel:
             weights[key] = tensor.float() if tensor.is_floating_point() else tensor
     int4 = {key[:-len(".int4_q")]: Int4Weight(*(weights.pop(f"{key[:-len('.int4_q')]}.{part}") for part in _INT4_PARTS))
             for key in [k for k in weights if k.endswith(".int4_q")]}
-    return LoadedModel(name, config, weights, tokenizer_from_hf_folder(folder), folder, int4)
+    return LoadedModel(name, config, weights, tokenizer_from_hf_folder(folder), folder, fingerprint, int4)
 
 
 def _write_cache(cache: Path, loaded: LoadedModel) -> None:

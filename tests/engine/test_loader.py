@@ -10,7 +10,7 @@ import torch
 
 from appliance.config import EngineConfig
 from appliance.engine.engine import LLMEngine
-from appliance.engine.loader import load_model, load_tokenizer, resolve_model_path
+from appliance.engine.loader import load_model, load_tokenizer, resolve_model_path, weights_fingerprint
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ModelLoadError
 
@@ -61,6 +61,28 @@ def test_gguf_conversion_is_cached(loaded_model, model_cache_dir: Path, cached_d
         assert torch.equal(again.weights[name], loaded_model.weights[name])
     text = "cache me 42"
     assert load_tokenizer("default", model_cache_dir).encode(text) == loaded_model.tokenizer.encode(text)
+
+
+def test_cached_kv_is_keyed_by_the_weights_not_where_they_were_read(loaded_model, model_cache_dir: Path) -> None:
+    """The first process on a data dir reads the GGUF file (and converts it), later ones its conversion cache:
+    both must salt their KV alike, or whatever the first one encoded (`appliance warm`) is never found."""
+    again = load_model("default", model_cache_dir)
+    assert again.source != loaded_model.source and again.fingerprint == loaded_model.fingerprint
+    config = EngineConfig(dtype="float32", kv_cache_mb=16, data_dir=model_cache_dir)
+    assert LLMEngine(again, config).block_manager.salt == LLMEngine(loaded_model, config).block_manager.salt
+
+
+def test_weights_fingerprint_follows_content_not_name(tmp_path: Path) -> None:
+    data = bytearray(range(256)) * 40_000  # 10 MB: the samples do not cover every byte
+    (tmp_path / "a.bin").write_bytes(data)
+    (tmp_path / "b.bin").write_bytes(data)
+    same = weights_fingerprint([tmp_path / "a.bin"])
+    assert weights_fingerprint([tmp_path / "b.bin"]) == same
+    data[len(data) // 2] ^= 1  # inside the middle sample
+    (tmp_path / "b.bin").write_bytes(data)
+    assert weights_fingerprint([tmp_path / "b.bin"]) != same
+    (tmp_path / "c.bin").write_bytes(bytes(data) + b"x")
+    assert weights_fingerprint([tmp_path / "c.bin"]) != same
 
 
 def test_clear_errors(tmp_path: Path) -> None:
