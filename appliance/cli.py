@@ -13,6 +13,7 @@ from appliance.bench.blend import bench_blend
 from appliance.bench.engine import bench_engine
 from appliance.bench.rag import bench_rag
 from appliance.commands.ask import ask
+from appliance.commands.demo import demo
 from appliance.commands.keys import keys_app
 from appliance.commands.retrieval import ingest, search
 from appliance.commands.warm import warm
@@ -30,6 +31,7 @@ app.command("ingest")(ingest)
 app.command("search")(search)
 app.command("warm")(warm)
 app.command("ask")(ask)
+app.command("demo")(demo)
 bench_app.command("engine")(bench_engine)
 bench_app.command("rag")(bench_rag)
 bench_app.command("blend")(bench_blend)

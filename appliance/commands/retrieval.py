@@ -66,6 +66,27 @@ def _summary(status: JobStatus) -> None:
             )
 
 
+def ingest_with_progress(service: RetrievalService, collection: str, paths: list[Path]) -> JobStatus:
+    """Ingest `paths` into `collection` (created if missing) in this process, with a progress bar and a summary
+    of what was ingested, skipped and failed."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[current]}", style="dim"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("ingesting", total=None, current="")
+        status = service.ingest_paths(
+            collection,
+            paths,
+            progress=lambda e: progress.update(task, completed=e.done, total=e.total, current=e.source[-60:]),
+        )
+    _summary(status)
+    return status
+
+
 DataDir = Annotated[Path | None, typer.Option(envvar="APPLIANCE_DATA_DIR", help="Data dir [default: ./data]")]
 Model = Annotated[str | None, typer.Option(envvar="APPLIANCE_MODEL", help="LLM whose tokenizer chunks [default]")]
 Embedder = Annotated[
@@ -91,22 +112,8 @@ def ingest(
     except ApplianceError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[current]}", style="dim"),
-    )
     try:
-        with Progress(*columns, console=console, transient=False) as progress:
-            task = progress.add_task("ingesting", total=None, current="")
-            status = service.ingest_paths(
-                collection,
-                paths,
-                progress=lambda e: progress.update(task, completed=e.done, total=e.total, current=e.source[-60:]),
-            )
-        _summary(status)
+        status = ingest_with_progress(service, collection, paths)
         if warm and status.state == "done":
             from appliance.commands.warm import report_warm, warm_collection
 
