@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
     threads: int = Field(default=0, ge=0)  # engine intra-op threads (0: every CPU this process may use)
     cuda_graphs: bool = True  # on CUDA, decode steps replay captured graphs (needs triton)
+    warmup_tokens: int = Field(default=1500, ge=0)  # warm-up prompt run before /ready (0: no warm-up)
+    warmup_timeout_s: float = Field(default=120.0, gt=0)  # /ready turns 200 after this even if warm-up is not done
     # --- trust (issue 7): request and upload sizes, archives, parsers, generation bounds, rate limits ---
     max_body_mb: float = Field(default=4.0, gt=0)  # any request body but an upload (413)
     max_upload_mb: float = Field(default=512.0, gt=0)  # one multipart upload request (413)

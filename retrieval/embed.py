@@ -128,6 +128,11 @@ class Embedder:
         return self._query_pool.submit(self.encode, texts).result()
 
     @property
+    def ready_for_queries(self) -> bool:
+        """Whether the model and the query threads are loaded (a first `encode_queries` pays for both)."""
+        return self._model is not None and self._query_pool is not None
+
+    @property
     def device(self) -> str:
         return str(self._load().device)
 

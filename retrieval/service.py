@@ -220,6 +220,13 @@ class RetrievalService:
         hits = [Hit(chunks[cid], score) for cid, score in ranked if cid in chunks]
         return [hit for hit in hits if hit.chunk.collection in allowed][:k]
 
+    def warm_up(self) -> None:
+        """Load now what the first search would load: the embedder, its query threads, and every collection's
+        indexes (one search each). A server calls it before it says it is ready."""
+        self.embedder.encode_queries(["warm up"])
+        for collection in self.list_collections():
+            self.search("warm up", [collection.name], k=1)
+
     def embed(self, texts: list[str]) -> list[list[float]]:
         return self.embedder.encode(texts).tolist()
 

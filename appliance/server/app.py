@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import FrameType
@@ -22,6 +23,7 @@ from appliance.server.metrics import Metrics
 from appliance.server.metrics import router as metrics_router
 from appliance.server.routes import admin, ask, health, keys, library, openai, openai_embeddings, search, ui, usage
 from appliance.server.usage import UsageBook
+from appliance.server.warmup import warm_up
 
 if TYPE_CHECKING:
     from retrieval.service import RetrievalService
@@ -33,11 +35,13 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
                retrieval: RetrievalService | None = None) -> FastAPI:
     """Build the app around an already-loaded engine (`appliance serve` loads it first, so a bad model is
     one clear error line before anything listens). Without `retrieval`, the lifespan opens the store and
-    checks the indexes under `settings.data_dir`; `/ready` answers 200 once that is done."""
+    checks the indexes under `settings.data_dir`; then it warms retrieval and the engine (`warmup.py`) so the
+    first question costs what the next ones do. `/ready` answers 200 once that is done."""
     state = AppState(settings=settings, engine=engine, model_name=model_name, retrieval=retrieval)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        started = time.perf_counter()
         opened: RetrievalService | None = None
         if state.retrieval is not None:
             state.retrieval.on_documents_removed(engine.invalidate_documents)
@@ -48,6 +52,9 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
                 RetrievalService.open, settings.data_dir, engine.tokenizer, settings.embedder,
                 device=settings.retrieval_device, limits=settings.ingest_limits())
             opened.on_documents_removed(engine.invalidate_documents)
+        times = await warm_up(engine, state.retrieval, settings.warmup_tokens, settings.warmup_timeout_s)
+        log.info("ready %.1f s after the app started (warm-up: retrieval %.1f s, engine %.1f s)",
+                 time.perf_counter() - started, times.retrieval_s, times.engine_s)
         state.ready = True
         try:
             yield
