@@ -14,6 +14,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,12 +68,14 @@ def one_server(data_dir: Path, collection: str, questions: list[str], warmup_tok
         env["APPLIANCE_WARMUP_TOKENS"] = warmup_tokens
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: nobody reads it until the server has failed
     server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--log-level", "warning"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=log, text=True)
     try:
         while True:
             if server.poll() is not None:
-                raise RuntimeError(f"the server exited with {server.returncode}: {server.stderr.read()[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"the server exited with {server.returncode}: {log.read()[-2000:]}")
             try:
                 if httpx.get(url + "/ready", timeout=5).status_code == 200:
                     break
@@ -90,6 +93,7 @@ def one_server(data_dir: Path, collection: str, questions: list[str], warmup_tok
     finally:
         server.terminate()
         server.wait(timeout=60)
+        log.close()
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
