@@ -68,32 +68,31 @@ def one_server(data_dir: Path, collection: str, questions: list[str], warmup_tok
         env["APPLIANCE_WARMUP_TOKENS"] = warmup_tokens
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
-    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: nobody reads it until the server has failed
-    server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--log-level", "warning"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=log, text=True)
-    try:
-        while True:
-            if server.poll() is not None:
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: nobody reads it until the server has failed
+        server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--log-level", "warning"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+        try:
+            while server.poll() is None:
+                try:
+                    if httpx.get(url + "/ready", timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+            else:
                 log.seek(0)
                 raise RuntimeError(f"the server exited with {server.returncode}: {log.read()[-2000:]}")
-            try:
-                if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        ready_s = time.perf_counter() - started
-        answers = []
-        for question in questions:
-            body = {"question": question, "collection": collection, "k": 5, "max_tokens": max_tokens}
-            reply = httpx.post(url + "/api/ask", json=body, timeout=300)
-            reply.raise_for_status()
-            answers.append({**reply.json()["timings"], "prompt_tokens": reply.json()["usage"]["prompt_tokens"]})
-        return {"ready_s": ready_s, "answers": answers}
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
-        log.close()
+            ready_s = time.perf_counter() - started
+            answers = []
+            for question in questions:
+                body = {"question": question, "collection": collection, "k": 5, "max_tokens": max_tokens}
+                reply = httpx.post(url + "/api/ask", json=body, timeout=300)
+                reply.raise_for_status()
+                answers.append({**reply.json()["timings"], "prompt_tokens": reply.json()["usage"]["prompt_tokens"]})
+            return {"ready_s": ready_s, "answers": answers}
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:
