@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -36,7 +37,8 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
     """Build the app around an already-loaded engine (`appliance serve` loads it first, so a bad model is
     one clear error line before anything listens). Without `retrieval`, the lifespan opens the store and
     checks the indexes under `settings.data_dir`; then it warms retrieval and the engine (`warmup.py`) so the
-    first question costs what the next ones do. `/ready` answers 200 once that is done."""
+    first question costs what the next ones do, while the socket already listens. `/ready` answers 200 once
+    that is done."""
     state = AppState(settings=settings, engine=engine, model_name=model_name, retrieval=retrieval)
 
     @asynccontextmanager
@@ -52,14 +54,23 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
                 RetrievalService.open, settings.data_dir, engine.tokenizer, settings.embedder,
                 device=settings.retrieval_device, limits=settings.ingest_limits())
             opened.on_documents_removed(engine.invalidate_documents)
-        times = await warm_up(engine, state.retrieval, settings.warmup_tokens, settings.warmup_timeout_s)
-        log.info("ready %.1f s after the app started (warm-up: retrieval %.1f s, engine %.1f s)",
-                 time.perf_counter() - started, times.retrieval_s, times.engine_s)
-        state.ready = True
+        async def warm_then_ready() -> None:
+            try:
+                times = await warm_up(engine, state.retrieval, settings.warmup_tokens, settings.warmup_timeout_s)
+                log.info("ready %.1f s after the app started (warm-up: retrieval %.1f s, engine %.1f s)",
+                         time.perf_counter() - started, times.retrieval_s, times.engine_s)
+            except Exception:  # a warm-up is an optimisation: serve without it rather than never be ready
+                log.exception("warm-up failed after %.1f s; ready without it", time.perf_counter() - started)
+            state.ready = True
+
+        warming = asyncio.create_task(warm_then_ready())  # the socket listens meanwhile: /health 200, /ready 503
         try:
             yield
         finally:
             state.ready = False
+            warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await warming
             engine.close()
             if opened is not None:
                 opened.close()

@@ -38,21 +38,30 @@ class WarmupTimes:
     engine_s: float
 
 
-def warmup_prompt(builder: PromptBuilder, tokens: int) -> RagPrompt:
-    """A RAG prompt of about `tokens` tokens (at least one passage): the real system prefix, numbered passages
-    of filler text (~256 tokens each, no two alike) of the document WARMUP_DOC, a question, the assistant header."""
+def warmup_prompt(builder: PromptBuilder, tokens: int, limit: int) -> RagPrompt | None:
+    """A RAG prompt of about `tokens` tokens and at most `limit` (as many passages as fit; None when not even one
+    does): the real system prefix, numbered passages of filler text (~256 tokens each, no two alike) of the
+    document WARMUP_DOC, a question, the assistant header."""
     filler = builder.tokenizer.encode(_FILLER * (_PASSAGE_TOKENS // 30 + 2))[:_PASSAGE_TOKENS]
     passages = [Chunk(-n, WARMUP_DOC, WARMUP_DOC, 0, "", filler[n:] + filler[:n], "Warm-up", WARMUP_DOC, None, ())
                 for n in range(1, max(1, tokens // _PASSAGE_TOKENS) + 1)]
-    return builder.build("What is this passage about?", passages)
+    for count in range(len(passages), 0, -1):
+        prompt = builder.build("What is this passage about?", passages[:count])
+        if len(prompt.token_ids) <= limit:
+            return prompt
+    return None
 
 
 async def warm_engine(engine: AsyncEngine, tokens: int) -> None:
-    """Run one greedy request of a ~`tokens`-token RAG prompt and 4 generated tokens on the engine thread, in
-    the server's document-cache mode (so `blend` encodes, loads and blends passages once too); the filler
-    passages' KV is dropped from the document cache afterwards."""
-    prompt = warmup_prompt(PromptBuilder(engine.tokenizer), tokens)
+    """Run one greedy request of a ~`tokens`-token RAG prompt (fewer where the engine's KV cannot hold that many)
+    and 4 generated tokens on the engine thread, in the server's document-cache mode (so `blend` encodes, loads
+    and blends passages once too); the filler passages' KV is dropped from the document cache afterwards."""
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    limit = engine.engine.max_model_len - 1 - params.max_tokens
+    prompt = warmup_prompt(PromptBuilder(engine.tokenizer), tokens, limit)
+    if prompt is None:
+        log.warning("engine warm-up skipped: the engine serves at most %d tokens, too few for one passage", limit)
+        return
     try:
         async for _ in engine.generate(prompt.token_ids, params, request_id="warm-up", layout=prompt.layout()):
             pass

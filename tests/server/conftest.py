@@ -59,7 +59,8 @@ def served(app: FastAPI, timeout_s: float = 60) -> Iterator[str]:
             if httpx.get(f"{url}/ready").status_code == 200:
                 break
         except httpx.TransportError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)  # 503 while it warms up
     try:
         yield url
     finally:

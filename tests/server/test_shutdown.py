@@ -31,7 +31,8 @@ def test_sigterm_during_a_stream_finishes_it_and_exits_cleanly(model_cache_dir: 
                 if httpx.get(f"{url}/ready").status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         assert httpx.get(f"{url}/ready").status_code == 200, log_path.read_text()[-2000:]
         body = {"messages": [{"role": "user", "content": "Write a short poem about the sea."}],
                 "max_tokens": 40, "temperature": 0, "stream": True}

@@ -35,8 +35,8 @@ def start(make_engine, loaded_model, tmp_path: Path) -> Iterator:
     service = RetrievalService.open(tmp_path / "data", loaded_model.tokenizer, chunk_tokens=128)
     assert not service.embedder.ready_for_queries
 
-    def start_(doc_cache: str, warmup_tokens: int) -> Server:
-        engine = make_engine(data_dir=tmp_path / "data", doc_cache=doc_cache, max_num_seqs=4)
+    def start_(doc_cache: str, warmup_tokens: int, **engine: object) -> Server:
+        engine = make_engine(data_dir=tmp_path / "data", doc_cache=doc_cache, max_num_seqs=4, **engine)
         settings = Settings(data_dir=tmp_path / "data", doc_cache=doc_cache, warmup_tokens=warmup_tokens)
         app = create_app(settings, AsyncEngine(engine), "smollm2", retrieval=service)
         return Server(stack.enter_context(served(app)), app, engine)
@@ -60,7 +60,8 @@ def test_ready_means_warm(start, loaded_model) -> None:
 
 def test_blend_warmup_leaves_no_filler_kv(start, tmp_path: Path) -> None:
     engine = start("blend", 600).engine
-    assert engine.doc_cache.stats.encoded_chunks == len(warmup_prompt(PromptBuilder(engine.tokenizer), 600).passages)
+    prompt = warmup_prompt(PromptBuilder(engine.tokenizer), 600, engine.max_model_len)
+    assert prompt is not None and engine.doc_cache.stats.encoded_chunks == len(prompt.passages)
     assert not any(WARMUP_DOC in e.doc_ids for e in engine.doc_cache.tier.entries.values())
     assert not list((tmp_path / "data" / "kvcache").glob("*/*/*.safetensors"))
 
@@ -68,3 +69,19 @@ def test_blend_warmup_leaves_no_filler_kv(start, tmp_path: Path) -> None:
 def test_no_warmup_when_turned_off(start) -> None:
     engine = start("exact", 0).engine
     assert engine.stats.tokens_computed == 0
+
+
+def test_warmup_fits_an_engine_with_little_kv(start) -> None:
+    """An engine whose KV holds fewer tokens than the warm-up asks for still starts, warmed with what fits."""
+    engine = start("exact", 1500, kv_blocks=40).engine  # 640 tokens
+    assert engine.max_model_len == 640
+    assert 256 < engine.stats.tokens_computed < 640
+
+
+def test_the_warmup_prompt_keeps_to_the_limit(loaded_model) -> None:
+    builder = PromptBuilder(loaded_model.tokenizer)
+    full = warmup_prompt(builder, 1500, 10_000)
+    assert full is not None and len(full.passages) == 5
+    smaller = warmup_prompt(builder, 1500, len(full.token_ids) - 1)
+    assert smaller is not None and len(smaller.passages) == 4
+    assert warmup_prompt(builder, 1500, len(builder.prefix) + 10) is None
