@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from appliance.config import Settings
+from appliance.engine.doc_cache.capacity import WarmPlan
 from appliance.errors import ApplianceError
 from retrieval.service import RetrievalService
 
@@ -26,40 +27,60 @@ console = Console()
 err = Console(stderr=True)
 
 
-def queue_collection(engine: LLMEngine, service: RetrievalService, collection: str) -> tuple[int, int, int]:
-    """Queue encode jobs for every passage of `collection` not cached yet, exactly as prompts hold them
-    (after the RAG system prefix); returns (passages, their tokens, jobs queued)."""
+def queue_collection(engine: LLMEngine, service: RetrievalService, collection: str) -> WarmPlan:
+    """Queue encode jobs for the passages of `collection` not cached yet, exactly as prompts hold them (after
+    the RAG system prefix), as many as the disk tier has room for (`LLMEngine.warm_plan`), in collection order."""
     from appliance.rag.prompt import PromptBuilder
 
     builder = PromptBuilder(engine.tokenizer)
     passages = [(list(builder.passage_tokens(c)), c.doc_id) for doc in service.list_documents(collection)
                 for c in service.document_chunks(doc.doc_id)]
-    tokens = sum(len(t) for t, _ in passages)
-    return len(passages), tokens, engine.warm(list(builder.prefix), passages)
+    prefix = list(builder.prefix)
+    plan = engine.warm_plan(prefix, [tokens for tokens, _ in passages])
+    engine.warm(prefix, [passages[i] for i in plan.chosen])
+    return plan
 
 
-def warm_collection(settings: Settings, service: RetrievalService, collection: str) -> tuple[int, int, float]:
-    """Encode the collection's chunks that are not cached yet; returns (chunks, newly encoded, seconds)."""
+def _gb(n: int) -> str:
+    return f"{n / 2**30:.1f} GB"
+
+
+def describe_plan(plan: WarmPlan) -> str:
+    """What the warm will write against the disk budget, said before it starts."""
+    head = (f"{plan.passages} passages, {plan.tokens:,} tokens at {plan.bytes_per_token / 1024:.1f} KB of KV each; "
+            f"{plan.cached} already cached; the rest need {_gb(plan.need_bytes)}, the disk budget has "
+            f"{_gb(plan.room_bytes)} left")
+    if plan.fits:
+        return head
+    return (f"{head}: encoding the first {len(plan.chosen)} uncached passages that fit (collection order); the "
+            f"other {plan.left_out} are encoded when a question needs them. For room: APPLIANCE_DOC_CACHE_DISK_MB, "
+            "or APPLIANCE_DOC_CACHE_KV_FORMAT=int8 (about half the bytes).")
+
+
+def warm_collection(settings: Settings, service: RetrievalService, collection: str) -> tuple[WarmPlan, float]:
+    """Encode the collection's chunks that are not cached yet and fit; returns the plan carried out, seconds."""
     from appliance.engine.engine import LLMEngine
 
     engine = LLMEngine.from_config(settings.engine_config())
     if engine.doc_cache.disk is None:
         raise ApplianceError("the disk tier is off (APPLIANCE_DOC_CACHE_DISK_MB=0): nothing to warm into")
     started = time.perf_counter()
-    total, _, queued = queue_collection(engine, service, collection)
+    plan = queue_collection(engine, service, collection)
+    (console if plan.fits else err).print(("" if plan.fits else "[bold yellow]warning:[/] ") + describe_plan(plan))
     columns = (TextColumn("[bold]encoding chunk KV"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("warm", total=queued)
+        task = progress.add_task("warm", total=len(plan.chosen))
         while engine.has_unfinished():
             engine.step()
             progress.update(task, completed=engine.doc_cache.stats.encoded_chunks)
-    return total, queued, time.perf_counter() - started
+    return plan, time.perf_counter() - started
 
 
-def report_warm(collection: str, result: tuple[int, int, float], settings: Settings) -> None:
-    total, encoded, seconds = result
-    console.print(f"[bold]{collection}:[/] {total} chunks, {encoded} encoded now ({total - encoded} were cached) "
-                  f"in {seconds:.1f} s → {settings.data_dir / 'kvcache'}")
+def report_warm(collection: str, result: tuple[WarmPlan, float], settings: Settings) -> None:
+    plan, seconds = result
+    left_out = f", {plan.left_out} left out for room" if plan.left_out else ""
+    console.print(f"[bold]{collection}:[/] {plan.passages} chunks, {len(plan.chosen)} encoded now ({plan.cached} "
+                  f"were cached{left_out}) in {seconds:.1f} s → {settings.data_dir / 'kvcache'}")
 
 
 def warm(

@@ -34,6 +34,13 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return (q.float() * scale.float()).to(dtype)
 
 
+def disk_bytes_per_token(kv_format: KVFormat, layers: int, kv_heads: int, head_dim: int, itemsize: int) -> int:
+    """Bytes one token's K and V take in a file: every layer and KV head, in the model dtype or as int8 with a
+    bfloat16 scale per vector."""
+    per_vector = head_dim + 2 if kv_format == "int8" else head_dim * itemsize
+    return 2 * layers * kv_heads * per_vector
+
+
 class DiskTier:
     """Contract: `put` persists an entry (atomically); `get` returns it in `dtype` or None; `invalidate`
     deletes every file of a document; `bytes_used` is the directory's size as this process last saw it."""

@@ -1,9 +1,12 @@
-"""The in-memory chunk tier: position-free passage KV under a byte budget, evicted by cost (GDSF).
+"""The in-memory chunk tier: position-free passage KV under a byte budget, evicted least-frequently-used with
+aging.
 
-An entry's priority is `clock + hits * cost / size` (Greedy-Dual-Size-Frequency, as RAGCache adapts it):
-`cost` is the prefill it saves (its token count), `size` its bytes, `hits` how often it was used; `clock`
-rises to the priority of each evicted entry, so entries not used for a while age out. Pinned entries
-(held by requests being admitted) are never evicted; the budget may be exceeded while pins hold it.
+An entry's priority is `clock + hits * cost / size`, the form of Greedy-Dual-Size-Frequency (RAGCache), with
+`cost` its token count and `size` its bytes. Both grow with the token count, so `cost / size` is the same for
+every entry of one model: what this really is, is LFU with aging (`hits` how often it was used; `clock`
+rises to the priority of each evicted entry, so entries not used for a while age out). A cost that varies
+(encode seconds, which grow faster than the length) is not measured yet. Pinned entries (held by requests
+being admitted) are never evicted; the budget may be exceeded while pins hold it.
 """
 
 from __future__ import annotations
