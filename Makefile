@@ -37,9 +37,11 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 
 # Debian packages as PACKAGE=WITNESS (a file it ships or a command it provides); scripts/system_deps.sh installs
 # the missing ones when run as root, else says what to install and stops. The suite needs a compose client
-# (deploy-check) and Chromium (tests/ui drive it through Playwright; a browser is never downloaded).
-TEST_SYSTEM_PACKAGES := chromium=/usr/bin/chromium $(if $(filter docker-compose,$(COMPOSE)),docker-compose=docker-compose)
+# (deploy-check), Chromium (tests/ui drive it through Playwright; a browser is never downloaded) and the
+# python3.11-doc pages (the gold-answer set is checked against them; also the demo and retrieval corpus).
 DEMO_SYSTEM_PACKAGES := python3.11-doc=/usr/share/doc/python3.11/html/library/index.html
+TEST_SYSTEM_PACKAGES := chromium=/usr/bin/chromium $(DEMO_SYSTEM_PACKAGES) \
+	$(if $(filter docker-compose,$(COMPOSE)),docker-compose=docker-compose)
 
 test-system-deps:
 	@scripts/system_deps.sh $(TEST_SYSTEM_PACKAGES)

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BLEND_SELECT_LAYERS = 4  # blend measures KV deviation after this many layers (appliance bench blend)
 BLEND_CANDIDATES = 0.3  # share of reused chunk tokens carried from layer 2 to BLEND_SELECT_LAYERS (gradual filtering)
+BLEND_SELECT: Literal["deviation", "query", "mixed"] = "deviation"  # how blend chooses (BlendConfig)
+BLEND_QUERY_LAYER = 8  # the layer whose question attention scores passage tokens (query, mixed)
 
 if TYPE_CHECKING:
     from retrieval.jobs import IngestLimits
@@ -46,6 +48,8 @@ class Settings(BaseSettings):
     blend_first_tokens: int = Field(default=4, ge=0)  # leading tokens of each chunk always recomputed (blend)
     blend_select_layers: int = Field(default=BLEND_SELECT_LAYERS, ge=2)  # layer whose KV deviation chooses (blend)
     blend_candidates: float = Field(default=BLEND_CANDIDATES, ge=0.0, le=1.0)  # carried past layer 2 (blend)
+    blend_select: Literal["deviation", "query", "mixed"] = BLEND_SELECT  # how blend chooses (BlendConfig)
+    blend_query_layer: int = Field(default=BLEND_QUERY_LAYER, ge=0)  # question attention measured here (blend)
     doc_cache_disk_mb: int = Field(default=8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
     doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
     threads: int = Field(default=0, ge=0)  # engine intra-op threads (0: every CPU this process may use)
@@ -107,6 +111,8 @@ class Settings(BaseSettings):
             blend_first_tokens=self.blend_first_tokens,
             blend_select_layers=self.blend_select_layers,
             blend_candidates=self.blend_candidates,
+            blend_select=self.blend_select,
+            blend_query_layer=self.blend_query_layer,
             doc_cache_disk_mb=self.doc_cache_disk_mb,
             doc_cache_kv_format=self.doc_cache_kv_format,
             threads=self.threads,
@@ -136,6 +142,8 @@ class EngineConfig:
     blend_first_tokens: int = 4
     blend_select_layers: int = BLEND_SELECT_LAYERS
     blend_candidates: float = BLEND_CANDIDATES
+    blend_select: str = BLEND_SELECT
+    blend_query_layer: int = BLEND_QUERY_LAYER
     doc_cache_disk_mb: int = 8192
     doc_cache_kv_format: str = "model"
     threads: int = 0  # 0: every CPU this process may use

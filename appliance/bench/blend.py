@@ -8,11 +8,17 @@ finds the chunks on disk. Per variant: mean TTFT, tokens recomputed, and fidelit
 - teacher-forced on off's answer: at each of its tokens, the variant's next-token distribution against off's
   (mean KL in nats, top-1 agreement), a smooth measure of how close the reused KV is to the true one.
 
-Variants: `reuse`; `blend@R` (recompute a share R chosen by KV deviation, measured as many layers deep as
-the engine's default, `config.BLEND_SELECT_LAYERS`, on the share `config.BLEND_CANDIDATES` carried there from
-layer 2); `blend@R/L` (deviations measured L layers deep); `blend@R/L/C` (a share C carried past layer 2; 1.0:
-a dense pass); `random@R` and `random@R/L` (the same share chosen at random: the control that says what the
-deviation is worth).
+Variants: `exact` (lossless: the prefix cache and full prefill; its distance from `off` is the noise floor of
+this dtype) and `reuse`; `blend@R` (recompute a share R chosen by KV deviation, measured as many layers deep
+as the engine's default, `config.BLEND_SELECT_LAYERS`, on the share `config.BLEND_CANDIDATES` carried there
+from layer 2); `blend@R/L` (deviations measured L layers deep); `blend@R/L/C` (a share C carried past layer 2;
+1.0: a dense pass); `random@R`, `random@R/L` (the same share chosen at random: the control that says what the
+deviation is worth); `query@R` (the reused tokens the question attends to most, at layer
+`config.BLEND_QUERY_LAYER`), `mixed@R` (deviation weighted by that attention); a suffix `:Q` reads the
+question's attention at layer Q instead (`query@0.15:12`).
+
+Questions: the gold set (`gold_set.py`; accuracy against gold answers, the ratio to off's with a paired
+bootstrap interval) or the hand-written retrieval questions (fidelity only).
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from appliance.bench.gold_eval import accuracy_ratio, right_answers
+from appliance.bench.gold_set import load_gold
 from appliance.bench.machine import describe_machine, machine_markdown
 from appliance.bench.rag_fidelity import token_f1
 from appliance.bench.rag_workload import BenchPrompt, Question, build_prompts, fresh_questions, load_questions
-from appliance.config import BLEND_CANDIDATES, BLEND_SELECT_LAYERS
+from appliance.config import BLEND_CANDIDATES, BLEND_QUERY_LAYER, BLEND_SELECT_LAYERS
 
 if TYPE_CHECKING:
     import torch
@@ -40,8 +48,9 @@ if TYPE_CHECKING:
     from appliance.engine.engine import LLMEngine
     from appliance.engine.loader import LoadedModel
 
-VARIANTS = ("reuse", "random@0.15", "blend@0.15/2", "blend@0.15", "blend@0.15/4/1", "random@0.3", "blend@0.3",
+VARIANTS = ("exact", "reuse", "random@0.15", "blend@0.15", "query@0.15", "mixed@0.15", "blend@0.3", "query@0.3",
             "blend@0.5")
+_SELECT = {"blend": "deviation", "random": "deviation", "query": "query", "mixed": "mixed"}
 
 
 @dataclass(frozen=True)
@@ -49,28 +58,33 @@ class Variant:
     """One way of answering from reused chunk KV (see the module doc for the spec syntax)."""
 
     spec: str
-    mode: str  # reuse | blend
+    mode: str  # exact | reuse | blend
     ratio: float = 0.0
     select_layers: int = BLEND_SELECT_LAYERS
     random: bool = False
     candidates: float = BLEND_CANDIDATES
+    select: str = "deviation"  # BlendConfig.select
+    query_layer: int = BLEND_QUERY_LAYER
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
-        if spec == "reuse":
-            return cls(spec, "reuse")
+        if spec in ("exact", "reuse"):
+            return cls(spec, spec)
         kind, _, rest = spec.partition("@")
+        rest, colon, query_layer = rest.partition(":")
         ratio, _, rest = rest.partition("/")
         layers, _, candidates = rest.partition("/")
         try:
             variant = cls(spec, "blend", float(ratio), int(layers or BLEND_SELECT_LAYERS), kind == "random",
-                          float(candidates or BLEND_CANDIDATES))
+                          float(candidates or BLEND_CANDIDATES), _SELECT.get(kind, ""),
+                          int(query_layer or BLEND_QUERY_LAYER))
         except ValueError:
             variant = None
-        if kind not in ("blend", "random") or variant is None or not 0 <= variant.ratio <= 1 \
-                or variant.select_layers < 2 or not 0 <= variant.candidates <= 1:
-            raise ValueError(f"unknown variant {spec!r} (reuse, blend@R, blend@R/L, blend@R/L/C, random@R; "
-                             "0 <= R, C <= 1, L >= 2)")
+        if kind not in _SELECT or variant is None or not 0 <= variant.ratio <= 1 or variant.select_layers < 2 \
+                or not 0 <= variant.candidates <= 1 or variant.query_layer < 0 \
+                or (colon and kind not in ("query", "mixed")):
+            raise ValueError(f"unknown variant {spec!r} (exact, reuse, blend@R, blend@R/L, blend@R/L/C, random@R, "
+                             "query@R, mixed@R, query@R:Q; 0 <= R, C <= 1, L >= 2, Q >= 0)")
         return variant
 
 
@@ -79,22 +93,26 @@ class Answer:
     """One prompt answered by one variant: its tokens, per-step log-probabilities and costs."""
 
     token_ids: list[int]
+    text: str
     logprobs: list[torch.Tensor]  # one [V] per generated token
     ttft_s: float
     recomputed: int
 
 
 class StepRecorder:
-    """Logits processor keeping each step's log-probabilities; with `forced`, it makes that token the next one."""
+    """Logits processor keeping each step's log-probabilities (unless `keep` is false); with `forced`, it makes
+    that token the next one."""
 
-    def __init__(self, forced: list[int] | None = None) -> None:
+    def __init__(self, forced: list[int] | None = None, keep: bool = True) -> None:
         self.forced = forced
+        self.keep = keep
         self.logprobs: list[torch.Tensor] = []
 
     def __call__(self, history: list[int], logits: torch.Tensor) -> torch.Tensor:
         import torch
 
-        self.logprobs.append(logits.float().log_softmax(-1))
+        if self.keep:
+            self.logprobs.append(logits.float().log_softmax(-1))
         if self.forced is None:
             return logits
         only = torch.full_like(logits, float("-inf"))
@@ -118,8 +136,8 @@ def randomize_selection(engine: LLMEngine) -> None:
 
 
 def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[BenchPrompt], max_tokens: int,
-               variant: Variant | None = None, forced: list[list[int]] | None = None, dtype: str = "auto"
-               ) -> list[Answer]:
+               variant: Variant | None = None, forced: list[list[int]] | None = None, dtype: str = "auto",
+               keep_logprobs: bool = True) -> list[Answer]:
     """Answer every prompt, one at a time, in a fresh engine whose disk tier is `kv_dir`."""
     from appliance.config import EngineConfig
     from appliance.engine.engine import LLMEngine
@@ -128,13 +146,14 @@ def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[Bench
     variant = variant or Variant(mode, mode)
     config = EngineConfig(data_dir=kv_dir, dtype=dtype, kv_cache_mb=2048, doc_cache=mode,
                           enable_prefix_caching=mode != "off", blend_ratio=variant.ratio,
-                          blend_select_layers=variant.select_layers, blend_candidates=variant.candidates)
+                          blend_select_layers=variant.select_layers, blend_candidates=variant.candidates,
+                          blend_select=variant.select, blend_query_layer=variant.query_layer)
     engine = LLMEngine(loaded, config)
     if variant.random:
         randomize_selection(engine)
     answers = []
     for i, prompt in enumerate(prompts):
-        recorder = StepRecorder(forced[i] if forced else None)
+        recorder = StepRecorder(forced[i] if forced else None, keep_logprobs)
         params = SamplingParams(max_tokens=len(forced[i]) if forced else max_tokens, temperature=0.0,
                                 logits_processors=(recorder,))
         start = time.perf_counter()
@@ -145,14 +164,16 @@ def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[Bench
                 if out.request_id == req.request_id:
                     ttft = ttft or time.perf_counter() - start
                     tokens += out.token_ids
-        answers.append(Answer(tokens, recorder.logprobs, ttft, req.num_recomputed_tokens))
+        answers.append(Answer(tokens, loaded.tokenizer.decode(tokens), recorder.logprobs, ttft,
+                              req.num_recomputed_tokens))
     return answers
 
 
 def compare(reference: list[Answer], free: list[Answer], forced: list[Answer]) -> dict[str, float]:
-    """Fidelity of a variant against off: greedy (`free`) and teacher-forced on off's answers (`forced`)."""
+    """Fidelity of a variant against off: greedy (`free`) and teacher-forced on off's answers (`forced`, on the
+    first questions only when it is shorter)."""
     kl, top1 = [], []
-    for ref, tf in zip(reference, forced, strict=True):
+    for ref, tf in zip(reference[:len(forced)], forced, strict=True):
         for p, q in zip(ref.logprobs, tf.logprobs, strict=True):  # [V] log-probabilities of off and the variant
             kl.append(float((p.exp() * (p - q)).sum()))
             top1.append(float(p.argmax() == q.argmax()))
@@ -163,85 +184,127 @@ def compare(reference: list[Answer], free: list[Answer], forced: list[Answer]) -
 
 
 def costs(answers: list[Answer]) -> dict[str, float]:
-    return {"ttft_ms": 1000 * mean(a.ttft_s for a in answers), "recomputed": mean(a.recomputed for a in answers)}
+    ttft = sorted(a.ttft_s for a in answers)
+    return {"ttft_ms": 1000 * mean(ttft), "ttft_p50_ms": 1000 * ttft[len(ttft) // 2],
+            "recomputed": mean(a.recomputed for a in answers)}
+
+
+def bench_questions(question_set: str, limit: int) -> tuple[list[str], list[str], list[str | None]]:
+    """(question texts, the pages that answer them, gold answers or None) of the first `limit` questions: the
+    gold set as written (each asks for a short answer), or the hand-written ones in workload B's phrasings."""
+    if question_set == "gold":
+        gold = load_gold(limit)
+        return [q.question for q in gold], [q.page for q in gold], [q.answer for q in gold]
+    asked: list[Question] = load_questions(limit)
+    return fresh_questions(asked), [q.page for q in asked], [None] * len(asked)
 
 
 def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[Variant], max_tokens: int = 32,
                     k: int = 5, dtype: str = "auto", say: Callable[[str], None] = lambda _: None,
-                    corpus_dir: Path | None = None, questions: list[Question] | None = None,
-                    loaded: LoadedModel | None = None) -> dict[str, Any]:
-    """Ingest the pages answering the first `num_questions` questions, encode the chunks their prompts use,
-    then answer with off and every variant in the engine `dtype`; return the figures. Tests pass a small
-    corpus and model."""
+                    corpus_dir: Path | None = None, questions: tuple[list[str], list[str], list[str | None]]
+                    | None = None, loaded: LoadedModel | None = None, question_set: str = "gold",
+                    forced_questions: int | None = None) -> dict[str, Any]:
+    """Ingest the pages answering the first `num_questions` questions of `question_set`, encode the chunks their
+    prompts use, then answer with off and every variant in the engine `dtype` (teacher-forced on the first
+    `forced_questions`, default all); return the figures. Tests pass a small corpus, their own (texts, pages,
+    golds) and model."""
     from appliance.bench.rag import WARM_COLLECTION, ensure_collection
     from appliance.bench.retrieval import CORPUS
     from appliance.engine.loader import load_model
     from retrieval.service import RetrievalService
 
-    asked = (questions or load_questions())[:num_questions]
+    texts, answer_pages, golds = questions or bench_questions(question_set, num_questions)
+    texts, answer_pages, golds = texts[:num_questions], answer_pages[:num_questions], golds[:num_questions]
     corpus_dir = corpus_dir or CORPUS
     with ExitStack() as stack:
         root = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-blend-")))
         loaded = loaded or load_model("default", root)
         service = RetrievalService.open(root, loaded.tokenizer, chunk_tokens=256)
         stack.callback(service.close)
-        pages = [p for p in sorted(corpus_dir.glob("*")) if p.name in {q.page for q in asked}]
-        collection = f"{WARM_COLLECTION}-{len(asked)}"
-        say(f"ingesting the {len(pages)} pages that answer {len(asked)} questions (reused when already there)")
+        pages = [p for p in sorted(corpus_dir.glob("*")) if p.name in set(answer_pages)]
+        collection = f"{WARM_COLLECTION}-{question_set}-{len(texts)}"
+        say(f"ingesting the {len(pages)} pages that answer {len(texts)} questions (reused when already there)")
         corpus = ensure_collection(service, collection, pages)
-        prompts = build_prompts(service, loaded.tokenizer, collection, fresh_questions(asked), k)
+        prompts = build_prompts(service, loaded.tokenizer, collection, texts, k)
         kv_dir = root / "kv-blend"
         say("encoding the chunks the prompts use (kept on disk for every variant)")
-        answer_all(loaded, kv_dir, "reuse", prompts, 1, dtype=dtype)
+        answer_all(loaded, kv_dir, "reuse", prompts, 1, dtype=dtype, keep_logprobs=False)
         say("off: full prefill, the reference")
         reference = answer_all(loaded, kv_dir, "off", prompts, max_tokens, dtype=dtype)
-        forced = [a.token_ids for a in reference]
-        rows = {"off": costs(reference)}
+        forced = [a.token_ids for a in reference][:forced_questions]
+        graded = None not in golds
+        off_right = right_answers([a.text for a in reference], golds) if graded else []  # type: ignore[arg-type]
+        rows = {"off": costs(reference) | ({"accuracy": mean(off_right)} if graded else {})}
         for variant in variants:
             say(f"{variant.spec}: free-running, then teacher-forced on off's answers")
-            free = answer_all(loaded, kv_dir, variant.mode, prompts, max_tokens, variant, dtype=dtype)
-            tf = answer_all(loaded, kv_dir, variant.mode, prompts, max_tokens, variant, forced, dtype)
+            free = answer_all(loaded, kv_dir, variant.mode, prompts, max_tokens, variant, dtype=dtype,
+                              keep_logprobs=False)
+            tf = answer_all(loaded, kv_dir, variant.mode, prompts[:len(forced)], max_tokens, variant, forced, dtype)
             rows[variant.spec] = costs(free) | compare(reference, free, tf)
-    return {"machine": describe_machine(), "corpus": corpus, "questions": len(asked), "max_tokens": max_tokens,
-            "k": k, "dtype": dtype, "mean_prompt_tokens": mean(len(p.token_ids) for p in prompts), "variants": rows}
+            if graded:
+                right = right_answers([a.text for a in free], golds)  # type: ignore[arg-type]
+                rows[variant.spec] |= accuracy_ratio(off_right, right)
+            say(f"  {rows[variant.spec]}")
+    return {"machine": describe_machine(), "corpus": corpus, "question_set": question_set, "questions": len(texts),
+            "forced_questions": len(forced), "max_tokens": max_tokens, "k": k, "dtype": dtype,
+            "mean_prompt_tokens": mean(len(p.token_ids) for p in prompts), "variants": rows}
 
 
 def blend_markdown(result: dict[str, Any]) -> str:
-    """The "RAG: blend selection" section of docs/BENCHMARKS.md."""
+    """The "RAG: blend selection" section of docs/BENCHMARKS.md (gold accuracy columns when graded)."""
     rows = result["variants"]
-    off_ms = rows["off"]["ttft_ms"]
+    off = rows["off"]
+    graded = "accuracy" in off
+    asked = (f"{result['questions']} gold-answer questions (`appliance/bench/data/pydoc_gold.json`, method in "
+             "`appliance/bench/gold_set.py`; right: the gold version in the answer's first line)" if graded
+             else f"{result['questions']} fresh hand-written questions")
     lines = [
         f"How close `blend`'s recompute choices keep the answer to full prefill (`appliance bench blend`): "
-        f"{result['questions']} fresh questions over the pages that answer them ({result['corpus']['chunks']} "
-        f"chunks), k={result['k']}, mean prompt {result['mean_prompt_tokens']:.0f} tokens, chunks pre-encoded "
-        f"on disk, one request at a time, greedy, {result['max_tokens']} tokens. `blend@R/L/C`: a share R chosen "
-        f"by KV deviation measured L layers deep (L={BLEND_SELECT_LAYERS}, the default, when not given) among a "
-        f"share C carried there from layer 2 (C={BLEND_CANDIDATES} when not given; 1: a dense pass); "
-        "`random@R`: the same share at random. "
-        "Teacher-forced: along off's answer, the variant's next-token distribution against off's.",
+        f"{asked} over the pages that answer them ({result['corpus']['chunks']} chunks), k={result['k']}, mean "
+        f"prompt {result['mean_prompt_tokens']:.0f} tokens, chunks pre-encoded on disk, one request at a time, "
+        f"greedy, {result['max_tokens']} tokens, dtype {result['dtype']}. `exact` is lossless (its distance from "
+        "off is this dtype's noise floor). `blend@R/L/C`: a share R chosen by KV deviation measured L layers deep "
+        f"(L={BLEND_SELECT_LAYERS} when not given) among a share C carried there from layer 2 "
+        f"(C={BLEND_CANDIDATES} when not given); `random@R`: the same share at random; `query@R`: the reused "
+        f"tokens the question attends to most at layer {BLEND_QUERY_LAYER} (`:Q`: at layer Q); `mixed@R`: "
+        f"deviation weighted by that attention. Teacher-forced (the first {result['forced_questions']} "
+        "questions): along off's answer, the variant's next-token distribution against off's. Token F1 against "
+        "off's free-running answer: information only.",
         "",
-        "| variant | tokens recomputed | TTFT mean ms | off / this | first token agrees | token F1 "
-        "| teacher-forced top-1 | teacher-forced KL (nats) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| off | all | {off_ms:.0f} | 1.0x | 100% | 1.00 | 100% | 0 |",
     ]
+    gold_head, gold_rule = ("| accuracy | / off [95% CI] | same verdict ", "|---:|---:|---:") if graded else ("", "")
+    lines += [f"| variant {gold_head}| tokens recomputed | TTFT p50 ms | TTFT mean ms | off / this (p50) "
+              "| teacher-forced top-1 | teacher-forced KL (nats) | token F1 |",
+              f"|---{gold_rule}|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
-        if name != "off":
-            lines.append(f"| {name} | {r['recomputed']:.0f} | {r['ttft_ms']:.0f} | {off_ms / r['ttft_ms']:.1f}x "
-                         f"| {r['first_token_agreement']:.0%} | {r['token_f1']:.2f} | {r['forced_top1']:.1%} "
-                         f"| {r['forced_kl']:.3f} |")
+        gold = ""
+        if graded and name == "off":
+            gold = f"| {r['accuracy']:.3f} | 1 | 100% "
+        elif graded:
+            gold = (f"| {r['accuracy']:.3f} | {r['ratio']:.2f} [{r['ratio_low']:.2f}, {r['ratio_high']:.2f}] "
+                    f"| {r['same_verdict']:.0%} ")
+        fidelity = ("| 100% | 0 | 1.00 |" if name == "off" else
+                    f"| {r['forced_top1']:.1%} | {r['forced_kl']:.3f} | {r['token_f1']:.2f} |")
+        recomputed = "all" if name == "off" else f"{r['recomputed']:.0f}"
+        lines.append(f"| {name} {gold}| {recomputed} "
+                     f"| {r['ttft_p50_ms']:.0f} | {r['ttft_ms']:.0f} | {off['ttft_p50_ms'] / r['ttft_p50_ms']:.1f}x "
+                     + fidelity)
     lines += ["", "Machine:", "", machine_markdown(result["machine"]), "",
               "Reproduce: `appliance bench blend --data-dir DIR` (needs `python3.11-doc`; `--variants` picks "
-              "the rows)."]
+              "the rows, `--question-set hand` the hand-written questions)."]
     return "\n".join(lines)
 
 
 def bench_blend(
     json_file: Annotated[Path | None, typer.Option("--json", help="also write the full result here")] = None,
-    questions: Annotated[int, typer.Option(min=1, help="fresh questions (their pages are ingested)")] = 12,
-    variants: Annotated[str, typer.Option(help="comma-separated: reuse, blend@R, blend@R/L, random@R")
-                        ] = ",".join(VARIANTS),
-    max_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per answer at most")] = 32,
+    questions: Annotated[int, typer.Option(min=1, help="questions asked (their pages are ingested)")] = 240,
+    question_set: Annotated[str, typer.Option(help="gold (graded against gold answers) or hand (fidelity only)")
+                            ] = "gold",
+    variants: Annotated[str, typer.Option(help="comma-separated: exact, reuse, blend@R[/L[/C]], random@R, "
+                                               "query@R[:Q], mixed@R[:Q]")] = ",".join(VARIANTS),
+    max_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per answer at most")] = 16,
+    forced: Annotated[int | None, typer.Option(min=1, help="teacher-force only the first N questions "
+                                                          "(default: all)")] = None,
     dtype: Annotated[str, typer.Option(help="engine dtype: auto, float32 or bfloat16")] = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="keep (and reuse) the ingested pages and model here")
                         ] = None,
@@ -257,8 +320,11 @@ def bench_blend(
         parsed = [Variant.parse(spec) for spec in variants.split(",")]
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--variants") from exc
+    if question_set not in ("gold", "hand"):
+        raise typer.BadParameter("gold or hand", param_hint="--question-set")
     result = run_blend_bench(data_dir, questions, parsed, max_tokens, dtype=dtype,
-                             say=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+                             say=lambda msg: console.print(f"[dim]{msg}[/dim]"), question_set=question_set,
+                             forced_questions=forced)
     markdown = blend_markdown(result)
     console.print(markdown)
     if json_file is not None:

@@ -20,6 +20,8 @@ from appliance.engine.block_manager import BlockManager
 from appliance.engine.device import resolve_device, resolve_dtype
 from appliance.engine.doc_cache.blend import KVMover
 from appliance.engine.doc_cache.build import DOC_CACHE_MODES, build_doc_cache
+from appliance.engine.doc_cache.capacity import WarmPlan, plan_warm
+from appliance.engine.doc_cache.disk import disk_bytes_per_token
 from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.loader import LoadedModel, load_model
 from appliance.engine.model import CausalLM
@@ -157,6 +159,17 @@ class LLMEngine:
                 queued += 1
         return queued
 
+    def warm_plan(self, prefix: list[int], chunks: list[list[int]]) -> WarmPlan:
+        """Which of `chunks` (token ids, in the order to keep them) a warm can write to the disk tier without it
+        evicting anything: those not cached yet, in order, while they fit in the budget left."""
+        disk = self.doc_cache.disk
+        assert disk is not None, "the disk tier is off"
+        cfg = self.model.config
+        per_token = disk_bytes_per_token(disk.kv_format, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+                                         self.dtype.itemsize)
+        cached = [self.doc_cache.is_cached(prefix, chunk) for chunk in chunks]
+        return plan_warm([len(c) for c in chunks], cached, per_token, disk.budget_bytes - disk.bytes_used)
+
     def invalidate_document(self, doc_id: str) -> int:
         """Forget the cached chunk KV of a deleted or replaced document (memory and disk)."""
         return self.doc_cache.invalidate(doc_id)
@@ -255,23 +268,33 @@ class LLMEngine:
         req.fill_seconds = time.perf_counter() - started
 
     def _blend_plan(self, req: Request, frontier: int) -> list[int]:
-        """Blend's choice of tokens to recompute, in the request's filled blocks: the first layers run over every
-        position from `frontier` and measure each reused token's deviation; the most deviating `candidates`
-        share and the tokens computed anyway go on to `select_layers`, where the final `ratio` is chosen among
-        them. Recomputed tokens resume from the residual stream leaving those layers."""
+        """Blend's choice of tokens to recompute, in the request's filled blocks (`BlendConfig.select` says how):
+        the first layers run over every position from `frontier`; by deviation, the most deviating `candidates`
+        share and the tokens computed anyway go on to `select_layers`; by the question's attention, the question
+        goes on alone to `query_layer`. Recomputed tokens resume from the residual stream leaving the layers
+        every position ran (`DENSE_LAYERS`, or `select_layers` when candidates were carried there)."""
+        assert req.layout is not None
         blend = self.doc_cache.blend
         dense = min(blend.DENSE_LAYERS, blend.select_layers)
         deviation, hidden = self.kv_mover.deviations(self.backend, req.token_ids, req.block_table, frontier, dense)
-        carried = list(range(frontier, req.num_tokens))
-        if blend.select_layers > dense:
+        carried, resume = list(range(frontier, req.num_tokens)), dense
+        if blend.select != "query" and blend.select_layers > dense:
             carried = self.doc_cache.plan_compute(req, frontier, deviation, share=blend.candidates)
             rows = torch.tensor(carried, device=self.device) - frontier
             deviation, hidden = self.kv_mover.refine(self.backend, req.token_ids, req.block_table, carried,
                                                      hidden[rows], dense, blend.select_layers)
-        planned = self.doc_cache.plan_compute(req, frontier, deviation)  # within `carried`: the others score -1
+            resume = blend.select_layers
         row_of = {position: row for row, position in enumerate(carried)}
+        question = max(req.layout.chunks[-1].end, frontier)
+        scores = deviation  # within `carried`: the others score -1
+        if blend.select != "deviation" and question < req.num_tokens:
+            rows = torch.tensor([row_of[p] for p in range(question, req.num_tokens)], device=self.device)
+            relevance = self.kv_mover.question_relevance(self.backend, req.num_tokens, req.block_table, question,
+                                                         hidden[rows], resume, max(blend.query_layer, resume))
+            scores = relevance if blend.select == "query" else torch.where(deviation < 0, -1.0, relevance * deviation)
+        planned = self.doc_cache.plan_compute(req, frontier, scores)
         req.resume_hidden = hidden[torch.tensor([row_of[p] for p in planned], device=self.device)]
-        req.resume_layer = blend.select_layers
+        req.resume_layer = resume
         return planned
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]

@@ -54,17 +54,24 @@ class DecoderLayer:
                  v_cache: torch.Tensor, backend: AttentionBackend, plan: Any) -> torch.Tensor:
         """x: [T, hidden] float32 residual stream -> [T, hidden] float32."""
         t = x.shape[0]
-        h = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps).to(self.dtype)
-        qkv = self.qkv(h)  # [T, (H + 2*KVH) * D]
-        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
-        qk = apply_rotary(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)  # [T, H+KVH, D]
-        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [T, H, D], [T, KVH, D]
-        v = v.view(t, self.num_kv_heads, self.head_dim)
+        q, k, v = self.project(x, cos, sin)
         attn = backend.forward(q, k, v, k_cache, v_cache, plan)  # [T, H, D]
         x = x + self.o_proj(attn.reshape(t, self.q_size))
         h = F.rms_norm(x, (x.shape[-1],), self.post_norm, self.eps).to(self.dtype)
         gate, up = self.gate_up(h).chunk(2, dim=-1)  # [T, I] each
         return x + self.down(F.silu(gate) * up)
+
+    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: [T, hidden] float32 residual stream entering the layer -> its attention inputs: q [T, H, D] and
+        k [T, KVH, D] with RoPE applied, v [T, KVH, D]."""
+        t = x.shape[0]
+        h = F.rms_norm(x, (x.shape[-1],), self.input_norm, self.eps).to(self.dtype)
+        qkv = self.qkv(h)  # [T, (H + 2*KVH) * D]
+        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        qk = apply_rotary(qk.view(t, self.num_heads + self.num_kv_heads, self.head_dim), cos, sin)  # [T, H+KVH, D]
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)  # [T, H, D], [T, KVH, D]
+        return q, k, v.view(t, self.num_kv_heads, self.head_dim)
 
 
 @dataclass
@@ -127,6 +134,13 @@ class CausalLM:
         from `first` on; their K/V land there) -> the residual stream leaving them."""
         cos, sin = self.rope.tables(positions)
         return self._through(hidden, cos, sin, first, kv_caches, backend, plan)
+
+    def attention_inputs(self, hidden: torch.Tensor, positions: torch.Tensor, layer: int
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """hidden: [T, hidden] float32 entering `layer`, at `positions` [T] -> that layer's q [T, H, D], k and v
+        [T, KVH, D] (RoPE applied), without attending or writing the cache."""
+        cos, sin = self.rope.tables(positions)
+        return self.layers[layer].project(hidden, cos, sin)
 
     def _through(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, first: int, kv_caches: list[KVPair],
                  backend: AttentionBackend, plan: Any) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -127,8 +128,9 @@ def blend_choices(engine: LLMEngine, prompt: RagPrompt):
     plan_compute, calls = engine.doc_cache.plan_compute, []
 
     def recorded(*args, **kwargs) -> list[int]:
-        calls.append(plan_compute(*args, **kwargs))
-        return calls[-1]
+        planned = plan_compute(*args, **kwargs)
+        calls.append(list(planned))  # a copy: the engine consumes the plan as it computes
+        return planned
 
     engine.doc_cache.plan_compute = recorded  # type: ignore[method-assign]
     tokens, out = run(engine, prompt, "blend", "blend")
@@ -148,7 +150,9 @@ def test_gradual_filtering_carrying_every_token_is_the_dense_pass(engine_for, pa
     dense = engine_for(blend_ratio=0.15, blend_select_layers=4)
     warm_passages(dense, passages)
     (dense_chosen,), dense_answer, _ = blend_choices(dense, prompt)
-    assert chosen == dense_chosen
+    # (this engine found the chunks on disk, so never computed the system prefix: its plan starts at 0)
+    in_chunks = {p for s in prompt.layout().chunks for p in range(s.start, s.end)}
+    assert set(chosen) & in_chunks == set(dense_chosen) & in_chunks
     assert split_answer == dense_answer
 
 
@@ -162,6 +166,66 @@ def test_gradual_filtering_chooses_among_the_carried_tokens(engine_for, passages
     assert set(chosen) <= set(carried)
     assert len(carried) - computed_anyway >= 0.3 * chunk_tokens
     assert 0.15 * chunk_tokens <= out.num_recomputed_tokens <= 0.15 * chunk_tokens + 3 * 4 + 1  # + first tokens
+
+
+@pytest.mark.parametrize("select", ["query", "mixed"])
+def test_query_aware_blend_recomputing_everything_is_identical_to_off(engine_for, passages, select) -> None:
+    """Query selection resumes recomputed tokens after the dense layers (mixed: after the selection layer)."""
+    prompt = rag(engine_for(), "Which module joins iterables?", [passages[3], passages[1], passages[0]])
+    off, _ = run(engine_for(doc_cache="off"), prompt, "off", "off")
+    engine = engine_for(blend_ratio=1.0, blend_select=select, blend_query_layer=6)
+    warm_passages(engine, passages)
+    blended, out = run(engine, prompt, "blend", "blend")
+    assert out.num_recomputed_tokens == span(engine, passages[3], *passages[:2])
+    assert blended == off
+
+
+def test_question_relevance_is_the_questions_attention_in_a_full_prefill(engine_for, passages) -> None:
+    """Over blocks holding the true KV, the question carried alone from layer 2 to layer 5 must pay each earlier
+    position the attention it pays it in a full forward pass (computed here one query at a time)."""
+    engine = engine_for(doc_cache="off")
+    prompt = rag(engine, "Which module joins iterables?", passages[:2])
+    tokens, question = prompt.token_ids, prompt.layout().chunks[-1].end
+    engine.add_request("r", tokens, SamplingParams(max_tokens=4, temperature=0.0), doc_cache="off")
+    engine.step()  # the whole prompt in one step: its blocks now hold the true KV of every layer
+    (req,) = engine.scheduler.running
+    mover, backend, t = engine.kv_mover, engine.backend, len(tokens)
+    _, entering_2 = mover.deviations(backend, tokens, req.block_table, 0, 2)  # rewrites the same KV
+    got = mover.question_relevance(backend, t, req.block_table, question, entering_2[question:], 2, 5)
+    _, entering_5 = mover.deviations(backend, tokens, req.block_table, 0, 5)
+    q, k, _ = engine.model.attention_inputs(entering_5, torch.arange(t), 5)  # [T, H, D], [T, KVH, D]
+    group = q.shape[1] // k.shape[1]
+    expected = torch.zeros(t)
+    for i in range(question, t):
+        for h in range(q.shape[1]):
+            weights = (k[:i + 1, h // group] @ q[i, h] / q.shape[-1] ** 0.5).softmax(0)  # [i + 1]
+            expected[:question] += weights[:question] / ((t - question) * q.shape[1])
+    assert float(got[question:].abs().sum()) == 0
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_query_selection_recomputes_what_the_question_attends_to(engine_for, passages) -> None:
+    engine = engine_for(blend_ratio=0.2, blend_select="query", blend_query_layer=5)
+    warm_passages(engine, passages)
+    relevances = []
+    measure = engine.kv_mover.question_relevance
+
+    def recorded(*args, **kwargs):
+        relevances.append(measure(*args, **kwargs))
+        return relevances[-1]
+
+    engine.kv_mover.question_relevance = recorded  # type: ignore[method-assign]
+    prompt = rag(engine, "Which module joins iterables?", [passages[3], passages[1], passages[0]])
+    (chosen,), _, out = blend_choices(engine, prompt)
+    (relevance,) = relevances
+    spans = prompt.layout().chunks
+    in_chunks = [p for s in spans for p in range(s.start, s.end)]
+    first = {p for s in spans for p in range(s.start, s.start + 4)}
+    others = [p for p in in_chunks if p not in first]
+    extra = math.ceil(0.2 * len(in_chunks))
+    top = {others[i] for i in relevance[torch.tensor(others)].topk(extra).indices.tolist()}
+    assert set(chosen) & set(in_chunks) == first | top
+    assert out.num_recomputed_tokens == len(first | top)
 
 
 def test_reuse_and_blend_take_chunks_from_the_tier_and_count_it(engine_for, passages) -> None:

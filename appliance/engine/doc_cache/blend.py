@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from appliance.engine.doc_cache.layout import ChunkSpan
+from appliance.engine.doc_cache.relevance import question_attention
 from appliance.engine.doc_cache.tier import ChunkEntry
 from appliance.engine.model import CausalLM, KVPair
 from kernels.base import AttentionBackend, AttentionBatch
@@ -84,6 +85,31 @@ class KVMover:
         Returns the deviation per position at the last of those layers ([T] float32, -1 where not carried, so
         never chosen over a carried one) and the residual stream of `positions` leaving them ([P, hidden])."""
         return self._measure(backend, len(token_ids), block_table, torch.tensor(positions), first, layers, hidden)
+
+    @torch.inference_mode()
+    def question_relevance(self, backend: AttentionBackend, num_tokens: int, block_table: list[int],
+                           question_start: int, hidden: torch.Tensor, first: int, layer: int) -> torch.Tensor:
+        """How much the question attends to each earlier position at `layer` (`relevance.question_attention`).
+
+        The question is `prompt[question_start:num_tokens]` and `hidden` ([Q, hidden] float32) its residual
+        stream entering layer `first` (<= `layer`); it is carried alone through layers `first`..`layer - 1`
+        over the cache as it stands (reused KV where nothing was recomputed), its K/V written there (the
+        prefill that follows computes them again). Returns [num_tokens] float32, zero from `question_start` on."""
+        device = self.model.device
+        positions = torch.arange(question_start, num_tokens, device=device)
+        if layer > first:
+            slots = request_slots(block_table, positions.cpu(), self.block_size).to(device)
+            table = torch.tensor(block_table, dtype=torch.int64, device=device)[None]
+            batch = AttentionBatch([0, len(positions)], [num_tokens], positions, slots, table, self.block_size)
+            hidden = self.model.continue_layers(hidden, positions, first, self.kv_caches[first:layer], backend,
+                                                backend.plan(batch))
+        q, own_k, _ = self.model.attention_inputs(hidden, positions, layer)  # [Q, H, D], [Q, KVH, D]
+        k_cache = self.kv_caches[layer][0]
+        context = request_slots(block_table, torch.arange(question_start), self.block_size).to(device)
+        context_k = k_cache.view(-1, *k_cache.shape[2:])[context]  # [P, KVH, D]
+        relevance = torch.zeros(num_tokens)
+        relevance[:question_start] = question_attention(q, context_k, own_k, q.shape[-1] ** -0.5).cpu()
+        return relevance
 
     def _measure(self, backend: AttentionBackend, t: int, block_table: list[int], positions: torch.Tensor,
                  first: int, layers: int, entering: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from appliance.config import BLEND_QUERY_LAYER, BLEND_SELECT
 from appliance.engine.doc_cache.disk import DiskTier
 from appliance.engine.doc_cache.layout import ChunkSpan, chunk_key
 from appliance.engine.doc_cache.tier import ChunkEntry, ChunkTier
@@ -28,11 +29,17 @@ from appliance.engine.sampling import SamplingParams
 
 @dataclass(frozen=True)
 class BlendConfig:
-    """`ratio`: share of each request's reused chunk tokens recomputed by deviation (CacheBlend); `first_tokens`:
-    leading tokens of every chunk always recomputed (EPIC); `select_layers`: the layer whose KV deviation chooses
-    them. The first `DENSE_LAYERS` run over the whole prompt; from there only the most deviating `candidates`
-    share (>= `ratio`; 1.0: every token) and the tokens computed anyway are carried on to `select_layers`
-    (CacheBlend's gradual filtering). The question and the passage numbers are always computed."""
+    """`ratio`: share of each request's reused chunk tokens recomputed (CacheBlend); `first_tokens`: leading
+    tokens of every chunk always recomputed (EPIC). The first `DENSE_LAYERS` run over the whole prompt; how the
+    `ratio` is chosen is `select`:
+    - "deviation": the most deviating `candidates` share (>= `ratio`; 1.0: every token) and the tokens computed
+      anyway are carried on to `select_layers` (CacheBlend's gradual filtering), where the reused tokens whose
+      KV deviates most there are chosen;
+    - "query": the reused tokens the question attends to most at `query_layer` (ProphetKV), the question carried
+      there alone from the dense layers;
+    - "mixed": as "deviation", each carried token's deviation weighted by the question's attention to it at
+      `query_layer` (at least `select_layers`).
+    The question and the passage numbers are always computed."""
 
     DENSE_LAYERS = 2  # the first layer whose KV depends on context, so can deviate, is the second
 
@@ -40,6 +47,8 @@ class BlendConfig:
     first_tokens: int
     select_layers: int
     candidates: float = 1.0
+    select: str = BLEND_SELECT
+    query_layer: int = BLEND_QUERY_LAYER
 
 
 @dataclass(frozen=True)
@@ -111,12 +120,16 @@ class DocCache:
             self._waiting[req] = missing
         return jobs, not missing
 
+    def is_cached(self, prefix: list[int], chunk: list[int]) -> bool:
+        """Whether the chunk's KV is in memory, on disk, or being encoded."""
+        key = chunk_key(prefix, chunk, self.salt)
+        return key in self._jobs or key in self.tier or (self.disk is not None and key in self.disk)
+
     def warm_job(self, prefix: list[int], chunk: list[int], doc_id: str) -> Request | None:
         """An encode job for a chunk not cached anywhere yet (None when it is, or is being encoded)."""
-        key = chunk_key(prefix, chunk, self.salt)
-        if key in self._jobs or key in self.tier or (self.disk is not None and key in self.disk):
+        if self.is_cached(prefix, chunk):
             return None
-        return self._start_job(key, prefix, chunk, doc_id)
+        return self._start_job(chunk_key(prefix, chunk, self.salt), prefix, chunk, doc_id)
 
     def _start_job(self, key: str, prefix: list[int], chunk: list[int], doc_id: str) -> Request:
         job = Request(f"encode-{next(self._ids)}", [*prefix, *chunk], SamplingParams(max_tokens=1))
@@ -182,12 +195,13 @@ class DocCache:
         settings = f"{mode}|{self.blend}" if mode == "blend" else mode
         return hashlib.sha256(self.salt + settings.encode()).digest()
 
-    def plan_compute(self, req: Request, frontier: int, deviation: torch.Tensor | None, share: float | None = None
+    def plan_compute(self, req: Request, frontier: int, scores: torch.Tensor | None, share: float | None = None
                      ) -> list[int]:
         """The positions to compute after a fill: everything at or past `frontier` that is not a reused chunk
-        token, plus (blend, given per-position `deviation`) each chunk's first tokens and the most deviating
-        `share` (default: blend's `ratio`) of the reused chunk tokens. Chunks starting before `frontier` were not
-        filled (see the engine's `_fill`). Sets the request's reuse counters (the last call's stand)."""
+        token, plus (blend, given per-position `scores`: deviation, the question's attention or both) each
+        chunk's first tokens and the highest scoring `share` (default: blend's `ratio`) of the reused chunk
+        tokens. Chunks starting before `frontier` were not filled (see the engine's `_fill`). Sets the request's
+        reuse counters (the last call's stand)."""
         assert req.layout is not None
         chunk_positions: list[int] = []
         chosen: set[int] = set()
@@ -195,16 +209,16 @@ class DocCache:
             if span.start < frontier:
                 continue
             chunk_positions.extend(range(span.start, span.end))
-            if deviation is not None:
+            if scores is not None:
                 chosen.update(range(span.start, min(span.start + self.blend.first_tokens, span.end)))
         in_chunks = set(chunk_positions)
         share = self.blend.ratio if share is None else share
-        if deviation is not None and share > 0:
+        if scores is not None and share > 0:
             candidates = [p for p in chunk_positions if p not in chosen]
             extra = min(len(candidates), math.ceil(share * len(chunk_positions)))
             if extra:
-                scores = deviation[torch.tensor(candidates)]
-                chosen.update(candidates[i] for i in scores.topk(extra).indices.tolist())
+                best = scores[torch.tensor(candidates)]
+                chosen.update(candidates[i] for i in best.topk(extra).indices.tolist())
         rest = [p for p in range(frontier, req.num_tokens) if p not in in_chunks]
         req.num_recomputed_tokens = len(chosen)
         req.num_reused_tokens = len(in_chunks) - len(chosen)
