@@ -295,6 +295,43 @@ def blend_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+FRONTIER_PLOT = "bench_blend_frontier.png"
+
+
+def plot_frontier(result: dict[str, Any], png: Path) -> bool:
+    """Gold accuracy / off's (with its 95% interval) against TTFT p50 off / variant, one point per variant;
+    False when there is nothing graded or matplotlib is missing."""
+    rows = {name: r for name, r in result["variants"].items() if name != "off" and "ratio" in r}
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    if not rows:
+        return False
+    off_ms = result["variants"]["off"]["ttft_p50_ms"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, r in rows.items():
+        speed = off_ms / r["ttft_p50_ms"]
+        ax.errorbar([speed], [r["ratio"]], yerr=[[r["ratio"] - r["ratio_low"]], [r["ratio_high"] - r["ratio"]]],
+                    fmt="o", capsize=3)
+        ax.annotate(name, (speed, r["ratio"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.plot([1.0], [1.0], "k*", markersize=10)
+    ax.annotate("off", (1.0, 1.0), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axhline(0.97, color="grey", linestyle="--", linewidth=0.8)
+    ax.axvline(4.0, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("TTFT p50: off / variant (x faster)")
+    ax.set_ylabel("gold accuracy / off's (95% CI)")
+    ax.set_title(f"blend's frontier: {result['questions']} gold questions, dtype {result['dtype']}", fontsize=9)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def bench_blend(
     json_file: Annotated[Path | None, typer.Option("--json", help="also write the full result here")] = None,
     questions: Annotated[int, typer.Option(min=1, help="questions asked (their pages are ingested)")] = 240,
@@ -330,5 +367,7 @@ def bench_blend(
     if json_file is not None:
         json_file.write_text(json.dumps(result, indent=2))
     if docs:
+        if plot_frontier(result, Path("docs") / FRONTIER_PLOT):
+            markdown += f"\n\n![accuracy against speed-up]({FRONTIER_PLOT})"
         update_section(Path("docs/BENCHMARKS.md"), "RAG: blend selection", markdown, result["machine"])
         console.print("wrote docs/BENCHMARKS.md (section RAG: blend selection)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.bench.blend import Variant, blend_markdown, run_blend_bench
+from appliance.bench.blend import Variant, blend_markdown, plot_frontier, run_blend_bench
 from appliance.config import BLEND_SELECT_LAYERS
 from tests.bench.test_bench_rag_smoke import PAGES, QUESTIONS
 
@@ -40,10 +40,14 @@ def test_full_recompute_matches_off_and_reuse_does_not(tiny_result: dict) -> Non
     assert all(r["ttft_ms"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows.values())
 
 
-def test_markdown_rows(tiny_result: dict) -> None:
+def test_markdown_rows_and_frontier_plot(tiny_result: dict, tmp_path) -> None:
     text = blend_markdown(tiny_result)
     for name in tiny_result["variants"]:
         assert f"| {name} |" in text
+    assert "/ off [95% CI]" in text
+    graded = {**tiny_result, "variants": {name: {**r, "ratio": 1.0, "ratio_low": 0.9, "ratio_high": 1.0}
+                                          for name, r in tiny_result["variants"].items()}}
+    assert plot_frontier(graded, tmp_path / "frontier.png") and (tmp_path / "frontier.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("spec, expected", [
