@@ -167,6 +167,7 @@ def _stated_in_page(note: _Note, section_texts: list[str]) -> bool:
 
 def generate(corpus: Path, count: int = COUNT, per_page: int = PER_PAGE, seed: int = SEED) -> list[GoldQuestion]:
     """The gold set over the `*.html` pages of `corpus` (the method in the module doc)."""
+    from retrieval.errors import CorruptFileError
     from retrieval.parse.html import parse_html
 
     candidates: list[GoldQuestion] = []
@@ -177,7 +178,7 @@ def generate(corpus: Path, count: int = COUNT, per_page: int = PER_PAGE, seed: i
             continue
         try:
             sections = [section.text for section in parse_html(data, page.name).sections]
-        except ValueError:  # a page with no readable main text
+        except CorruptFileError:  # a page with no readable main text
             continue
         candidates += [GoldQuestion(_question(n), n.version, page.name, n.api, n.kind, n.text)
                        for n in notes if _stated_in_page(n, sections)]
@@ -185,12 +186,12 @@ def generate(corpus: Path, count: int = COUNT, per_page: int = PER_PAGE, seed: i
     for question in sorted(set(candidates), key=lambda q: (q.page, q.api, q.kind, q.answer, q.note)):
         by_page.setdefault(question.page, []).append(question)
     rng = random.Random(seed)
-    pages = sorted(by_page)
-    rng.shuffle(pages)
+    names = sorted(by_page)
+    rng.shuffle(names)
     chosen: list[GoldQuestion] = []
-    for page in pages:
-        rng.shuffle(by_page[page])
-        chosen += by_page[page][:min(per_page, count - len(chosen))]
+    for name in names:
+        rng.shuffle(by_page[name])
+        chosen += by_page[name][:min(per_page, count - len(chosen))]
     return chosen
 
 

@@ -12,11 +12,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from appliance.commands.errors import exit_on_appliance_error
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 
 console = Console()
-err = Console(stderr=True)
 
 CORPUS = Path("/usr/share/doc/python3.11/html/library")
 # Short and mid-sized pages of everyday modules: ~380 chunks, so ingest and warm take a few minutes on 2 cores.
@@ -52,7 +52,7 @@ def demo(
     from appliance.commands.warm import report_warm, warm_collection
 
     settings = Settings.with_flags(data_dir=data_dir)
-    try:
+    with exit_on_appliance_error():
         pages = demo_pages(corpus)
         service = open_service(data_dir, None, None, 256)
         try:
@@ -63,9 +63,6 @@ def demo(
                 report_warm(collection, warm_collection(settings, service, collection), settings)
         finally:
             service.close()
-    except ApplianceError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
     url = f"http://{settings.host}:{settings.port}/"
     console.print(f"\n[bold green]Ready.[/] Start the server (`make run`), open {url}, choose the collection "
                   f"[bold]{collection}[/] and ask, for example:")

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from appliance.commands.errors import err, exit_on_appliance_error
 from appliance.config import Settings
 from appliance.engine.doc_cache.capacity import WarmPlan
 from appliance.errors import ApplianceError
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from appliance.engine.engine import LLMEngine
 
 console = Console()
-err = Console(stderr=True)
 
 
 def queue_collection(engine: LLMEngine, service: RetrievalService, collection: str) -> WarmPlan:
@@ -94,7 +94,7 @@ def warm(
     from appliance.commands.retrieval import open_service
 
     settings = Settings.with_flags(data_dir=data_dir, model=model)
-    try:
+    with exit_on_appliance_error():
         service = open_service(data_dir, model, None, 256)
         try:
             if collection not in {c.name for c in service.list_collections()}:
@@ -102,6 +102,3 @@ def warm(
             report_warm(collection, warm_collection(settings, service, collection), settings)
         finally:
             service.close()
-    except ApplianceError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(1) from exc
