@@ -164,9 +164,7 @@ class LLMEngine:
         evicting anything: those not cached yet, in order, while they fit in the budget left."""
         disk = self.doc_cache.disk
         assert disk is not None, "the disk tier is off"
-        cfg = self.model.config
-        per_token = disk_bytes_per_token(disk.kv_format, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                         self.dtype.itemsize)
+        per_token = disk_bytes_per_token(disk.kv_format, self.model.config, self.dtype.itemsize)
         cached = [self.doc_cache.is_cached(prefix, chunk) for chunk in chunks]
         return plan_warm([len(c) for c in chunks], cached, per_token, disk.budget_bytes - disk.bytes_used)
 

@@ -21,10 +21,10 @@ def test_plan_takes_uncached_passages_in_order_while_they_fit() -> None:
     assert "that fit" not in describe_plan(plan_warm([10], [False], 100, 10**6))
 
 
-def test_int8_files_take_about_half_of_bfloat16() -> None:
-    bf16 = disk_bytes_per_token("model", 30, 3, 64, 2)
-    assert bf16 == 30 * 2 * 3 * 64 * 2  # the embedded model: 23,040 bytes a token
-    assert disk_bytes_per_token("int8", 30, 3, 64, 2) == 30 * 2 * 3 * (64 + 2)
+def test_int8_files_take_about_half_of_bfloat16(loaded_model) -> None:
+    config = loaded_model.config  # the embedded model: 30 layers, 3 KV heads of 64
+    assert disk_bytes_per_token("model", config, 2) == 30 * 2 * 3 * 64 * 2  # 23,040 bytes a token
+    assert disk_bytes_per_token("int8", config, 2) == 30 * 2 * 3 * (64 + 2)
 
 
 def test_a_warm_larger_than_the_budget_writes_what_fits_and_evicts_nothing(make_engine, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from appliance.engine.doc_cache.tier import ChunkEntry
+from appliance.engine.model_config import ModelConfig
 
 KVFormat = Literal["model", "int8"]
 
@@ -34,11 +35,12 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torc
     return (q.float() * scale.float()).to(dtype)
 
 
-def disk_bytes_per_token(kv_format: KVFormat, layers: int, kv_heads: int, head_dim: int, itemsize: int) -> int:
-    """Bytes one token's K and V take in a file: every layer and KV head, in the model dtype or as int8 with a
-    bfloat16 scale per vector."""
-    per_vector = head_dim + 2 if kv_format == "int8" else head_dim * itemsize
-    return 2 * layers * kv_heads * per_vector
+def disk_bytes_per_token(kv_format: KVFormat, config: ModelConfig, itemsize: int) -> int:
+    """Bytes one token's K and V take in a file: in the model dtype (`itemsize` bytes an element), or as int8
+    with one bfloat16 scale per (layer, head) vector."""
+    if kv_format == "int8":
+        return config.kv_bytes_per_token(1) + config.kv_bytes_per_token(2) // config.head_dim
+    return config.kv_bytes_per_token(itemsize)
 
 
 class DiskTier:

@@ -122,14 +122,15 @@ class DocCache:
 
     def is_cached(self, prefix: list[int], chunk: list[int]) -> bool:
         """Whether the chunk's KV is in memory, on disk, or being encoded."""
-        key = chunk_key(prefix, chunk, self.salt)
-        return key in self._jobs or key in self.tier or (self.disk is not None and key in self.disk)
+        return self._known(chunk_key(prefix, chunk, self.salt))
 
     def warm_job(self, prefix: list[int], chunk: list[int], doc_id: str) -> Request | None:
         """An encode job for a chunk not cached anywhere yet (None when it is, or is being encoded)."""
-        if self.is_cached(prefix, chunk):
-            return None
-        return self._start_job(chunk_key(prefix, chunk, self.salt), prefix, chunk, doc_id)
+        key = chunk_key(prefix, chunk, self.salt)
+        return None if self._known(key) else self._start_job(key, prefix, chunk, doc_id)
+
+    def _known(self, key: str) -> bool:
+        return key in self._jobs or key in self.tier or (self.disk is not None and key in self.disk)
 
     def _start_job(self, key: str, prefix: list[int], chunk: list[int], doc_id: str) -> Request:
         job = Request(f"encode-{next(self._ids)}", [*prefix, *chunk], SamplingParams(max_tokens=1))
