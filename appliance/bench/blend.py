@@ -199,6 +199,32 @@ def bench_questions(question_set: str, limit: int) -> tuple[list[str], list[str]
     return fresh_questions(asked), [q.page for q in asked], [None] * len(asked)
 
 
+def encoded_prompts(root: Path, texts: list[str], answer_pages: list[str], collection: str, k: int, dtype: str,
+                    say: Callable[[str], None], corpus_dir: Path | None = None, loaded: LoadedModel | None = None
+                    ) -> tuple[LoadedModel, Path, list[BenchPrompt], dict[str, Any]]:
+    """Ingest the pages that answer `texts` into `collection` of the data dir `root` (reused when there),
+    build each question's RAG prompt from its top `k` passages and encode the chunks they use into a disk
+    tier. Returns the model, that tier's directory, the prompts and the corpus figures."""
+    from appliance.bench.rag import ensure_collection
+    from appliance.bench.retrieval import CORPUS
+    from appliance.engine.loader import load_model
+    from retrieval.service import RetrievalService
+
+    loaded = loaded or load_model("default", root)
+    service = RetrievalService.open(root, loaded.tokenizer, chunk_tokens=256)
+    try:
+        pages = [p for p in sorted((corpus_dir or CORPUS).glob("*")) if p.name in set(answer_pages)]
+        say(f"ingesting the {len(pages)} pages that answer {len(texts)} questions (reused when already there)")
+        corpus = ensure_collection(service, collection, pages)
+        prompts = build_prompts(service, loaded.tokenizer, collection, texts, k)
+    finally:
+        service.close()
+    kv_dir = root / "kv-blend"
+    say("encoding the chunks the prompts use (kept on disk for every variant)")
+    answer_all(loaded, kv_dir, "reuse", prompts, 1, dtype=dtype, keep_logprobs=False)
+    return loaded, kv_dir, prompts, corpus
+
+
 def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[Variant], max_tokens: int = 32,
                     k: int = 5, dtype: str = "auto", say: Callable[[str], None] = lambda _: None,
                     corpus_dir: Path | None = None, questions: tuple[list[str], list[str], list[str | None]]
@@ -208,27 +234,15 @@ def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[Va
     prompts use, then answer with off and every variant in the engine `dtype` (teacher-forced on the first
     `forced_questions`, default all); return the figures. Tests pass a small corpus, their own (texts, pages,
     golds) and model."""
-    from appliance.bench.rag import WARM_COLLECTION, ensure_collection
-    from appliance.bench.retrieval import CORPUS
-    from appliance.engine.loader import load_model
-    from retrieval.service import RetrievalService
+    from appliance.bench.rag import WARM_COLLECTION
 
     texts, answer_pages, golds = questions or bench_questions(question_set, num_questions)
     texts, answer_pages, golds = texts[:num_questions], answer_pages[:num_questions], golds[:num_questions]
-    corpus_dir = corpus_dir or CORPUS
     with ExitStack() as stack:
         root = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-blend-")))
-        loaded = loaded or load_model("default", root)
-        service = RetrievalService.open(root, loaded.tokenizer, chunk_tokens=256)
-        stack.callback(service.close)
-        pages = [p for p in sorted(corpus_dir.glob("*")) if p.name in set(answer_pages)]
         collection = f"{WARM_COLLECTION}-{question_set}-{len(texts)}"
-        say(f"ingesting the {len(pages)} pages that answer {len(texts)} questions (reused when already there)")
-        corpus = ensure_collection(service, collection, pages)
-        prompts = build_prompts(service, loaded.tokenizer, collection, texts, k)
-        kv_dir = root / "kv-blend"
-        say("encoding the chunks the prompts use (kept on disk for every variant)")
-        answer_all(loaded, kv_dir, "reuse", prompts, 1, dtype=dtype, keep_logprobs=False)
+        loaded, kv_dir, prompts, corpus = encoded_prompts(root, texts, answer_pages, collection, k, dtype, say,
+                                                          corpus_dir, loaded)
         say("off: full prefill, the reference")
         reference = answer_all(loaded, kv_dir, "off", prompts, max_tokens, dtype=dtype)
         forced = [a.token_ids for a in reference][:forced_questions]
