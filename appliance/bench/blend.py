@@ -121,18 +121,14 @@ class StepRecorder:
 
 
 def randomize_selection(engine: LLMEngine) -> None:
-    """Replace the engine's deviation scores with random ones, in the dense pass and in the carried tokens' (same
-    layers computed, same shares carried and recomputed)."""
+    """Replace the engine's deviation measure with random scores, in the dense pass and in the carried tokens'
+    (same layers computed, same shares carried and recomputed)."""
     import torch
 
-    def randomized(measure: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> Callable[..., Any]:
-        def random_scores(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            deviation, hidden = measure(*args, **kwargs)  # <= 0 where nothing was measured
-            return torch.where(deviation > 0, torch.rand(deviation.shape), deviation), hidden
-        return random_scores
+    def random_scores(before: tuple[torch.Tensor, torch.Tensor], _: Any) -> torch.Tensor:
+        return torch.rand(len(before[0]))
 
-    engine.kv_mover.deviations = randomized(engine.kv_mover.deviations)  # type: ignore[method-assign]
-    engine.kv_mover.refine = randomized(engine.kv_mover.refine)  # type: ignore[method-assign]
+    engine.connector.mover.deviation = random_scores  # type: ignore[method-assign]
 
 
 def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[BenchPrompt], max_tokens: int,

@@ -21,16 +21,17 @@ from appliance.engine.device import resolve_device, resolve_dtype
 from appliance.engine.doc_cache.blend import KVMover
 from appliance.engine.doc_cache.build import DOC_CACHE_MODES, build_doc_cache
 from appliance.engine.doc_cache.capacity import WarmPlan, plan_warm
+from appliance.engine.doc_cache.connector import DocCacheConnector
 from appliance.engine.doc_cache.disk import disk_bytes_per_token
 from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.loader import LoadedModel, load_model
 from appliance.engine.model import CausalLM
 from appliance.engine.outputs import OutputProcessor, RequestOutput
 from appliance.engine.quant import int4_kernel_available
-from appliance.engine.request import Request, RequestStatus
+from appliance.engine.request import Request
 from appliance.engine.runner import ModelRunner
 from appliance.engine.sampling import SamplingParams
-from appliance.engine.scheduler import Scheduler
+from appliance.engine.scheduler import ScheduledBatch, Scheduler
 from appliance.engine.tokenizer import TextTokenizer
 from appliance.errors import RequestError
 from kernels.base import get_backend, installed
@@ -74,8 +75,11 @@ class LLMEngine:
         salt = hashlib.sha256(f"{loaded.fingerprint}|{loaded.config.to_json()}|{self.dtype}".encode()).digest()
         self.block_manager = BlockManager(num_blocks, config.block_size, salt, config.enable_prefix_caching)
         self.doc_cache = build_doc_cache(config, salt, self.dtype, chunk_budget, loaded.config.num_layers)
-        self.kv_mover = KVMover(self.model, self.runner.kv_caches, config.block_size)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        mover = KVMover(self.model, self.runner.kv_caches, config.block_size)
+        self.connector = DocCacheConnector(self.doc_cache, mover, self.backend, loaded.config.num_layers)
+        self.runner.connector = self.connector
+        self.scheduler = Scheduler(self.block_manager, self.connector, config.max_num_seqs,
+                                   config.max_num_batched_tokens, loaded.config.num_layers)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
@@ -130,21 +134,16 @@ class LLMEngine:
         if mode not in DOC_CACHE_MODES:
             raise RequestError(f"unknown doc_cache mode {mode!r} (one of {', '.join(DOC_CACHE_MODES)})")
         req = Request(request_id, list(prompt_token_ids), params, doc_mode=mode)
-        self.requests[request_id] = req
-        self.outputs.add(req)
         if mode in ("blend", "reuse") and layout is not None and layout.chunks:
             try:
                 layout.validate(len(prompt_token_ids))
             except ValueError as exc:
-                self.abort(request_id)
                 raise RequestError(str(exc)) from exc
-            req.layout = layout
             req.reuse_from, req.reuse_salt = layout.chunks[0].start, self.doc_cache.variant_salt(mode)
-            jobs, ready = self.doc_cache.admit(req)
-            for job in jobs:
+            for job in self.connector.add(req, layout):
                 self.scheduler.add(job)
-            if not ready:
-                return req
+        self.requests[request_id] = req
+        self.outputs.add(req)
         self.scheduler.add(req)
         return req
 
@@ -175,16 +174,11 @@ class LLMEngine:
     def abort(self, request_id: str) -> None:
         req = self.requests.pop(request_id, None)
         if req is not None and not req.finished:
-            if self.doc_cache.is_waiting(req):
-                self.doc_cache.forget(req)
-                req.status = RequestStatus.FINISHED
-            else:
-                self.scheduler.finish(req, "abort")
-                self.doc_cache.release(req)
+            self.scheduler.finish(req, "abort")
         self.outputs.remove(request_id)
 
     def has_unfinished(self) -> bool:
-        """Work left in the scheduler (requests waiting on encode jobs count through those jobs)."""
+        """Work left in the scheduler (requests waiting for their reused KV included)."""
         return self.scheduler.has_work()
 
     @property
@@ -196,32 +190,31 @@ class LLMEngine:
         return len(self.scheduler.waiting)
 
     def step(self) -> list[RequestOutput]:
-        """Schedule, fill newly admitted document-cache requests, run the model once, and report what each
-        request produced."""
+        """Schedule, run the model once over the step's work items, and report what each request produced."""
         started = time.perf_counter()
         self._use_threads()
         batch = self.scheduler.schedule()
         self.stats.preemptions += len(batch.preempted)
-        for req in batch.to_fill:
-            self._fill(req)
         outputs: list[RequestOutput] = []
         if batch.items:
             sampled = self.runner.execute(batch.items)
             self.scheduler.update(batch, sampled)
+            outputs = self._postprocess(batch, sampled)
             self.stats.tokens_computed += batch.num_tokens
-            outputs = self._collect(batch.items, sampled)
             self.stats.steps += 1
         self.stats.busy_seconds += time.perf_counter() - started
         return outputs
 
-    def _collect(self, items: list[tuple[Request, int]], sampled: list[int | None]) -> list[RequestOutput]:
-        """Store finished encode jobs; turn sampled tokens into outputs and finish what is done."""
+    def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[RequestOutput]:
+        """Finish encode jobs whose KV the connector saved; turn sampled tokens into outputs and finish what is
+        done."""
         now = time.monotonic()
         outputs = []
-        for (req, _), token in zip(items, sampled, strict=True):
+        for item, token in zip(batch.items, sampled, strict=True):
+            req = item.request
             if req.prefill_only:
                 if req.num_computed_tokens == req.num_tokens:
-                    self._store_encoded(req)
+                    self.scheduler.finish(req, "encoded")
                 continue
             if token is None:
                 continue
@@ -239,61 +232,6 @@ class LLMEngine:
                                          queue_s, req.num_recomputed_tokens, req.num_encoded_tokens, req.doc_mode,
                                          req.fill_seconds))
         return outputs
-
-    def _store_encoded(self, job: Request) -> None:
-        key, encode = self.doc_cache.job(job)
-        entry = self.kv_mover.extract(job.block_table, encode.span, key, encode.doc_ids)
-        self.scheduler.finish(job, "encoded")
-        for ready in self.doc_cache.store(entry):
-            self.scheduler.add(ready)
-
-    def _fill(self, req: Request) -> None:
-        """Write a newly admitted request's reused chunk KV into its blocks and decide what to compute.
-        Passages the prefix-cache hits reach into (an earlier request of the same mode had the same leading
-        passages) are not filled: their cached blocks stand, and the rest of such a passage is computed."""
-        assert req.layout is not None
-        started = time.perf_counter()
-        frontier = req.num_computed_tokens  # prefix-cache hits (exact, then reused) end here
-        reused = [(span, entry) for span, entry in self.doc_cache.take(req) if span.start >= frontier]
-        self.kv_mover.fill(self.backend, req.block_table, reused)
-        self.doc_cache.release(req)
-        if req.doc_mode == "blend" and reused:
-            req.pending_positions = self._blend_plan(req, frontier)
-        else:
-            req.pending_positions = self.doc_cache.plan_compute(req, frontier, None)
-        req.num_cached_tokens = frontier + req.num_reused_tokens
-        req.awaiting_fill = False
-        req.fill_seconds = time.perf_counter() - started
-
-    def _blend_plan(self, req: Request, frontier: int) -> list[int]:
-        """Blend's choice of tokens to recompute, in the request's filled blocks (`BlendConfig.select` says how):
-        the first layers run over every position from `frontier`; by deviation, the most deviating `candidates`
-        share and the tokens computed anyway go on to `select_layers`; by the question's attention, the question
-        goes on alone to `query_layer`. Recomputed tokens resume from the residual stream leaving the layers
-        every position ran (`DENSE_LAYERS`, or `select_layers` when candidates were carried there)."""
-        assert req.layout is not None
-        blend = self.doc_cache.blend
-        dense = min(blend.DENSE_LAYERS, blend.select_layers)
-        deviation, hidden = self.kv_mover.deviations(self.backend, req.token_ids, req.block_table, frontier, dense)
-        carried, resume = list(range(frontier, req.num_tokens)), dense
-        if blend.select != "query" and blend.select_layers > dense:
-            carried = self.doc_cache.plan_compute(req, frontier, deviation, share=blend.candidates)
-            rows = torch.tensor(carried, device=self.device) - frontier
-            deviation, hidden = self.kv_mover.refine(self.backend, req.token_ids, req.block_table, carried,
-                                                     hidden[rows], dense, blend.select_layers)
-            resume = blend.select_layers
-        row_of = {position: row for row, position in enumerate(carried)}
-        question = max(req.layout.chunks[-1].end, frontier)
-        scores = deviation  # within `carried`: the others score -1
-        if blend.select != "deviation" and question < req.num_tokens:
-            rows = torch.tensor([row_of[p] for p in range(question, req.num_tokens)], device=self.device)
-            relevance = self.kv_mover.question_relevance(self.backend, req.num_tokens, req.block_table, question,
-                                                         hidden[rows], resume, max(blend.query_layer, resume))
-            scores = relevance if blend.select == "query" else torch.where(deviation < 0, -1.0, relevance * deviation)
-        planned = self.doc_cache.plan_compute(req, frontier, scores)
-        req.resume_hidden = hidden[torch.tensor([row_of[p] for p in planned], device=self.device)]
-        req.resume_layer = resume
-        return planned
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
                  ) -> list[GenerationResult]:

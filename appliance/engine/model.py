@@ -75,16 +75,14 @@ class DecoderLayer:
 
 
 @dataclass
-class Resume:
-    """Rows of a batch that skip the first `layer` layers: their residual stream entering `layer` is known
-    (blend's dense selection pass computed those layers for them, KV included). The other rows run every
-    layer; `early_plan` is the backend plan of those rows alone (None when there are none)."""
+class LayerSpan:
+    """Layers `first`..`last - 1` run over some rows of a flat batch (`rows` None: every row), with `plan` the
+    backend plan of exactly those rows' sequences."""
 
-    layer: int
-    rows: torch.Tensor  # [R] int64 rows of the flat batch that resume
-    hidden: torch.Tensor  # [R, hidden] float32 residual stream entering `layer`
-    early_rows: torch.Tensor  # [T - R] int64 the other rows
-    early_plan: Any
+    first: int
+    last: int
+    rows: torch.Tensor | None
+    plan: Any
 
 
 class CausalLM:
@@ -107,33 +105,33 @@ class CausalLM:
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, scaling, dtype, device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVPair],
-                backend: AttentionBackend, plan: Any, resume: Resume | None = None) -> torch.Tensor:
-        """input_ids, positions: [T] -> final hidden states [T, hidden] (before the LM head). With `resume`, its
-        rows enter at `resume.layer` with the given residual stream; the other rows run every layer."""
+                backend: AttentionBackend, plan: Any) -> torch.Tensor:
+        """input_ids, positions: [T] through every layer -> final hidden states [T, hidden] (before the LM head)."""
+        spans = [LayerSpan(0, self.config.num_layers, None, plan)]
+        return self.final_norm(self.run_layers(self.embed_tokens(input_ids), positions, kv_caches, backend, spans))
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """input_ids: [T] -> the residual stream entering layer 0, [T, hidden] float32."""
+        return self.embed[input_ids].float()
+
+    def run_layers(self, x: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVPair],
+                   backend: AttentionBackend, spans: list[LayerSpan]) -> torch.Tensor:
+        """x: [T, hidden] float32 residual stream, carried through `spans` in order (each span's rows through its
+        layers, their K/V landing in `kv_caches`, one pair per layer of the model) -> x as the spans left it.
+        Rows enter a span with the stream the previous spans left them (or the one given)."""
         cos, sin = self.rope.tables(positions)
-        if resume is None:
-            x = self._through(self.embed[input_ids].float(), cos, sin, 0, kv_caches, backend, plan)
-        else:
-            x = torch.empty(len(input_ids), self.config.hidden_size, device=self.device)  # [T, hidden] float32
-            x[resume.rows] = resume.hidden
-            if len(resume.early_rows):
-                e = resume.early_rows
-                x[e] = self._through(self.embed[input_ids[e]].float(), cos[e], sin[e], 0,
-                                     kv_caches[:resume.layer], backend, resume.early_plan)
-            x = self._through(x, cos, sin, resume.layer, kv_caches[resume.layer:], backend, plan)
+        for span in spans:
+            caches = kv_caches[span.first:span.last]
+            if span.rows is None:
+                x = self._through(x, cos, sin, span.first, caches, backend, span.plan)
+            else:
+                r = span.rows
+                x[r] = self._through(x[r], cos[r], sin[r], span.first, caches, backend, span.plan)
+        return x
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, hidden] float32 leaving the last layer -> [N, hidden] in the model dtype, ready for the head."""
         return F.rms_norm(x, (x.shape[-1],), self.norm, self.config.rms_norm_eps).to(self.dtype)
-
-    def run_layers(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVPair],
-                   backend: AttentionBackend, plan: Any) -> torch.Tensor:
-        """Run the first `len(kv_caches)` layers (their K/V land in `kv_caches`) -> residual stream [T, hidden]."""
-        return self.continue_layers(self.embed[input_ids].float(), positions, 0, kv_caches, backend, plan)
-
-    def continue_layers(self, hidden: torch.Tensor, positions: torch.Tensor, first: int, kv_caches: list[KVPair],
-                        backend: AttentionBackend, plan: Any) -> torch.Tensor:
-        """Carry `hidden` ([T, hidden] float32, entering layer `first`) through the layers of `kv_caches` (those
-        from `first` on; their K/V land there) -> the residual stream leaving them."""
-        cos, sin = self.rope.tables(positions)
-        return self._through(hidden, cos, sin, first, kv_caches, backend, plan)
 
     def attention_inputs(self, hidden: torch.Tensor, positions: torch.Tensor, layer: int
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

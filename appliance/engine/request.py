@@ -3,9 +3,9 @@
 `num_computed_tokens < num_tokens` means there is prompt (or recomputed) work left; when a step brings
 `num_computed_tokens` up to `num_tokens`, the model samples one more token.
 
-A request served from the document cache (`blend`/`reuse`) has its whole prompt's blocks filled with
-reused KV first; then only `pending_positions` (sorted) are computed, and when the last of them is done
-`num_computed_tokens` jumps to the end of the prompt.
+A request served from the document cache (`blend`/`reuse`) is worked on by the cache's connector while its
+prompt is filled with reused KV and the chosen tokens recomputed; when that is done `num_computed_tokens`
+jumps to the end of the prompt.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.sampling import SamplingParams
 
 
@@ -43,12 +42,9 @@ class Request:
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
     generator: torch.Generator | None = None
-    # the document cache (appliance/engine/doc_cache)
+    # the document cache (appliance/engine/doc_cache; its connector keeps the per-request state)
     doc_mode: str = "exact"  # off | exact | blend | reuse
-    layout: PromptLayout | None = None  # where the passages are in the prompt (blend/reuse only)
     prefill_only: bool = False  # an encode job: computes its prompt's KV for the chunk tier, samples nothing
-    awaiting_fill: bool = False  # admitted with blocks, reused KV not yet written (blend/reuse)
-    pending_positions: list[int] = field(default_factory=list)  # prompt positions still to compute after a fill
     # from this position on the KV is reused/blended, not exact: its blocks are cached under `reuse_salt`,
     # a chain only requests of the same mode and settings share (None: every block is exact KV)
     reuse_from: int | None = None
@@ -57,10 +53,6 @@ class Request:
     num_recomputed_tokens: int = 0  # chunk tokens that had cached KV but were recomputed (blend)
     num_encoded_tokens: int = 0  # chunk tokens this request had to encode first (chunk-tier misses)
     fill_seconds: float = 0.0  # writing reused KV into its blocks and choosing what to recompute
-    # blend: the residual stream of `pending_positions` entering layer `resume_layer` ([n, hidden] float32),
-    # left by the dense selection pass, so that their recompute skips the layers it already ran
-    resume_hidden: torch.Tensor | None = None
-    resume_layer: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -70,30 +62,6 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
-
-    @property
-    def num_new_tokens(self) -> int:
-        """Tokens still to compute before the next sample (0 while waiting for a fill)."""
-        if self.awaiting_fill:
-            return 0
-        return len(self.pending_positions) or self.num_tokens - self.num_computed_tokens
-
-    def positions_to_compute(self, n: int) -> list[int]:
-        """The positions of the next `n` tokens to compute."""
-        if self.pending_positions:
-            return self.pending_positions[:n]
-        return list(range(self.num_computed_tokens, self.num_computed_tokens + n))
-
-    def advance(self, n: int) -> None:
-        """Record that the next `n` tokens to compute are done."""
-        if self.pending_positions:
-            del self.pending_positions[:n]
-            if self.resume_hidden is not None:
-                self.resume_hidden = self.resume_hidden[n:] if self.pending_positions else None
-            if not self.pending_positions:
-                self.num_computed_tokens = self.num_tokens
-        else:
-            self.num_computed_tokens += n
 
     @property
     def num_prompt_tokens(self) -> int:

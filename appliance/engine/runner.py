@@ -1,18 +1,23 @@
 """Runs one scheduled batch through the model: builds the flat inputs, calls the model, samples.
 
-The runner owns the KV cache tensors and never decides anything: which requests run, and how many
-tokens each, comes from the scheduler.
+The runner owns the KV cache tensors and never decides anything: which requests run, which of their
+positions and through which layers, comes from the scheduler (`WorkItem`s).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from appliance.engine.decode_graphs import DecodeGraphs
-from appliance.engine.model import CausalLM, Resume
-from appliance.engine.request import Request
+from appliance.engine.model import CausalLM, LayerSpan
 from appliance.engine.sampling import Sampler
+from appliance.engine.work import WorkItem
 from kernels.base import AttentionBackend, AttentionBatch
+
+if TYPE_CHECKING:
+    from appliance.engine.doc_cache.connector import DocCacheConnector
 
 
 class ModelRunner:
@@ -32,71 +37,85 @@ class ModelRunner:
         self.sampler = Sampler()
         self.graphs = None if decode_graphs == "off" else DecodeGraphs(
             model, self.kv_caches, block_size, num_blocks, max_batch, max_blocks, capture=decode_graphs == "capture")
+        self.connector: DocCacheConnector | None = None  # the document cache's worker side (LLMEngine attaches it)
 
     @torch.inference_mode()
-    def execute(self, items: list[tuple[Request, int]]) -> list[int | None]:
-        """Compute the next `n` tokens of each request; return the sampled next token of each request whose
-        work reaches its end (None for requests still in the middle of their prompt, and for encode jobs)."""
+    def execute(self, items: list[WorkItem]) -> list[int | None]:
+        """Compute every item's positions through its layers in one forward pass; return the sampled next token
+        of each item that `samples` (None for the others). The connector's worker side, when attached, runs
+        before (writing reused KV) and after (reading what its items produced, saving encoded KV)."""
         batch, input_ids = self._prepare(items)
-        resume = self._resume(items, batch)
-        if self.graphs is not None and resume is None and self.graphs.fits(batch):
-            hidden = self.graphs.run(batch, input_ids)  # [B, hidden]: one token per sequence
+        if self.connector is not None:
+            self.connector.before_forward(items)
+        if self.graphs is not None and self.graphs.fits(batch) and all(_whole(item) for item in items):
+            hidden = self.graphs.run(batch, input_ids)  # [B, hidden]: one token per sequence, normed
+            leaving = None
         else:
-            plan = self.backend.plan(batch)
-            hidden = self.model.forward(input_ids, batch.positions, self.kv_caches, self.backend, plan,
-                                        resume)  # [T, hidden]
-        rows = [i for i, (req, n) in enumerate(items) if n == req.num_new_tokens and not req.prefill_only]
+            x = self.model.embed_tokens(input_ids)  # [T, hidden] float32
+            for item, span in zip(items, self._rows(batch), strict=True):
+                if item.entering is not None:
+                    x[span] = item.entering
+            leaving = self.model.run_layers(x, batch.positions, self.kv_caches, self.backend,
+                                            self._spans(items, batch))  # [T, hidden]
+            hidden = leaving
+        if self.connector is not None:
+            self.connector.after_forward(items, leaving, self._rows(batch))
+        sampling = [i for i, item in enumerate(items) if item.samples]
         sampled: list[int | None] = [None] * len(items)
-        if rows:
-            last = torch.tensor([batch.query_start_loc[i + 1] - 1 for i in rows])
-            logits = self.model.logits(hidden[last])  # [len(rows), V]
-            reqs = [items[i][0] for i in rows]
+        if sampling:
+            last = torch.tensor([batch.query_start_loc[i + 1] - 1 for i in sampling])
+            rows = hidden[last] if leaving is None else self.model.final_norm(hidden[last])
+            logits = self.model.logits(rows)  # [len(sampling), V]
+            reqs = [items[i].request for i in sampling]
             tokens = self.sampler(logits, [r.params for r in reqs], [r.generator for r in reqs],
                                   [r.output_token_ids for r in reqs])
-            for i, token in zip(rows, tokens, strict=True):
+            for i, token in zip(sampling, tokens, strict=True):
                 sampled[i] = token
         return sampled
 
-    def _resume(self, items: list[tuple[Request, int]], batch: AttentionBatch) -> Resume | None:
-        """Which rows enter past the first layers (blend recomputes whose early layers the selection pass ran)."""
-        rows: list[int] = []  # flat-batch rows that resume, and their residual streams
-        hidden: list[torch.Tensor] = []
-        layers: set[int] = set()
-        early: list[int] = []  # the other rows, and their items
-        others: list[tuple[Request, int]] = []
-        for i, (req, n) in enumerate(items):
-            span = range(batch.query_start_loc[i], batch.query_start_loc[i + 1])
-            if req.resume_hidden is None:
-                early.extend(span)
-                others.append((req, n))
-            else:
-                rows.extend(span)
-                hidden.append(req.resume_hidden[:n])
-                layers.add(req.resume_layer)
-        if not rows:
-            return None
-        assert len(layers) == 1, "one engine resumes at one layer"
-        device = self.model.device
-        return Resume(layers.pop(), torch.tensor(rows, device=device), torch.cat(hidden),
-                      torch.tensor(early, dtype=torch.int64, device=device),
-                      self.backend.plan(self._prepare(others)[0]) if others else None)
+    @staticmethod
+    def _rows(batch: AttentionBatch) -> list[slice]:
+        """Each item's rows of the flat batch."""
+        starts = batch.query_start_loc
+        return [slice(starts[i], starts[i + 1]) for i in range(len(starts) - 1)]
 
-    def _prepare(self, items: list[tuple[Request, int]]) -> tuple[AttentionBatch, torch.Tensor]:
+    def _spans(self, items: list[WorkItem], batch: AttentionBatch) -> list[LayerSpan]:
+        """The layer spans of a batch: between two layers where some item enters or leaves, the items running
+        those layers, their rows and plan (every row and the whole batch's plan where all items run)."""
+        num_layers = self.model.config.num_layers
+        ranges = [(item.first_layer, num_layers if item.last_layer is None else item.last_layer) for item in items]
+        bounds = sorted({b for r in ranges for b in r})
+        rows = self._rows(batch)
+        spans: list[LayerSpan] = []
+        whole = None  # the whole batch's plan, built once
+        for first, last in zip(bounds, bounds[1:], strict=False):
+            active = [i for i, (a, b) in enumerate(ranges) if a <= first and last <= b]
+            if len(active) == len(items):
+                if whole is None:
+                    whole = self.backend.plan(batch)
+                spans.append(LayerSpan(first, last, None, whole))
+            elif active:
+                idx = torch.cat([torch.arange(rows[i].start, rows[i].stop) for i in active]).to(self.model.device)
+                sub, _ = self._prepare([items[i] for i in active])
+                spans.append(LayerSpan(first, last, idx, self.backend.plan(sub)))
+        return spans
+
+    def _prepare(self, items: list[WorkItem]) -> tuple[AttentionBatch, torch.Tensor]:
         bs = self.block_size
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         starts = [0]
         seq_lens = []
-        max_blocks = max(len(req.block_table) for req, _ in items)
+        max_blocks = max(len(item.request.block_table) for item in items)
         tables = torch.zeros(len(items), max_blocks, dtype=torch.int64)
-        for i, (req, n) in enumerate(items):
+        for i, item in enumerate(items):
+            req, pos = item.request, item.positions  # contiguous, or a sparse set (the document cache's)
             table = req.block_table
-            pos = req.positions_to_compute(n)  # contiguous, or a sparse set after a document-cache fill
             ids.extend(req.token_ids[p] for p in pos)
             positions.extend(pos)
             slots.extend(table[p // bs] * bs + p % bs for p in pos)
-            starts.append(starts[-1] + n)
+            starts.append(starts[-1] + len(pos))
             seq_lens.append(pos[-1] + 1)
             tables[i, :len(table)] = torch.tensor(table, dtype=torch.int64)
         device = self.model.device
@@ -109,3 +128,7 @@ class ModelRunner:
             block_size=bs,
         )
         return batch, torch.tensor(ids, dtype=torch.int64, device=device)
+
+
+def _whole(item: WorkItem) -> bool:
+    return item.first_layer == 0 and item.last_layer is None

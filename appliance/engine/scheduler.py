@@ -1,10 +1,12 @@
-"""Decides, each step, which requests run and how many of their tokens (never touches tensors).
+"""Decides, each step, which requests run and which of their tokens (never touches tensors).
 
 One token budget per step is shared by decode tokens and prefill chunks (chunked prefill) of many
-requests (continuous batching). A request served from the document cache is admitted with blocks for its
-whole prompt and listed in `to_fill`: the engine writes the reused KV before it computes anything.
-Running requests go first, in arrival order; when the KV pool is full
-the most recent running request is preempted (its blocks freed, recomputed later from its prefix).
+requests (continuous batching). Requests served from the document cache go through its connector
+(vLLM v1's scheduler-side seam): one waits in the queue until the connector has its reused KV in memory,
+is admitted with blocks for its whole prompt, and then runs the work the connector lists for it (its
+selection pass, then the tokens to recompute) within the same budget, beside the other requests' tokens.
+Running requests go first, in arrival order; when the KV pool is full the most recent running request is
+preempted (its blocks freed, recomputed later from its prefix).
 """
 
 from __future__ import annotations
@@ -12,29 +14,36 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from appliance.engine.block_manager import BlockManager
 from appliance.engine.request import Request, RequestStatus
+from appliance.engine.work import WorkItem
+
+if TYPE_CHECKING:
+    from appliance.engine.doc_cache.connector import DocCacheConnector
 
 
 @dataclass
 class ScheduledBatch:
-    """Requests and how many new tokens of each to compute this step, in batch order."""
+    """The step's work items, in batch order, and the requests preempted to make room."""
 
-    items: list[tuple[Request, int]] = field(default_factory=list)
+    items: list[WorkItem] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
-    to_fill: list[Request] = field(default_factory=list)  # admitted this step; reused KV to write first
 
     @property
     def num_tokens(self) -> int:
-        return sum(n for _, n in self.items)
+        return sum(item.num_tokens for item in self.items)
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int) -> None:
+    def __init__(self, block_manager: BlockManager, connector: DocCacheConnector, max_num_seqs: int,
+                 max_num_batched_tokens: int, num_layers: int) -> None:
         self.bm = block_manager
+        self.connector = connector
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.num_layers = num_layers
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
 
@@ -45,59 +54,87 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> ScheduledBatch:
+        for job in self.connector.poll():  # disk loads that failed: encode those chunks instead
+            self.add(job)
         batch = ScheduledBatch()
         budget = self.max_num_batched_tokens
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = min(req.num_new_tokens, budget)
-            if n == 0:
+            item = self._next_work(req, budget)
+            if item is None:
                 i += 1
                 continue
-            while not self.bm.allocate(req, n):
+            grow = 0 if self.connector.owns(req) else item.num_tokens
+            while not self.bm.allocate(req, grow):
                 victim = self.running.pop()
                 self._preempt(victim)
                 batch.preempted.append(victim)
                 if victim is req:
                     break
             else:
-                batch.items.append((req, n))
-                budget -= n
+                batch.items.append(item)
+                budget -= item.cost(self.num_layers)
                 i += 1
-        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not batch.preempted:
-            req = self.waiting[0]
+        if not batch.preempted:
+            budget = self._admit(batch, budget)
+        return batch
+
+    def _admit(self, batch: ScheduledBatch, budget: int) -> int:
+        """Admit waiting requests in order while budget, sequences and blocks last; a request whose reused KV
+        is not in memory yet keeps its place and lets the next ones by."""
+        for req in list(self.waiting):
+            if budget <= 0 or len(self.running) >= self.max_num_seqs:
+                break
+            if not self.connector.ready(req):
+                continue
             hits = self.bm.lookup_prefix(req)
             rest = req.num_tokens - req.num_computed_tokens - len(hits) * self.bm.block_size
-            fill = req.layout is not None
-            n = 0 if fill else min(rest, budget)
-            if not self.bm.allocate(req, rest if fill else n, hits):
+            whole = self.connector.owns(req)  # blocks for the whole prompt: the reused KV goes there
+            if not self.bm.allocate(req, rest if whole else min(rest, budget), hits):
                 break
             if req.num_preemptions == 0:
                 self.bm.record_lookup(req, len(hits))
                 req.num_cached_tokens = len(hits) * self.bm.block_size
-            self.waiting.popleft()
+            self.waiting.remove(req)
             req.status = RequestStatus.RUNNING
             if req.first_scheduled_time is None:
                 req.first_scheduled_time = time.monotonic()
             self.running.append(req)
-            if fill:
-                req.awaiting_fill = True
-                batch.to_fill.append(req)
-            else:
-                batch.items.append((req, n))
-                budget -= n
-        return batch
+            if whole:
+                self.connector.admitted(req)
+            item = self._next_work(req, budget)
+            if item is not None:
+                batch.items.append(item)
+                budget -= item.cost(self.num_layers)
+        return budget
+
+    def _next_work(self, req: Request, budget: int) -> WorkItem | None:
+        """The request's next work within `budget`: the connector's while it owns the request, else its next
+        tokens (the prompt's next chunk, or one decode token)."""
+        if self.connector.owns(req):
+            return self.connector.next_work(req, budget)
+        n = min(req.num_tokens - req.num_computed_tokens, budget)
+        if n <= 0:
+            return None
+        start = req.num_computed_tokens
+        done = start + n == req.num_tokens
+        return WorkItem(req, list(range(start, start + n)), samples=done and not req.prefill_only)
 
     def update(self, batch: ScheduledBatch, sampled: list[int | None]) -> None:
         """Advance counters after the runner computed `batch`; append each sampled token."""
-        for (req, n), token in zip(batch.items, sampled, strict=True):
-            req.advance(n)
+        for item, token in zip(batch.items, sampled, strict=True):
+            req = item.request
+            if self.connector.owns(req):
+                self.connector.advance(item)
+            else:
+                req.num_computed_tokens += item.num_tokens
             self.bm.commit_full_blocks(req)
             if token is not None:
                 req.token_ids.append(token)
 
     def finish(self, req: Request, reason: str) -> None:
-        """Remove a request (done, stopped or aborted) and release its blocks."""
+        """Remove a request (done, stopped or aborted) and release its blocks and document-cache state."""
         if req.status is RequestStatus.RUNNING:
             self.running.remove(req)
         elif req in self.waiting:
@@ -105,15 +142,14 @@ class Scheduler:
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
         self.bm.free(req)
+        self.connector.drop(req)
 
     def _preempt(self, req: Request) -> None:
         """Free the request's blocks; it restarts from its prefix later (a document-cache request as plain
         prefill: its chunks are no longer pinned)."""
         self.bm.free(req)
+        self.connector.drop(req)
         req.num_computed_tokens = 0
-        req.pending_positions = []
-        req.resume_hidden = None
-        req.layout = None
         req.reuse_from = None
         req.num_preemptions += 1
         req.status = RequestStatus.WAITING

@@ -13,6 +13,7 @@ from appliance.engine.doc_cache.blend import request_slots
 from appliance.engine.doc_cache.layout import chunk_key
 from appliance.engine.doc_cache.manager import BlendConfig
 from appliance.engine.engine import LLMEngine
+from appliance.engine.model import LayerSpan
 from appliance.engine.sampling import SamplingParams
 from appliance.rag.prompt import PromptBuilder, RagPrompt
 from kernels.base import AttentionBatch
@@ -98,6 +99,18 @@ def test_blend_recomputing_everything_is_identical_to_off(engine_for, passages) 
     assert blended == off
 
 
+def record_batches(engine: LLMEngine) -> list[list[tuple[str, int, int | None, int]]]:
+    """Every step's work items as the runner received them: (request id, first layer, last layer, tokens)."""
+    execute, steps = engine.runner.execute, []
+
+    def recorded(items):
+        steps.append([(i.request.request_id, i.first_layer, i.last_layer, i.num_tokens) for i in items])
+        return execute(items)
+
+    engine.runner.execute = recorded  # type: ignore[method-assign]
+    return steps
+
+
 def test_blend_recompute_shares_a_step_with_a_plain_prefill(engine_for, passages) -> None:
     """Blend's recomputed tokens enter past the layers its selection pass ran; in a step shared with a plain
     prefill (which runs every layer) each row must still get its own residual stream, KV and answer."""
@@ -107,19 +120,42 @@ def test_blend_recompute_shares_a_step_with_a_plain_prefill(engine_for, passages
     expected = [run(off, prompt, "off", "ref")[0], off.generate([plain], GREEDY)[0].token_ids]
     engine = engine_for(blend_ratio=1.0, max_num_batched_tokens=64)
     warm_passages(engine, passages)
+    steps = record_batches(engine)
     engine.add_request("plain", plain, GREEDY, doc_cache="off")  # runs first: 64 tokens a step
     engine.add_request("blend", prompt.token_ids, GREEDY, prompt.layout(), "blend")
     got: dict[str, list[int]] = {"blend": [], "plain": []}
-    mixed = False
     while engine.has_unfinished():
-        running = {r.request_id: r for r in engine.scheduler.running}
-        blend_pending = "blend" in running and running["blend"].resume_hidden is not None
-        plain_busy = "plain" in running and not running["plain"].finished
-        mixed |= blend_pending and plain_busy
         for out in engine.step():
             got[out.request_id] += out.token_ids
-    assert mixed  # the two did share steps
+    resumed = [any(rid == "blend" and first > 0 and last is None for rid, first, last, _ in step) for step in steps]
+    whole = [any(rid == "plain" and (first, last) == (0, None) for rid, first, last, _ in step) for step in steps]
+    assert any(r and w for r, w in zip(resumed, whole, strict=True))  # in one step
     assert [got["blend"], got["plain"]] == expected
+
+
+def test_blend_selection_runs_in_the_same_steps_as_other_requests_decode(engine_for, passages) -> None:
+    """A blend request's selection pass (the first layers over its prompt) and its recompute are work items of
+    the step, beside the decode tokens of a running stream: the stream never waits out a separate pass."""
+    prompt = rag(engine_for(), "Which module joins iterables?", [passages[3], passages[1], passages[0]])
+    stream = rag(engine_for(), "What is a virtual environment?", [passages[2]]).token_ids
+    engine = engine_for(blend_ratio=0.15)
+    warm_passages(engine, passages)
+    steps = record_batches(engine)
+    engine.add_request("stream", stream, SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True),
+                       doc_cache="off")
+    while not engine.step():
+        pass  # the stream's prompt, until its first token
+    engine.add_request("blend", prompt.token_ids, GREEDY, prompt.layout(), "blend")
+    decoding = len(steps)
+    done = set()
+    while "blend" not in done:
+        done.update(out.request_id for out in engine.step() if out.finished)
+    blend_steps = [step for step in steps[decoding:] if any(rid == "blend" for rid, *_ in step)]
+    selection = [(first, last) for step in blend_steps for rid, first, last, _ in step if rid == "blend"
+                 and last is not None]
+    assert (0, 2) in selection  # the dense selection pass, as a work item
+    assert all(("stream", 0, None, 1) in step for step in blend_steps)  # every one of them decoded the stream
+    assert len(engine.scheduler.running) == 1  # the stream, still decoding
 
 
 def blend_choices(engine: LLMEngine, prompt: RagPrompt):
@@ -181,19 +217,35 @@ def test_query_aware_blend_recomputing_everything_is_identical_to_off(engine_for
 
 
 def test_question_relevance_is_the_questions_attention_in_a_full_prefill(engine_for, passages) -> None:
-    """Over blocks holding the true KV, the question carried alone from layer 2 to layer 5 must pay each earlier
-    position the attention it pays it in a full forward pass (computed here one query at a time)."""
-    engine = engine_for(doc_cache="off")
-    prompt = rag(engine, "Which module joins iterables?", passages[:2])
-    tokens, question = prompt.token_ids, prompt.layout().chunks[-1].end
-    engine.add_request("r", tokens, SamplingParams(max_tokens=4, temperature=0.0), doc_cache="off")
-    engine.step()  # the whole prompt in one step: its blocks now hold the true KV of every layer
-    (req,) = engine.scheduler.running
-    mover, backend, t = engine.kv_mover, engine.backend, len(tokens)
-    _, entering_2 = mover.deviations(backend, tokens, req.block_table, 0, 2)  # rewrites the same KV
-    got = mover.question_relevance(backend, t, req.block_table, question, entering_2[question:], 2, 5)
-    _, entering_5 = mover.deviations(backend, tokens, req.block_table, 0, 5)
-    q, k, _ = engine.model.attention_inputs(entering_5, torch.arange(t), 5)  # [T, H, D], [T, KVH, D]
+    """With the chunk tier holding each passage's KV as a full prefill of this very prompt computed it, the
+    reused KV is the true KV: the question, carried by blend's question phase from layer 2 to layer 5 over it,
+    must pay each earlier position the attention it pays it in a full forward pass (computed here one query at
+    a time)."""
+    reference = engine_for(doc_cache="off")
+    prompt = rag(reference, "Which module joins iterables?", passages[:2])
+    tokens, layout = prompt.token_ids, prompt.layout()
+    question, t = layout.chunks[-1].end, len(prompt.token_ids)
+    reference.add_request("r", tokens, SamplingParams(max_tokens=4, temperature=0.0), doc_cache="off")
+    reference.step()  # the whole prompt in one step: its blocks now hold the true KV of every layer
+    (req,) = reference.scheduler.running
+    engine = engine_for(blend_ratio=0.2, blend_select="query", blend_query_layer=5)
+    prefix = tokens[:layout.prefix_len]
+    for chunk in layout.chunks:
+        key = chunk_key(prefix, tokens[chunk.start:chunk.end], engine.block_manager.salt)
+        engine.doc_cache.tier.put(reference.connector.mover.extract(req.block_table, chunk, key, frozenset()))
+    mover, relevances = engine.connector.mover, []
+    measure = mover.question_relevance
+    mover.question_relevance = lambda *a: relevances.append(measure(*a)) or relevances[-1]  # type: ignore
+    _, out = run(engine, prompt, "blend", "blend")
+    assert out.num_encoded_tokens == 0
+    (got,) = relevances
+    model, backend, positions = reference.model, reference.backend, torch.arange(t)
+    slots = request_slots(req.block_table, positions, reference.config.block_size)
+    batch = AttentionBatch([0, t], [t], positions, slots, torch.tensor(req.block_table)[None],
+                           reference.config.block_size)
+    entering_5 = model.run_layers(model.embed_tokens(torch.tensor(tokens)), positions, reference.runner.kv_caches,
+                                  backend, [LayerSpan(0, 5, None, backend.plan(batch))])  # rewrites the same KV
+    q, k, _ = model.attention_inputs(entering_5, positions, 5)  # [T, H, D], [T, KVH, D]
     group = q.shape[1] // k.shape[1]
     expected = torch.zeros(t)
     for i in range(question, t):
@@ -208,13 +260,13 @@ def test_query_selection_recomputes_what_the_question_attends_to(engine_for, pas
     engine = engine_for(blend_ratio=0.2, blend_select="query", blend_query_layer=5)
     warm_passages(engine, passages)
     relevances = []
-    measure = engine.kv_mover.question_relevance
+    measure = engine.connector.mover.question_relevance
 
     def recorded(*args, **kwargs):
         relevances.append(measure(*args, **kwargs))
         return relevances[-1]
 
-    engine.kv_mover.question_relevance = recorded  # type: ignore[method-assign]
+    engine.connector.mover.question_relevance = recorded  # type: ignore[method-assign]
     prompt = rag(engine, "Which module joins iterables?", [passages[3], passages[1], passages[0]])
     (chosen,), _, out = blend_choices(engine, prompt)
     (relevance,) = relevances
@@ -281,7 +333,7 @@ def test_rerotated_keys_equal_keys_computed_at_the_new_position(engine_for, pass
     assert engine.warm(prefix, [(chunk, "doc-1")]) == 1
     while engine.has_unfinished():
         engine.step()
-    entry = engine.doc_cache.lookup(chunk_key(prefix, chunk, engine.block_manager.salt))
+    entry = engine.doc_cache.tier.get(chunk_key(prefix, chunk, engine.block_manager.salt))
     assert entry is not None
     shift, tokens = 333, prefix + chunk
     n, bs = len(tokens), engine.config.block_size
@@ -293,8 +345,10 @@ def test_rerotated_keys_equal_keys_computed_at_the_new_position(engine_for, pass
     batch = AttentionBatch([0, n], [n], positions, torch.arange(n), torch.arange(blocks)[None], bs)
     backend = engine.backend
     # a fresh prefill: the backend sees every key of the sequence, whatever the absolute positions
-    engine.model.run_layers(torch.tensor(tokens), positions, caches, backend, backend.plan(batch))
-    cos, sin = engine.kv_mover.rope.tables(torch.arange(len(prefix), n) + shift)
+    model = engine.model
+    model.run_layers(model.embed_tokens(torch.tensor(tokens)), positions, caches, backend,
+                     [LayerSpan(0, model.config.num_layers, None, backend.plan(batch))])
+    cos, sin = engine.connector.mover.rope.tables(torch.arange(len(prefix), n) + shift)
     for layer, (k_direct, v_direct) in enumerate(caches):
         k_direct = k_direct.view(-1, *like.shape[2:])[len(prefix):n]
         v_direct = v_direct.view(-1, *like.shape[2:])[len(prefix):n]

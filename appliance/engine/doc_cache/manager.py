@@ -1,13 +1,15 @@
-"""The document cache as the engine sees it: which chunks a request can reuse, which must be encoded first,
-and which of its tokens to compute after the reused KV is in place. No tensors here (see blend.py).
+"""The chunk bookkeeping of the document cache: which chunks a request can reuse, which must be loaded or
+encoded first, and which of its tokens to compute after the reused KV is in place. No tensor work here
+(see blend.py); the connector (connector.py) drives it.
 
 A `blend`/`reuse` request goes through three steps:
-  1. `admit`: each chunk is looked up in memory, then on disk; a hit is pinned for the request; a miss
-     starts an encode job (a prefill-only request `prefix + chunk`), unless one is already running for
-     that chunk, in which case the request waits on that job too — a chunk is never encoded twice at once.
-  2. When its last missing chunk is stored (`store`), the request is handed to the scheduler, which
-     admits it with blocks for its whole prompt and marks it `awaiting_fill`.
-  3. The engine fills the blocks (KVMover) and asks `plan_compute` which positions to compute.
+  1. `admit`: each chunk is looked up in memory; a hit is pinned for the request. A chunk on disk is read
+     on the loader thread (one read per chunk at a time); a miss starts an encode job (a prefill-only request
+     `prefix + chunk`), unless one is already running for that chunk, in which case the request waits on that
+     job too — a chunk is never encoded twice at once.
+  2. When its last missing chunk has arrived (`store` of an encode, or `poll` of a finished read), the
+     request is `ready`: the scheduler admits it with blocks for its whole prompt.
+  3. The connector fills the blocks (KVMover) and asks `plan_compute` which positions to compute.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
 
 from appliance.config import BLEND_QUERY_LAYER, BLEND_SELECT
 from appliance.engine.doc_cache.disk import DiskTier
-from appliance.engine.doc_cache.layout import ChunkSpan, chunk_key
+from appliance.engine.doc_cache.layout import ChunkSpan, PromptLayout, chunk_key
+from appliance.engine.doc_cache.loader import DiskLoader
 from appliance.engine.doc_cache.tier import ChunkEntry, ChunkTier
 from appliance.engine.request import Request
 from appliance.engine.sampling import SamplingParams
@@ -68,57 +72,78 @@ class DocCacheStats:
 
 
 class DocCache:
-    """Contract: `admit` returns the encode jobs to schedule and whether the request may be scheduled now;
-    `store` returns the requests that became ready; `take` hands over (and later `release` unpins) a ready
-    request's chunks; `forget` drops a request that is aborted before it ran."""
+    """Contract: `admit` returns the encode jobs to schedule; the request is `ready` once every chunk it reuses is
+    in memory and pinned for it (`store` and `poll` bring chunks in; `poll` returns encode jobs for chunks whose
+    read failed); `take` hands over (and later `release` unpins) a ready request's chunks; `forget` drops a
+    request at any stage."""
 
     def __init__(self, tier: ChunkTier, disk: DiskTier | None, salt: bytes, blend: BlendConfig) -> None:
         self.tier = tier
         self.disk = disk
+        self.loader = DiskLoader(disk) if disk is not None else None
         self.salt = salt
         self.blend = blend
         self.stats = DocCacheStats()
         self._jobs: dict[str, EncodeJob] = {}  # key -> encode job in flight
         self._job_keys: dict[Request, str] = {}  # encode request -> its key
-        self._waiting: dict[Request, set[str]] = {}  # request -> keys it still waits for
+        self._loads: dict[str, tuple[Future[ChunkEntry | None], list[int], list[int], str]] = {}  # key -> read
+        self._waiting: dict[Request, dict[str, list[ChunkSpan]]] = {}  # request -> keys it waits for, their spans
         self._held: dict[Request, list[tuple[ChunkSpan, ChunkEntry]]] = {}  # request -> pinned chunks
+        self._stale: set[str] = set()  # reads in flight of chunks invalidated meanwhile: encoded again instead
         self._ids = itertools.count()
 
-    def keys(self, req: Request) -> list[str]:
-        assert req.layout is not None
-        prefix = req.token_ids[:req.layout.prefix_len]
-        return [chunk_key(prefix, req.token_ids[s.start:s.end], self.salt) for s in req.layout.chunks]
+    def keys(self, token_ids: list[int], layout: PromptLayout) -> list[str]:
+        prefix = token_ids[:layout.prefix_len]
+        return [chunk_key(prefix, token_ids[s.start:s.end], self.salt) for s in layout.chunks]
 
-    def lookup(self, key: str) -> ChunkEntry | None:
-        """Memory first, then disk (a disk hit is promoted to memory)."""
-        entry = self.tier.get(key)
-        if entry is None and self.disk is not None and key in self.disk:
-            entry = self.disk.get(key)
-            if entry is not None:
-                self.stats.disk_hits += 1
-                self.tier.put(entry)
-        return entry
-
-    def admit(self, req: Request) -> tuple[list[Request], bool]:
-        assert req.layout is not None
+    def admit(self, req: Request, layout: PromptLayout) -> list[Request]:
         held: list[tuple[ChunkSpan, ChunkEntry]] = []
-        missing: set[str] = set()
+        missing: dict[str, list[ChunkSpan]] = {}
         jobs: list[Request] = []
-        for span, key in zip(req.layout.chunks, self.keys(req), strict=True):
-            entry = self.lookup(key)
+        prefix = req.token_ids[:layout.prefix_len]
+        for span, key in zip(layout.chunks, self.keys(req.token_ids, layout), strict=True):
+            entry = self.tier.get(key)
             if entry is not None:
                 self.tier.pin(entry)
                 held.append((span, entry))
                 continue
-            missing.add(key)
-            if key not in self._jobs:
-                jobs.append(self._start_job(key, req.token_ids[:req.layout.prefix_len],
-                                            req.token_ids[span.start:span.end], span.doc_id))
-            req.num_encoded_tokens += span.length
+            missing.setdefault(key, []).append(span)
+            chunk = req.token_ids[span.start:span.end]
+            if key in self._jobs or key in self._loads:
+                pass
+            elif self.loader is not None and self.disk is not None and key in self.disk:
+                self._loads[key] = (self.loader.load(key), prefix, chunk, span.doc_id)
+            else:
+                jobs.append(self._start_job(key, prefix, chunk, span.doc_id))
+            if key in self._jobs:
+                req.num_encoded_tokens += span.length
         self._held[req] = held
         if missing:
             self._waiting[req] = missing
-        return jobs, not missing
+        return jobs
+
+    def ready(self, req: Request) -> bool:
+        """Every chunk the request reuses is in memory, pinned for it."""
+        return req not in self._waiting
+
+    def poll(self) -> list[Request]:
+        """Bring finished disk reads into memory; return encode jobs for the chunks whose file was gone."""
+        jobs = []
+        for key, (future, prefix, chunk, doc_id) in list(self._loads.items()):
+            if not future.done():
+                continue
+            del self._loads[key]
+            entry = None if key in self._stale else future.result()
+            self._stale.discard(key)
+            if entry is None:
+                jobs.append(self._start_job(key, prefix, chunk, doc_id))
+                for req, waiting in self._waiting.items():
+                    req.num_encoded_tokens += sum(span.length for span in waiting.get(key, ()))
+                continue
+            self.stats.disk_hits += 1
+            self.tier.put(entry)
+            self._arrived(entry)
+        return jobs
 
     def is_cached(self, prefix: list[int], chunk: list[int]) -> bool:
         """Whether the chunk's KV is in memory, on disk, or being encoded."""
@@ -130,7 +155,8 @@ class DocCache:
         return None if self._known(key) else self._start_job(key, prefix, chunk, doc_id)
 
     def _known(self, key: str) -> bool:
-        return key in self._jobs or key in self.tier or (self.disk is not None and key in self.disk)
+        return key in self._jobs or key in self._loads or key in self.tier or (self.disk is not None
+                                                                             and key in self.disk)
 
     def _start_job(self, key: str, prefix: list[int], chunk: list[int], doc_id: str) -> Request:
         job = Request(f"encode-{next(self._ids)}", [*prefix, *chunk], SamplingParams(max_tokens=1))
@@ -144,8 +170,8 @@ class DocCache:
         key = self._job_keys[request]
         return key, self._jobs[key]
 
-    def store(self, entry: ChunkEntry) -> list[Request]:
-        """Keep a freshly encoded entry (memory and disk); return the requests it made ready."""
+    def store(self, entry: ChunkEntry) -> None:
+        """Keep a freshly encoded entry (memory and disk) and hand it to the requests waiting for it."""
         job = self._jobs.pop(entry.key, None)
         if job is not None:
             self._job_keys.pop(job.request, None)
@@ -154,19 +180,16 @@ class DocCache:
         self.tier.put(entry)
         if self.disk is not None:
             self.disk.put(entry)
-        ready = []
-        for req, keys in list(self._waiting.items()):
-            if entry.key not in keys:
-                continue
-            keys.discard(entry.key)
-            for span, key in zip(req.layout.chunks, self.keys(req), strict=True) if req.layout else ():
-                if key == entry.key:
-                    self.tier.pin(entry)
-                    self._held[req].append((span, entry))
-            if not keys:
+        self._arrived(entry)
+
+    def _arrived(self, entry: ChunkEntry) -> None:
+        """Pin a chunk now in memory for every request waiting for it."""
+        for req, waiting in list(self._waiting.items()):
+            for span in waiting.pop(entry.key, ()):
+                self.tier.pin(entry)
+                self._held[req].append((span, entry))
+            if not waiting:
                 del self._waiting[req]
-                ready.append(req)
-        return ready
 
     def take(self, req: Request) -> list[tuple[ChunkSpan, ChunkEntry]]:
         """The pinned chunks of a request about to be filled, in prompt order (still pinned)."""
@@ -181,12 +204,11 @@ class DocCache:
         self._waiting.pop(req, None)
         self.release(req)
 
-    def is_waiting(self, req: Request) -> bool:
-        return req in self._waiting
-
     def invalidate(self, doc_id: str) -> int:
         """Drop every cached chunk of a document, on disk and in memory; returns how many entries went.
-        Disk goes first, so that a lookup in between cannot promote an invalidated file back into memory."""
+        Disk goes first, so that a read in between cannot promote an invalidated file back into memory; a read
+        already in flight is discarded when it lands."""
+        self._stale.update(key for key, (_, _, _, doc) in self._loads.items() if doc == doc_id)
         removed = self.disk.invalidate(doc_id) if self.disk is not None else 0
         return removed + len(self.tier.invalidate(doc_id))
 
@@ -196,17 +218,16 @@ class DocCache:
         settings = f"{mode}|{self.blend}" if mode == "blend" else mode
         return hashlib.sha256(self.salt + settings.encode()).digest()
 
-    def plan_compute(self, req: Request, frontier: int, scores: torch.Tensor | None, share: float | None = None
-                     ) -> list[int]:
+    def plan_compute(self, req: Request, layout: PromptLayout, frontier: int, scores: torch.Tensor | None,
+                     share: float | None = None) -> list[int]:
         """The positions to compute after a fill: everything at or past `frontier` that is not a reused chunk
         token, plus (blend, given per-position `scores`: deviation, the question's attention or both) each
         chunk's first tokens and the highest scoring `share` (default: blend's `ratio`) of the reused chunk
-        tokens. Chunks starting before `frontier` were not filled (see the engine's `_fill`). Sets the request's
-        reuse counters (the last call's stand)."""
-        assert req.layout is not None
+        tokens. Chunks starting before `frontier` were not filled (see the connector's `admitted`). Sets the
+        request's reuse counters (the last call's stand)."""
         chunk_positions: list[int] = []
         chosen: set[int] = set()
-        for span in req.layout.chunks:
+        for span in layout.chunks:
             if span.start < frontier:
                 continue
             chunk_positions.extend(range(span.start, span.end))
