@@ -125,7 +125,8 @@ def randomize_selection(engine: LLMEngine) -> None:
     (same layers computed, same shares carried and recomputed)."""
     import torch
 
-    def random_scores(before: tuple[torch.Tensor, torch.Tensor], _: Any) -> torch.Tensor:
+    def random_scores(before: tuple[torch.Tensor, torch.Tensor], after: tuple[torch.Tensor, torch.Tensor]
+                      ) -> torch.Tensor:
         return torch.rand(len(before[0]))
 
     engine.connector.mover.deviation = random_scores  # type: ignore[method-assign]
