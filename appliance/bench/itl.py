@@ -16,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -84,22 +85,26 @@ def run_scenario(engine: LLMEngine, arriving: str, prompts: list[BenchPrompt], i
 
 def run_itl_bench(data_dir: Path | None, arrivals: int = 12, interval_s: float = 2.0, rounds: int = 3,
                   streams: int = 8, k: int = 5, say: Callable[[str], None] = lambda _: None,
-                  corpus_dir: Path | None = None, questions: tuple[list[str], list[str]] | None = None
-                  ) -> dict[str, Any]:
+                  corpus_dir: Path | None = None, questions: tuple[list[str], list[str]] | None = None,
+                  max_batched_tokens: int | None = None) -> dict[str, Any]:
     """Prepare the arriving prompts (the first `arrivals` gold questions, chunks encoded on disk), then run every
-    scenario `rounds` times, interleaved, in one engine; return the medians."""
+    scenario `rounds` times, interleaved, in one engine (its step token budget `max_batched_tokens`, default
+    the engine's); return the medians."""
     from appliance.bench.blend import bench_questions, encoded_prompts
     from appliance.bench.rag import WARM_COLLECTION
     from appliance.config import EngineConfig
     from appliance.engine.engine import LLMEngine
 
-    texts, pages = questions or bench_questions("gold", arrivals)[:2]
+    texts, pages = questions or bench_questions("versions", arrivals)[:2]
     texts, pages = texts[:arrivals], pages[:arrivals]
     with ExitStack() as stack:
         root = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-itl-")))
         loaded, kv_dir, prompts, _ = encoded_prompts(root, texts, pages, f"{WARM_COLLECTION}-gold-{len(texts)}",
                                                      k, "auto", say, corpus_dir)
-        engine = LLMEngine(loaded, EngineConfig(data_dir=kv_dir, kv_cache_mb=2048, doc_cache="blend"))
+        config = EngineConfig(data_dir=kv_dir, kv_cache_mb=2048, doc_cache="blend")
+        if max_batched_tokens:
+            config = replace(config, max_num_batched_tokens=max_batched_tokens)
+        engine = LLMEngine(loaded, config)
         runs: dict[str, list[dict[str, float]]] = {s: [] for s in SCENARIOS}
         for r in range(rounds):
             for scenario in SCENARIOS:
@@ -121,7 +126,8 @@ def itl_markdown(result: dict[str, Any]) -> str:
         f"{result['streams']} streams decode while {result['arrivals']} gold-question prompts (mean "
         f"{result['mean_prompt_tokens']:.0f} tokens, chunks pre-encoded on disk) arrive one every "
         f"{result['interval_s']:g} s, answered in `blend` or, as the reference, `off` (a full prefill, "
-        f"{result['max_num_batched_tokens']} tokens a step at most); `none`: nothing arrives. Medians of "
+        f"{result['max_num_batched_tokens']} tokens a step at most, the engine's token budget); `none`: nothing "
+        f"arrives. Medians of "
         f"{result['rounds']} interleaved rounds.",
         "",
         "| arriving | streams' ITL p50 ms | streams' ITL p99 ms | p99 / none's | arrivals' TTFT p50 ms |",
@@ -142,6 +148,8 @@ def bench_itl(
     interval: Annotated[float, typer.Option(min=0.1, help="seconds between two arrivals")] = 2.0,
     rounds: Annotated[int, typer.Option(min=1, help="interleaved rounds of every scenario")] = 3,
     streams: Annotated[int, typer.Option(min=1, help="decoding streams")] = 8,
+    max_batched_tokens: Annotated[int | None, typer.Option(min=16, help="the engine's token budget per step "
+                                                                        "(default: the engine's)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="keep (and reuse) the ingested pages and model here")
                         ] = None,
     docs: Annotated[bool, typer.Option("--docs/--no-docs", help="update docs/BENCHMARKS.md")] = True,
@@ -153,7 +161,7 @@ def bench_itl(
 
     console = Console()
     result = run_itl_bench(data_dir, arrivals, interval, rounds, streams,
-                           say=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+                           say=lambda msg: console.print(f"[dim]{msg}[/dim]"), max_batched_tokens=max_batched_tokens)
     markdown = itl_markdown(result)
     console.print(markdown)
     if json_file is not None:

@@ -51,6 +51,8 @@ class EngineStats:
 
 
 class LLMEngine:
+    IDLE_WAIT_S = 0.005  # a step with nothing to run but disk reads in flight waits this long for one
+
     def __init__(self, loaded: LoadedModel, config: EngineConfig) -> None:
         self.threads = config.threads or len(os.sched_getaffinity(0))
         self._use_threads()
@@ -203,6 +205,8 @@ class LLMEngine:
             self.stats.tokens_computed += batch.num_tokens
             self.stats.steps += 1
         self.stats.busy_seconds += time.perf_counter() - started
+        if not batch.items:
+            self.connector.wait_for_reads(self.IDLE_WAIT_S)
         return outputs
 
     def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[RequestOutput]:

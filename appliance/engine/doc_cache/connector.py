@@ -99,6 +99,10 @@ class DocCacheConnector:
         """Encode jobs for chunks whose disk read failed (the scheduler queues them)."""
         return self.cache.poll()
 
+    def wait_for_reads(self, timeout_s: float) -> None:
+        """For a step that found nothing to run: wait (a little) for a disk read instead of spinning."""
+        self.cache.wait_for_reads(timeout_s)
+
     def admitted(self, req: Request) -> None:
         """The request has blocks for its whole prompt (exact prefix-cache hits up to `num_computed_tokens`):
         plan its first phase. Passages the prefix-cache hits reach into (an earlier request of the same mode had

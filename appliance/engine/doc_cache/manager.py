@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +125,11 @@ class DocCache:
     def ready(self, req: Request) -> bool:
         """Every chunk the request reuses is in memory, pinned for it."""
         return req not in self._waiting
+
+    def wait_for_reads(self, timeout_s: float) -> None:
+        """Block until a disk read in flight lands or `timeout_s` passes (at once when none is in flight)."""
+        if self._loads:
+            wait([future for future, *_ in self._loads.values()], timeout_s, FIRST_COMPLETED)
 
     def poll(self) -> list[Request]:
         """Bring finished disk reads into memory; return encode jobs for the chunks whose file was gone."""
