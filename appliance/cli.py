@@ -12,7 +12,7 @@ from rich.console import Console
 from appliance.bench.blend import bench_blend
 from appliance.bench.engine import bench_engine
 from appliance.bench.first_question import bench_first_question
-from appliance.bench.gold_set import bench_gold_set
+from appliance.bench.gold_sets import bench_gold_set
 from appliance.bench.itl import bench_itl
 from appliance.bench.rag import bench_rag
 from appliance.commands.ask import ask

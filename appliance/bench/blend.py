@@ -17,8 +17,8 @@ deviation is worth); `query@R` (the reused tokens the question attends to most, 
 `config.BLEND_QUERY_LAYER`), `mixed@R` (deviation weighted by that attention); a suffix `:Q` reads the
 question's attention at layer Q instead (`query@0.15:12`).
 
-Questions: the gold set (`gold_set.py`; accuracy against gold answers, the ratio to off's with a paired
-bootstrap interval) or the hand-written retrieval questions (fidelity only).
+Questions: a gold set (`gold_sets.py`: `modules` by default, or `versions`; accuracy against gold answers, the
+ratio to off's with a paired bootstrap interval) or the hand-written retrieval questions (fidelity only).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from appliance.bench.gold_eval import accuracy_ratio, right_answers
-from appliance.bench.gold_set import load_gold
+from appliance.bench.gold_sets import SETS, load_set
 from appliance.bench.machine import describe_machine, machine_markdown
 from appliance.bench.rag_fidelity import token_f1
 from appliance.bench.rag_workload import BenchPrompt, Question, build_prompts, fresh_questions, load_questions
@@ -187,10 +187,11 @@ def costs(answers: list[Answer]) -> dict[str, float]:
 
 
 def bench_questions(question_set: str, limit: int) -> tuple[list[str], list[str], list[str | None]]:
-    """(question texts, the pages that answer them, gold answers or None) of the first `limit` questions: the
-    gold set as written (each asks for a short answer), or the hand-written ones in workload B's phrasings."""
-    if question_set == "gold":
-        gold = load_gold(limit)
+    """(question texts, the pages that answer them, gold answers or None) of the first `limit` questions: a gold
+    set as written (`gold_sets.SETS`; each asks for a short answer), or the hand-written ones (`hand`) in
+    workload B's phrasings."""
+    if question_set in SETS:
+        gold = load_set(question_set, limit)
         return [q.question for q in gold], [q.page for q in gold], [q.answer for q in gold]
     asked: list[Question] = load_questions(limit)
     return fresh_questions(asked), [q.page for q in asked], [None] * len(asked)
@@ -225,7 +226,7 @@ def encoded_prompts(root: Path, texts: list[str], answer_pages: list[str], colle
 def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[Variant], max_tokens: int = 32,
                     k: int = 5, dtype: str = "auto", say: Callable[[str], None] = lambda _: None,
                     corpus_dir: Path | None = None, questions: tuple[list[str], list[str], list[str | None]]
-                    | None = None, loaded: LoadedModel | None = None, question_set: str = "gold",
+                    | None = None, loaded: LoadedModel | None = None, question_set: str = "modules",
                     forced_questions: int | None = None) -> dict[str, Any]:
     """Ingest the pages answering the first `num_questions` questions of `question_set`, encode the chunks their
     prompts use, then answer with off and every variant in the engine `dtype` (teacher-forced on the first
@@ -266,8 +267,10 @@ def blend_markdown(result: dict[str, Any]) -> str:
     rows = result["variants"]
     off = rows["off"]
     graded = "accuracy" in off
-    asked = (f"{result['questions']} gold-answer questions (`appliance/bench/data/pydoc_gold.json`, method in "
-             "`appliance/bench/gold_set.py`; right: the gold version in the answer's first line)" if graded
+    gold_file, _, method = SETS.get(result["question_set"], (Path(), None, ""))
+    asked = (f"{result['questions']} gold-answer questions of the `{result['question_set']}` set "
+             f"(`appliance/bench/data/{gold_file.name}`, method in `{method}`; right: the gold answer in the "
+             "answer's first line)" if graded
              else f"{result['questions']} fresh hand-written questions")
     lines = [
         f"How close `blend`'s recompute choices keep the answer to full prefill (`appliance bench blend`): "
@@ -346,8 +349,8 @@ def plot_frontier(result: dict[str, Any], png: Path) -> bool:
 def bench_blend(
     json_file: Annotated[Path | None, typer.Option("--json", help="also write the full result here")] = None,
     questions: Annotated[int, typer.Option(min=1, help="questions asked (their pages are ingested)")] = 240,
-    question_set: Annotated[str, typer.Option(help="gold (graded against gold answers) or hand (fidelity only)")
-                            ] = "gold",
+    question_set: Annotated[str, typer.Option(help="modules or versions (graded against gold answers), or hand "
+                                                   "(fidelity only)")] = "modules",
     variants: Annotated[str, typer.Option(help="comma-separated: exact, reuse, blend@R[/L[/C]], random@R, "
                                                "query@R[:Q], mixed@R[:Q]")] = ",".join(VARIANTS),
     max_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per answer at most")] = 16,
@@ -368,8 +371,8 @@ def bench_blend(
         parsed = [Variant.parse(spec) for spec in variants.split(",")]
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--variants") from exc
-    if question_set not in ("gold", "hand"):
-        raise typer.BadParameter("gold or hand", param_hint="--question-set")
+    if question_set not in (*SETS, "hand"):
+        raise typer.BadParameter(f"one of {', '.join(SETS)}, hand", param_hint="--question-set")
     result = run_blend_bench(data_dir, questions, parsed, max_tokens, dtype=dtype,
                              say=lambda msg: console.print(f"[dim]{msg}[/dim]"), question_set=question_set,
                              forced_questions=forced)

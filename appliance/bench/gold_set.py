@@ -1,7 +1,7 @@
 """The gold-answer question set: questions whose right answer is a Python version, taken from the version notes
 of the python3.11-doc library pages ("New in version 3.2." / "Changed in version 3.4: <what changed>").
 
-Method (deterministic; `appliance bench gold-set` regenerates `appliance/bench/data/pydoc_gold.json`):
+Method (deterministic; `appliance bench gold-set --kind versions` regenerates `data/pydoc_gold.json`):
 1. Every note inside a documented API entry (`<dl class="py ...">` whose `<dt id="...">` names it, e.g.
    `functools.lru_cache`) becomes a candidate: the API, the kind (added / changed), the version, and the note's
    own text when it has one (its first sentence, at most 160 characters).
@@ -23,12 +23,9 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Annotated
-
-import typer
 
 GOLD_SET = Path(__file__).parent / "data" / "pydoc_gold.json"
 COUNT = 240
@@ -39,6 +36,7 @@ NEAR = 1500  # characters between an API's name and its note in the ingested tex
 SHORT_ANSWER = "Answer with the version number only."
 
 _VERSION = re.compile(r"(New|Changed) in version (\d+\.\d+)")
+_VERSION_ANSWER = re.compile(r"\d+\.\d+")
 _FIRST_SENTENCE = re.compile(r"^(.+?[.!?])(?:\s|$)")
 
 
@@ -182,6 +180,11 @@ def generate(corpus: Path, count: int = COUNT, per_page: int = PER_PAGE, seed: i
             continue
         candidates += [GoldQuestion(_question(n), n.version, page.name, n.api, n.kind, n.text)
                        for n in notes if _stated_in_page(n, sections)]
+    return pick_per_page(candidates, count, per_page, seed)
+
+
+def pick_per_page(candidates: list[GoldQuestion], count: int, per_page: int, seed: int) -> list[GoldQuestion]:
+    """Step 4 of the method: pages shuffled with `seed`, up to `per_page` questions of each until `count`."""
     by_page: dict[str, list[GoldQuestion]] = {}
     for question in sorted(set(candidates), key=lambda q: (q.page, q.api, q.kind, q.answer, q.note)):
         by_page.setdefault(question.page, []).append(question)
@@ -206,23 +209,10 @@ def first_line(answer: str) -> str:
 
 
 def is_right(answer: str, gold: str) -> bool:
-    """The gold version appears in the answer's first non-empty line, not as part of another number
-    ("3.2" is not in "3.12" nor in "13.2")."""
-    return re.search(rf"(?<![\d.]){re.escape(gold)}(?!\d)", first_line(answer)) is not None
-
-
-def bench_gold_set(
-    corpus: Annotated[Path, typer.Option(help="the python3.11-doc library pages")
-                      ] = Path("/usr/share/doc/python3.11/html/library"),
-    out: Annotated[Path, typer.Option(help="where to write the set")] = GOLD_SET,
-    count: Annotated[int, typer.Option(min=1, help="questions at most")] = COUNT,
-) -> None:
-    """Regenerate the gold-answer question set from the pages' version notes (deterministic)."""
-    if not corpus.is_dir():
-        raise typer.BadParameter(f"{corpus} is not a folder (apt-get install python3.11-doc)", param_hint="--corpus")
-    questions = generate(corpus, count)
-    out.write_text(json.dumps({"generator": "appliance bench gold-set (appliance/bench/gold_set.py)",
-                               "corpus": "python3.11-doc, html/library", "seed": SEED, "per_page": PER_PAGE,
-                               "questions": [asdict(q) for q in questions]}, indent=1) + "\n")
-    pages = len({q.page for q in questions})
-    typer.echo(f"wrote {len(questions)} questions over {pages} pages to {out}")
+    """The gold answer appears in the answer's first non-empty line: a version not as part of another number
+    ("3.2" is not in "3.12" nor in "13.2"), a module name as a name of its own ("os" is not in "os.path")."""
+    if _VERSION_ANSWER.fullmatch(gold):
+        pattern = rf"(?<![\d.]){re.escape(gold)}(?!\d)"
+    else:
+        pattern = rf"(?<![\w.]){re.escape(gold)}(?![\w]|\.\w)"
+    return re.search(pattern, first_line(answer)) is not None
