@@ -351,8 +351,9 @@ def bench_blend(
     questions: Annotated[int, typer.Option(min=1, help="questions asked (their pages are ingested)")] = 240,
     question_set: Annotated[str, typer.Option(help="modules or versions (graded against gold answers), or hand "
                                                    "(fidelity only)")] = "modules",
-    variants: Annotated[str, typer.Option(help="comma-separated: exact, reuse, blend@R[/L[/C]], random@R, "
-                                               "query@R[:Q], mixed@R[:Q]")] = ",".join(VARIANTS),
+    variants: Annotated[str, typer.Option(help="comma-separated: exact, reuse, blend@R (or "
+                                               "blend@R/L, blend@R/L/C), random@R, query@R (or query@R:Q), "
+                                               "mixed@R (or mixed@R:Q)")] = ",".join(VARIANTS),
     max_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per answer at most")] = 16,
     forced: Annotated[int | None, typer.Option(min=1, help="teacher-force only the first N questions "
                                                           "(default: all)")] = None,
