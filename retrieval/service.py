@@ -26,6 +26,7 @@ from retrieval.jobs import IngestItem, IngestLimits, Ingestor, JobRunner, Progre
 from retrieval.jobstore import JobRecords
 from retrieval.owner import current_owner, owner_alive
 from retrieval.parse import EXTENSIONS, detect_kind
+from retrieval.retrievals import RetrievalCounter
 from retrieval.search import fuse
 from retrieval.store import Store, check_collection_name
 from retrieval.types import Chunk, Collection, Document, Hit, JobStatus, SearchMode
@@ -67,6 +68,7 @@ class RetrievalService:
         self.ingestor = Ingestor(store, self.jobs, indexes, chunker, embedder, limits)
         self._runner: JobRunner | None = None
         self._removed_callback: Callable[[list[str]], None] | None = None
+        self.retrievals = RetrievalCounter(store)
         self.uploads = data_dir / "uploads" / current_owner()
 
     @classmethod
@@ -100,6 +102,7 @@ class RetrievalService:
         if self._runner is not None:
             self._runner.stop()
         self.ingestor.close()
+        self.retrievals.flush()
         self.store.close()
 
     # --- collections and documents -------------------------------------------------------------------
@@ -200,8 +203,10 @@ class RetrievalService:
         return status
 
     # --- search ------------------------------------------------------------------------------------
-    def search(self, query: str, collections: Iterable[str], k: int = 10, mode: SearchMode = "hybrid") -> list[Hit]:
-        """The top `k` chunks of ready documents in `collections` for `query`, best first.
+    def search(self, query: str, collections: Iterable[str], k: int = 10, mode: SearchMode = "hybrid", *,
+               count: bool = True) -> list[Hit]:
+        """The top `k` chunks of ready documents in `collections` for `query`, best first; each is counted as
+        retrieved once (`retrieval_counts`) unless `count` is False.
 
         Raises NotFoundError for an unknown collection. Sees other processes' changes at once.
         """
@@ -218,14 +223,22 @@ class RetrievalService:
         chunks = self.store.chunks([cid for cid, _ in ranked])
         allowed = set(names)  # the caller's collections, checked again on the stored rows (defence in depth)
         hits = [Hit(chunks[cid], score) for cid, score in ranked if cid in chunks]
-        return [hit for hit in hits if hit.chunk.collection in allowed][:k]
+        found = [hit for hit in hits if hit.chunk.collection in allowed][:k]
+        if count:
+            self.retrievals.record(hit.chunk.chunk_id for hit in found)
+        return found
+
+    def retrieval_counts(self, chunk_ids: list[int]) -> dict[int, int]:
+        """How often each of `chunk_ids` was retrieved by searches of any process (written about once a second;
+        absent: never)."""
+        return self.store.retrievals(chunk_ids)
 
     def warm_up(self) -> None:
         """Load now what the first search would load: the embedder, its query threads, and every collection's
         indexes (one search each). A server calls it before it says it is ready."""
         self.embedder.encode_queries(["warm up"])
         for collection in self.list_collections():
-            self.search("warm up", [collection.name], k=1)
+            self.search("warm up", [collection.name], k=1, count=False)
 
     def embed(self, texts: list[str]) -> list[list[float]]:
         return self.embedder.encode(texts).tolist()

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS chunks(
     text TEXT NOT NULL, token_ids BLOB NOT NULL, page INTEGER, heading_path TEXT NOT NULL,
     embedding BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id);
+CREATE TABLE IF NOT EXISTS chunk_retrievals(
+    chunk_id INTEGER PRIMARY KEY REFERENCES chunks(chunk_id) ON DELETE CASCADE, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs(
     job_id TEXT PRIMARY KEY, collection TEXT NOT NULL, state TEXT NOT NULL, created_at REAL NOT NULL,
     finished_at REAL, pid INTEGER, message TEXT, owner TEXT);
@@ -50,6 +52,7 @@ CREATE TABLE IF NOT EXISTS job_files(
     source TEXT NOT NULL, state TEXT NOT NULL, error TEXT, doc_id TEXT, chunks INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY(job_id, seq));
 """
+_LOCK_WAIT_S = 60.0  # how long a write waits for another process's transaction
 _CHUNK_COLUMNS = (
     "c.chunk_id, c.doc_id, d.collection, c.ordinal, c.text, c.token_ids, d.title, d.source, c.page, c.heading_path"
 )
@@ -112,7 +115,7 @@ class Store:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=_LOCK_WAIT_S, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -320,6 +323,30 @@ class Store:
             (doc_id,),
         )
         return [_chunk(row) for row in rows]
+
+    def add_retrievals(self, counts: dict[int, int], lock_wait_s: float) -> None:
+        """Add `counts` (chunk id -> times retrieved) to the stored counts, in one transaction; chunks deleted
+        meanwhile are passed over. Raises sqlite3.OperationalError when another writer holds the lock longer
+        than `lock_wait_s` (nothing is written then)."""
+        conn = self._conn()
+        conn.execute(f"PRAGMA busy_timeout = {int(lock_wait_s * 1000)}")
+        try:
+            with self.transaction() as db:
+                marks = ",".join("?" * len(counts))
+                db.execute(f"INSERT OR IGNORE INTO chunk_retrievals(chunk_id, count) SELECT chunk_id, 0 FROM chunks "
+                           f"WHERE chunk_id IN ({marks})", list(counts))
+                db.executemany("UPDATE chunk_retrievals SET count = count + ? WHERE chunk_id = ?",
+                               [(n, cid) for cid, n in counts.items()])
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(_LOCK_WAIT_S * 1000)}")
+
+    def retrievals(self, chunk_ids: list[int]) -> dict[int, int]:
+        """How often each of `chunk_ids` was retrieved (absent: never, or not yet written)."""
+        if not chunk_ids:
+            return {}
+        marks = ",".join("?" * len(chunk_ids))
+        return dict(self.query(f"SELECT chunk_id, count FROM chunk_retrievals WHERE chunk_id IN ({marks})",
+                               list(chunk_ids)))
 
     def ready_chunk_ids(self, collection: str) -> np.ndarray:
         rows = self.query(

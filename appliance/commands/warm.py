@@ -20,6 +20,7 @@ from appliance.config import Settings
 from appliance.engine.doc_cache.capacity import WarmPlan
 from appliance.errors import ApplianceError
 from retrieval.service import RetrievalService
+from retrieval.types import Chunk
 
 if TYPE_CHECKING:
     from appliance.engine.engine import LLMEngine
@@ -27,14 +28,22 @@ if TYPE_CHECKING:
 console = Console()
 
 
+def passages_by_demand(service: RetrievalService, collection: str) -> list[Chunk]:
+    """The collection's chunks, the most retrieved first (`RetrievalService.retrieval_counts`), then in
+    collection order (documents as listed, chunks in reading order)."""
+    chunks = [c for doc in service.list_documents(collection) for c in service.document_chunks(doc.doc_id)]
+    counts = service.retrieval_counts([c.chunk_id for c in chunks])
+    return sorted(chunks, key=lambda c: -counts.get(c.chunk_id, 0))  # stable: ties keep collection order
+
+
 def queue_collection(engine: LLMEngine, service: RetrievalService, collection: str) -> WarmPlan:
     """Queue encode jobs for the passages of `collection` not cached yet, exactly as prompts hold them (after
-    the RAG system prefix), as many as the disk tier has room for (`LLMEngine.warm_plan`), in collection order."""
+    the RAG system prefix), as many as the disk tier has room for (`LLMEngine.warm_plan`), the most retrieved
+    first (`passages_by_demand`)."""
     from appliance.rag.prompt import PromptBuilder
 
     builder = PromptBuilder(engine.tokenizer)
-    passages = [(list(builder.passage_tokens(c)), c.doc_id) for doc in service.list_documents(collection)
-                for c in service.document_chunks(doc.doc_id)]
+    passages = [(list(builder.passage_tokens(c)), c.doc_id) for c in passages_by_demand(service, collection)]
     prefix = list(builder.prefix)
     plan = engine.warm_plan(prefix, [tokens for tokens, _ in passages])
     engine.warm(prefix, [passages[i] for i in plan.chosen])
@@ -52,7 +61,7 @@ def describe_plan(plan: WarmPlan) -> str:
             f"{_gb(plan.room_bytes)} left")
     if plan.fits:
         return head
-    return (f"{head}: encoding the first {len(plan.chosen)} uncached passages that fit (collection order); the "
+    return (f"{head}: encoding the {len(plan.chosen)} uncached passages that fit, the most retrieved first; the "
             f"other {plan.left_out} are encoded when a question needs them. For room: APPLIANCE_DOC_CACHE_DISK_MB, "
             "or APPLIANCE_DOC_CACHE_KV_FORMAT=int8 (about half the bytes).")
 

@@ -16,7 +16,7 @@ def test_plan_takes_uncached_passages_in_order_while_they_fit() -> None:
     assert plan.cached == 1 and plan.left_out == 1 and not plan.fits
     assert plan.need_bytes == 5000 + 4 * FILE_OVERHEAD_BYTES and plan.tokens == 70
     text = describe_plan(plan)
-    assert "encoding the first 3 uncached passages that fit" in text and "other 1 are encoded when" in text
+    assert "encoding the 3 uncached passages that fit" in text and "other 1 are encoded when" in text
     assert "APPLIANCE_DOC_CACHE_DISK_MB" in text
     assert "that fit" not in describe_plan(plan_warm([10], [False], 100, 10**6))
 
