@@ -8,7 +8,8 @@ up front; its latency is reported as its own phase). Workloads (see rag_workload
       same Zipf popularity; the caches carry over between segments.
   (B) a pre-encoded collection (the pages that answer the questions, `appliance warm`-ed once) and questions
       in a new phrasing; a fresh system per concurrency level, so nothing but the warm disk tier is cached.
-In (B) each level runs on each system in turn (see `Bench`).
+  (G) questions with gold answers (`rag_gold.py`), graded per system against the gold answer.
+In (B) and (G) each level runs on each system in turn (see `Bench`).
 Fidelity: the greedy answers of each system at concurrency 1 against `off` on the same prompts.
 A system `blend@R` is `blend` recomputing a share R of the reused chunk tokens (default 0.15).
 """
@@ -29,6 +30,7 @@ import typer
 
 from appliance.bench.machine import describe_machine, machine_markdown
 from appliance.bench.rag_fidelity import fidelity, level_summary
+from appliance.bench.rag_gold import GoldQuestions, run_gold_workload
 from appliance.bench.rag_systems import Completion, LlamaCppServer, OurEngine, System, run_level
 from appliance.bench.rag_workload import (
     BenchPrompt,
@@ -167,9 +169,11 @@ class Bench:
 def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurrency: list[int],
                   systems: list[str], k: int = 5, kv_cache_mb: int = 2048, threads: int = 0,
                   say: Callable[[str], None] = lambda _: None, corpus_dir: Path = CORPUS,
-                  questions: list[Question] | None = None, loaded: LoadedModel | None = None) -> dict[str, Any]:
-    """Ingest (or reuse) the corpus, build both workloads, run every system; return all the figures.
-    Tests pass a small `corpus_dir` (HTML or markdown pages), their own `questions` and a `loaded` model."""
+                  questions: list[Question] | None = None, loaded: LoadedModel | None = None,
+                  gold_questions: int = 48, gold: GoldQuestions | None = None) -> dict[str, Any]:
+    """Ingest (or reuse) the corpus, build the workloads ((G): the first `gold_questions` of the `modules` gold
+    set, 0: none), run every system; return all the figures. Tests pass a small `corpus_dir` (HTML or markdown
+    pages), their own `questions`, `gold` questions and a `loaded` model."""
     import os
 
     import torch
@@ -204,6 +208,12 @@ def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurre
         bench = Bench(loaded, root, default_model_path(), max_tokens, kv_cache_mb, threads, say)
         a = {name: bench.skewed(name, traffic[:half], seg_a) for name in systems}
         b = bench.pre_encoded(systems, seg_b, kv_dir)
+        gold = gold or (GoldQuestions.from_set("modules", gold_questions) if gold_questions else None)
+        if gold is not None:
+            say(f"(G): {len(gold.texts)} questions of the {gold.name} gold set")
+        graded = None if gold is None else run_gold_workload(
+            bench, service, loaded.tokenizer, systems, gold, pages, k, kv_dir, ensure_collection,
+            partial(warm_collection, loaded))
         failed = bench.failed
         runs = {w: {name: levels for name, levels in by_system.items() if name not in failed}
                 for w, by_system in (("A", a), ("B", b))}
@@ -214,6 +224,8 @@ def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurre
                                (("A", traffic), ("B", fresh))},
         "retrieval_ms_p50": {w: sorted(p.retrieval_ms for p in ps)[len(ps) // 2] for w, ps in
                              (("A", traffic), ("B", fresh))}}}
+    if graded is not None:
+        result["G"] = graded
     for w, by_system in runs.items():
         result[w] = {name: {str(c): level_summary(done, wall) for c, (done, wall) in levels.items()}
                      for name, levels in by_system.items()}
@@ -234,6 +246,8 @@ def bench_rag(
                                               "a share R)")] = ",".join(SYSTEMS),
     data_dir: Annotated[Path | None, typer.Option(help="keep (and reuse) the ingested corpus and model here")
                         ] = None,
+    gold: Annotated[int, typer.Option(min=0, help="questions of the modules gold set in workload (G), graded "
+                                                  "against gold answers (0: skip it)")] = 48,
     docs: Annotated[bool, typer.Option("--docs/--no-docs", help="update docs/BENCHMARKS.md")] = True,
 ) -> None:
     """The document cache vs full prefill vs llama.cpp: TTFT, throughput and answer fidelity on real docs."""
@@ -243,7 +257,8 @@ def bench_rag(
 
     console = Console()
     result = run_rag_bench(data_dir, segment, max_tokens, [int(c) for c in concurrency.split(",")],
-                           systems.split(","), say=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+                           systems.split(","), say=lambda msg: console.print(f"[dim]{msg}[/dim]"),
+                           gold_questions=gold)
     console.print(machine_markdown(result["machine"]))
     console.print_json(json.dumps({k: result[k] for k in ("A", "B")}))
     if json_file is not None:

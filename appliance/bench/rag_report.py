@@ -88,6 +88,24 @@ def _targets(result: dict[str, Any], levels: list[str]) -> list[str]:
     return lines
 
 
+def _gold_lines(gold: dict[str, Any] | None) -> list[str]:
+    """Workload (G)'s paragraph and table, or nothing when the run had none."""
+    if not gold:
+        return []
+    lines = [f"**(G) gold answers**: the first {gold['questions']} questions of the `{gold['set']}` gold set "
+             f"(`appliance/bench/gold_sets.py`; each asks for a short answer) over the "
+             f"{gold['corpus']['documents']} pages that answer them, pre-encoded as in (B); concurrency 1, greedy. "
+             "Right: the gold answer in the answer's first line; the ratio to `off`'s with a paired bootstrap "
+             f"95% interval. Mean prompt {gold['prompt_tokens_mean']:.0f} tokens.", "",
+             "| system | accuracy | / off [95% CI] | same verdict as off | TTFT p50 ms |", "|---|---:|---:|---:|---:|"]
+    for name, row in gold["systems"].items():
+        ratio = (f"{row['ratio']:.2f} [{row['ratio_low']:.2f}, {row['ratio_high']:.2f}]" if "ratio" in row
+                 else "1" if name == "off" else "-")
+        same = f"{row['same_verdict']:.0%}" if "same_verdict" in row else "100%" if name == "off" else "-"
+        lines.append(f"| {name} | {row['accuracy']:.3f} | {ratio} | {same} | {row['ttft_p50_ms']:.0f} |")
+    return [*lines, ""]
+
+
 def rag_markdown(result: dict[str, Any]) -> str:
     w, warm = result["workload"], result["warm"]
     levels = [str(c) for c in w["concurrency"]]
@@ -125,6 +143,7 @@ def rag_markdown(result: dict[str, Any]) -> str:
         "",
         *_system_table(result["B"], levels, "ttft_p50_ms"),
         "",
+        *_gold_lines(result.get("G")),
         "Targets:",
         "",
         *_targets(result, levels),

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from appliance.bench.rag import run_rag_bench
+from appliance.bench.rag_gold import GoldQuestions
 from appliance.bench.rag_report import rag_markdown, write_rag_section
 from appliance.bench.rag_workload import Question
 
@@ -20,6 +21,9 @@ PAGES = {
 }
 QUESTIONS = [Question("Why is Mars red?", "mars.md"), Question("What is the Great Red Spot?", "jupiter.md"),
              Question("When did Apollo 11 land on the Moon?", "moon.md")]
+GOLD = GoldQuestions("tiny", ["What dust makes Mars red? Answer with one word.",
+                              "In which year did Apollo 11 land on the Moon? Answer with the year only."],
+                     ["mars.md", "moon.md"], ["iron", "1969"])
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory, loaded_model) -> dict:
         (corpus / name).write_text(text)
     return run_rag_bench(tmp_path_factory.mktemp("data"), segment=2, max_tokens=4, concurrency=[1, 2],
                          systems=["off", "blend"], k=2, kv_cache_mb=64, corpus_dir=corpus, questions=QUESTIONS,
-                         loaded=loaded_model)
+                         loaded=loaded_model, gold=GOLD)
 
 
 def test_result_structure_and_ranges(tiny_result: dict) -> None:
@@ -50,6 +54,19 @@ def test_result_structure_and_ranges(tiny_result: dict) -> None:
     for lv in tiny_result["B"]["blend"].values():
         assert lv["encoded_mean"] == 0 and lv["reused_mean"] > 0
     assert all(lv["reused_mean"] == 0 for lv in tiny_result["B"]["off"].values())
+
+
+def test_gold_workload_grades_every_system_against_the_gold_answers(tiny_result: dict) -> None:
+    gold = tiny_result["G"]
+    assert gold["set"] == "tiny" and gold["questions"] == 2 and gold["corpus"]["documents"] == 2
+    assert gold["warm"]["chunks"] >= 2
+    rows = gold["systems"]
+    assert set(rows) == {"off", "blend"} and "ratio" not in rows["off"]
+    for row in rows.values():
+        assert len(row["right"]) == 2 and row["accuracy"] == sum(row["right"]) / 2 and row["ttft_p50_ms"] > 0
+    same = sum(a == b for a, b in zip(rows["off"]["right"], rows["blend"]["right"], strict=True)) / 2
+    assert rows["blend"]["same_verdict"] == same
+    assert "(G) gold answers" in rag_markdown(tiny_result)
 
 
 def test_section_written_and_others_kept(tiny_result: dict, tmp_path: Path) -> None:
