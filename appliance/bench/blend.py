@@ -15,7 +15,8 @@ from layer 2); `blend@R/L` (deviations measured L layers deep); `blend@R/L/C` (a
 1.0: a dense pass); `random@R`, `random@R/L` (the same share chosen at random: the control that says what the
 deviation is worth); `query@R` (the reused tokens the question attends to most, at layer
 `config.BLEND_QUERY_LAYER`), `mixed@R` (deviation weighted by that attention); a suffix `:Q` reads the
-question's attention at layer Q instead (`query@0.15:12`).
+question's attention at layer Q instead (`query@0.15:12`). Any variant with the suffix `+int8` reads the chunks
+from a disk tier in the 8-bit format (`APPLIANCE_DOC_CACHE_KV_FORMAT=int8`, encoded beside the model-dtype one).
 
 Questions: a gold set (`gold_sets.py`: `modules` by default, or `versions`; accuracy against gold answers, the
 ratio to off's with a paired bootstrap interval) or the hand-written retrieval questions (fidelity only).
@@ -28,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import mean
 from typing import TYPE_CHECKING, Annotated, Any
@@ -65,9 +66,17 @@ class Variant:
     candidates: float = BLEND_CANDIDATES
     select: str = "deviation"  # BlendConfig.select
     query_layer: int = BLEND_QUERY_LAYER
+    kv_format: str = "model"  # the disk tier's format: model (the engine's dtype) or int8
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
+        base, plus, kv_format = spec.partition("+")
+        if plus and kv_format != "int8":
+            raise ValueError(f"unknown variant {spec!r} (the only format suffix is +int8)")
+        return replace(cls._parse(base), spec=spec, kv_format=kv_format or "model")
+
+    @classmethod
+    def _parse(cls, spec: str) -> Variant:
         if spec in ("exact", "reuse"):
             return cls(spec, spec)
         kind, _, rest = spec.partition("@")
@@ -135,13 +144,15 @@ def randomize_selection(engine: LLMEngine) -> None:
 def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[BenchPrompt], max_tokens: int,
                variant: Variant | None = None, forced: list[list[int]] | None = None, dtype: str = "auto",
                keep_logprobs: bool = True) -> list[Answer]:
-    """Answer every prompt, one at a time, in a fresh engine whose disk tier is `kv_dir`."""
+    """Answer every prompt, one at a time, in a fresh engine whose disk tier is `kv_dir` (or its int8 twin,
+    `tier_dir`, for a `+int8` variant)."""
     from appliance.config import EngineConfig
     from appliance.engine.engine import LLMEngine
     from appliance.engine.sampling import SamplingParams
 
     variant = variant or Variant(mode, mode)
-    config = EngineConfig(data_dir=kv_dir, dtype=dtype, kv_cache_mb=2048, doc_cache=mode,
+    config = EngineConfig(data_dir=tier_dir(kv_dir, variant.kv_format), dtype=dtype, kv_cache_mb=2048,
+                          doc_cache=mode, doc_cache_kv_format=variant.kv_format,
                           enable_prefix_caching=mode != "off", blend_ratio=variant.ratio,
                           blend_select_layers=variant.select_layers, blend_candidates=variant.candidates,
                           blend_select=variant.select, blend_query_layer=variant.query_layer)
@@ -164,6 +175,11 @@ def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[Bench
         answers.append(Answer(tokens, loaded.tokenizer.decode(tokens), recorder.logprobs, ttft,
                               req.num_recomputed_tokens))
     return answers
+
+
+def tier_dir(kv_dir: Path, kv_format: str) -> Path:
+    """The data dir of the disk tier in `kv_format`: `kv_dir` itself for the model's dtype, a twin for int8."""
+    return kv_dir if kv_format == "model" else kv_dir.with_name(f"{kv_dir.name}-{kv_format}")
 
 
 def compare(reference: list[Answer], free: list[Answer], forced: list[Answer]) -> dict[str, float]:
@@ -198,11 +214,13 @@ def bench_questions(question_set: str, limit: int) -> tuple[list[str], list[str]
 
 
 def encoded_prompts(root: Path, texts: list[str], answer_pages: list[str], collection: str, k: int, dtype: str,
-                    say: Callable[[str], None], corpus_dir: Path | None = None, loaded: LoadedModel | None = None
-                    ) -> tuple[LoadedModel, Path, list[BenchPrompt], dict[str, Any]]:
+                    say: Callable[[str], None], corpus_dir: Path | None = None, loaded: LoadedModel | None = None,
+                    kv_formats: tuple[str, ...] = ("model",)) -> tuple[LoadedModel, Path, list[BenchPrompt],
+                                                                        dict[str, Any]]:
     """Ingest the pages that answer `texts` into `collection` of the data dir `root` (reused when there),
     build each question's RAG prompt from its top `k` passages and encode the chunks they use into a disk
-    tier. Returns the model, that tier's directory, the prompts and the corpus figures."""
+    tier in each of `kv_formats`. Returns the model, the model-format tier's directory (`tier_dir` names the
+    others), the prompts and the corpus figures."""
     from appliance.bench.rag import ensure_collection
     from appliance.bench.retrieval import CORPUS
     from appliance.engine.loader import load_model
@@ -218,8 +236,10 @@ def encoded_prompts(root: Path, texts: list[str], answer_pages: list[str], colle
     finally:
         service.close()
     kv_dir = root / "kv-blend"
-    say("encoding the chunks the prompts use (kept on disk for every variant)")
-    answer_all(loaded, kv_dir, "reuse", prompts, 1, dtype=dtype, keep_logprobs=False)
+    for kv_format in kv_formats:
+        say(f"encoding the chunks the prompts use, {kv_format} format (kept on disk for every variant)")
+        answer_all(loaded, kv_dir, "reuse", prompts, 1, Variant("reuse", "reuse", kv_format=kv_format),
+                   dtype=dtype, keep_logprobs=False)
     return loaded, kv_dir, prompts, corpus
 
 
@@ -239,8 +259,9 @@ def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[Va
     with ExitStack() as stack:
         root = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-blend-")))
         collection = f"{WARM_COLLECTION}-{question_set}-{len(texts)}"
+        kv_formats = tuple(sorted({"model", *(v.kv_format for v in variants)}))
         loaded, kv_dir, prompts, corpus = encoded_prompts(root, texts, answer_pages, collection, k, dtype, say,
-                                                          corpus_dir, loaded)
+                                                          corpus_dir, loaded, kv_formats)
         say("off: full prefill, the reference")
         reference = answer_all(loaded, kv_dir, "off", prompts, max_tokens, dtype=dtype)
         forced = [a.token_ids for a in reference][:forced_questions]
@@ -353,7 +374,8 @@ def bench_blend(
                                                    "(fidelity only)")] = "modules",
     variants: Annotated[str, typer.Option(help="comma-separated: exact, reuse, blend@R (or "
                                                "blend@R/L, blend@R/L/C), random@R, query@R (or query@R:Q), "
-                                               "mixed@R (or mixed@R:Q)")] = ",".join(VARIANTS),
+                                               "mixed@R (or mixed@R:Q); any +int8 (an 8-bit disk tier)")
+                        ] = ",".join(VARIANTS),
     max_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per answer at most")] = 16,
     forced: Annotated[int | None, typer.Option(min=1, help="teacher-force only the first N questions "
                                                           "(default: all)")] = None,

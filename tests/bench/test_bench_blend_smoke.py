@@ -14,7 +14,7 @@ from appliance.config import BLEND_SELECT_LAYERS
 from tests.bench.test_bench_rag_smoke import PAGES, QUESTIONS
 
 GOLDS = ["iron", "storm", "1969"]
-FULL = ("exact", "blend@1.0", "random@1.0", "query@1.0", "mixed@1.0")
+FULL = ("exact", "blend@1.0", "random@1.0", "query@1.0", "mixed@1.0", "blend@1.0+int8")
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory, loaded_model) -> dict:
     corpus = tmp_path_factory.mktemp("corpus")
     for name, text in PAGES.items():
         (corpus / name).write_text(text)
-    variants = [Variant.parse(spec) for spec in ("reuse", *FULL, "blend@0.5/3", "query@0.5:3")]
+    variants = [Variant.parse(spec) for spec in ("reuse", "reuse+int8", *FULL, "blend@0.5/3", "query@0.5:3")]
     questions = ([q.text for q in QUESTIONS], [q.page for q in QUESTIONS], list(GOLDS))
     return run_blend_bench(tmp_path_factory.mktemp("data"), 2, variants, max_tokens=4, k=2, dtype="float32",
                            corpus_dir=corpus, questions=questions, loaded=loaded_model)
@@ -30,11 +30,14 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory, loaded_model) -> dict:
 
 def test_full_recompute_matches_off_and_reuse_does_not(tiny_result: dict) -> None:
     rows = tiny_result["variants"]
-    assert set(rows) == {"off", "reuse", *FULL, "blend@0.5/3", "query@0.5:3"}
+    assert set(rows) == {"off", "reuse", "reuse+int8", *FULL, "blend@0.5/3", "query@0.5:3"}
     for name in FULL:
         assert rows[name]["forced_top1"] == 1.0 and rows[name]["token_f1"] == 1.0, name
         assert rows[name]["forced_kl"] < 1e-6 and rows[name]["same_verdict"] == 1.0, name
     assert rows["reuse"]["recomputed"] == 0 and rows["reuse"]["forced_kl"] > 1e-6
+    # the int8 tier is really read: its reuse is off by a different amount than the model-dtype tier's
+    assert rows["reuse+int8"]["recomputed"] == 0 and abs(rows["reuse+int8"]["forced_kl"]
+                                                         - rows["reuse"]["forced_kl"]) > 1e-6
     for name in ("blend@0.5/3", "query@0.5:3"):
         assert 0 < rows[name]["recomputed"] < rows["blend@1.0"]["recomputed"]
     assert all(r["ttft_ms"] > 0 and 0 <= r["accuracy"] <= 1 for r in rows.values())
@@ -60,13 +63,17 @@ def test_markdown_rows_and_frontier_plot(tiny_result: dict, tmp_path) -> None:
     ("exact", Variant("exact", "exact")),
     ("query@0.15", Variant("query@0.15", "blend", 0.15, select="query")),
     ("mixed@0.2:12", Variant("mixed@0.2:12", "blend", 0.2, select="mixed", query_layer=12)),
+    ("reuse+int8", Variant("reuse+int8", "reuse", kv_format="int8")),
+    ("query@0.15:4+int8", Variant("query@0.15:4+int8", "blend", 0.15, select="query", query_layer=4,
+                                  kv_format="int8")),
 ])
 def test_variant_specs(spec: str, expected: Variant) -> None:
     assert Variant.parse(spec) == expected
 
 
 @pytest.mark.parametrize("spec", ["exact@0.1", "blend", "blend@x", "blend@1.5", "blend@0.2/1", "random@0.2/y",
-                                  "blend@0.1/4/2", "blend@0.1:8", "query@0.1:x", "query@0.1:-1"])
+                                  "blend@0.1/4/2", "blend@0.1:8", "query@0.1:x", "query@0.1:-1",
+                                  "reuse+int4", "reuse+", "blend+int8"])
 def test_unknown_variant_is_refused(spec: str) -> None:
     with pytest.raises(ValueError, match="unknown variant"):
         Variant.parse(spec)
