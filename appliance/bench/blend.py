@@ -24,7 +24,6 @@ ratio to off's with a paired bootstrap interval) or the hand-written retrieval q
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -387,7 +386,7 @@ def bench_blend(
     """Blend's token selection against full prefill: fidelity (greedy and teacher-forced) and TTFT per variant."""
     from rich.console import Console
 
-    from appliance.bench.report import update_section
+    from appliance.bench.report import publish
 
     console = Console()
     try:
@@ -400,11 +399,6 @@ def bench_blend(
                              say=lambda msg: console.print(f"[dim]{msg}[/dim]"), question_set=question_set,
                              forced_questions=forced)
     markdown = blend_markdown(result)
-    console.print(markdown)
-    if json_file is not None:
-        json_file.write_text(json.dumps(result, indent=2))
-    if docs:
-        if plot_frontier(result, Path("docs") / FRONTIER_PLOT):
-            markdown += f"\n\n![accuracy against speed-up]({FRONTIER_PLOT})"
-        update_section(Path("docs/BENCHMARKS.md"), "RAG: blend selection", markdown, result["machine"])
-        console.print("wrote docs/BENCHMARKS.md (section RAG: blend selection)")
+    if docs and plot_frontier(result, Path("docs") / FRONTIER_PLOT):
+        markdown += f"\n\n![accuracy against speed-up]({FRONTIER_PLOT})"
+    publish(console, result, markdown, "RAG: blend selection", json_file, docs)

@@ -165,11 +165,10 @@ def bench_first_question(
     docs: Annotated[bool, typer.Option("--docs/--no-docs", help="update docs/BENCHMARKS.md")] = True,
 ) -> None:
     """First question vs the next ones on a freshly started server, with and without the start-up warm-up."""
-    import json
 
     from rich.console import Console
 
-    from appliance.bench.report import update_section
+    from appliance.bench.report import publish
     from appliance.errors import ApplianceError
 
     console = Console()
@@ -179,10 +178,4 @@ def bench_first_question(
     except ApplianceError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
-    markdown = first_question_markdown(result)
-    console.print(markdown)
-    if json_file is not None:
-        json_file.write_text(json.dumps(result, indent=2))
-    if docs:
-        update_section(Path("docs/BENCHMARKS.md"), "First question", markdown, result["machine"])
-        console.print("wrote docs/BENCHMARKS.md (section First question)")
+    publish(console, result, first_question_markdown(result), "First question", json_file, docs)

@@ -10,7 +10,6 @@ the machine's drift spreads over all of them; figures are medians over rounds.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -157,15 +156,9 @@ def bench_itl(
     """Inter-token latency of decoding streams while blend (or off) requests arrive."""
     from rich.console import Console
 
-    from appliance.bench.report import update_section
+    from appliance.bench.report import publish
 
     console = Console()
     result = run_itl_bench(data_dir, arrivals, interval, rounds, streams,
                            say=lambda msg: console.print(f"[dim]{msg}[/dim]"), max_batched_tokens=max_batched_tokens)
-    markdown = itl_markdown(result)
-    console.print(markdown)
-    if json_file is not None:
-        json_file.write_text(json.dumps(result, indent=2))
-    if docs:
-        update_section(Path("docs/BENCHMARKS.md"), "Inter-token latency under arrivals", markdown, result["machine"])
-        console.print("wrote docs/BENCHMARKS.md (section Inter-token latency under arrivals)")
+    publish(console, result, itl_markdown(result), "Inter-token latency under arrivals", json_file, docs)

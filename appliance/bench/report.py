@@ -7,10 +7,12 @@ intro and a Machine section, a missing section is appended.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
 from appliance.bench.engine import BUSY_CORES, LABELS, OURS_PREFIX, PEERS, metrics, peer_value
@@ -41,6 +43,18 @@ def update_section(path: Path, title: str, body: str, machine: dict[str, str] | 
         text = text.rstrip() + "\n\n" + section
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(console: Console, result: dict[str, Any], markdown: str, section: str, json_file: Path | None,
+            docs: bool) -> None:
+    """What a bench command does with its result: print `markdown`, write the raw `result` to `json_file` (when
+    given) and, with `docs`, rewrite `section` of docs/BENCHMARKS.md."""
+    console.print(markdown)
+    if json_file is not None:
+        json_file.write_text(json.dumps(result, indent=2))
+    if docs:
+        update_section(Path("docs") / BENCHMARKS_FILE, section, markdown, result["machine"])
+        console.print(f"wrote docs/{BENCHMARKS_FILE} (section {section})")
 
 
 def metric_label(metric: str) -> str:
