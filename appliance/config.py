@@ -15,8 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BLEND_SELECT_LAYERS = 4  # blend measures KV deviation after this many layers (appliance bench blend)
 BLEND_CANDIDATES = 0.3  # share of reused chunk tokens carried from layer 2 to BLEND_SELECT_LAYERS (gradual filtering)
-BLEND_SELECT: Literal["deviation", "query", "mixed"] = "deviation"  # how blend chooses (BlendConfig)
-BLEND_QUERY_LAYER = 8  # the layer whose question attention scores passage tokens (query, mixed)
+BLEND_SELECT: Literal["deviation", "query", "mixed"] = "query"  # how blend chooses (BlendConfig; BENCHMARKS.md)
+BLEND_QUERY_LAYER = 4  # the layer whose question attention scores passage tokens (query, mixed)
 
 if TYPE_CHECKING:
     from retrieval.jobs import IngestLimits

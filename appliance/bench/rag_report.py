@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.bench.machine import machine_markdown
+from appliance.config import BLEND_SELECT
 
 PLOT = Path("docs/bench_rag.png")
 
@@ -116,7 +117,8 @@ def rag_markdown(result: dict[str, Any]) -> str:
         f"max_tokens={w['max_tokens']}; TTFT from submission to the first token (retrieval, identical for all, "
         "is listed as a phase). llama.cpp = `llama-cpp-python[server]` OpenAI server on the same GGUF, RAM "
         f"prompt cache on, same thread count. Ours: one fresh engine per system, {warm['dtype']} (auto), "
-        "`APPLIANCE_DOC_CACHE=<mode>` (blend: 15% deviation-chosen tokens + 4 leading tokens per chunk recomputed). "
+        f"`APPLIANCE_DOC_CACHE=<mode>` (blend: 15% of the reused tokens, chosen by `{BLEND_SELECT}`, + 4 leading "
+        "tokens per chunk recomputed). "
         "In (B) the systems run side by side in time, every level on each system in turn, so the machine's "
         "drift over the run enters its comparisons little; (A) runs one system after another.",
         "",

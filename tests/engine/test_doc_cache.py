@@ -177,13 +177,13 @@ def test_gradual_filtering_carrying_every_token_is_the_dense_pass(engine_for, pa
     """Carrying every position from layer 2 on to the selection layer splits a dense pass in two: the same
     deviations, the same tokens chosen, the same residual stream to resume from, the same answer."""
     prompt = rag(engine_for(), "Which module joins iterables?", [passages[3], passages[1], passages[0]])
-    gradual = engine_for(blend_ratio=0.15, blend_candidates=1.0, blend_select_layers=4)
+    gradual = engine_for(blend_ratio=0.15, blend_candidates=1.0, blend_select_layers=4, blend_select="deviation")
     warm_passages(gradual, passages)
     (carried, chosen), split_answer, _ = blend_choices(gradual, prompt)
     assert carried[0] <= prompt.layout().chunks[0].start
     assert carried == list(range(carried[0], len(prompt.token_ids)))
     monkeypatch.setattr(BlendConfig, "DENSE_LAYERS", 4)  # the selection pass runs all 4 layers densely
-    dense = engine_for(blend_ratio=0.15, blend_select_layers=4)
+    dense = engine_for(blend_ratio=0.15, blend_select_layers=4, blend_select="deviation")
     warm_passages(dense, passages)
     (dense_chosen,), dense_answer, _ = blend_choices(dense, prompt)
     # (this engine found the chunks on disk, so never computed the system prefix: its plan starts at 0)
@@ -193,7 +193,8 @@ def test_gradual_filtering_carrying_every_token_is_the_dense_pass(engine_for, pa
 
 
 def test_gradual_filtering_chooses_among_the_carried_tokens(engine_for, passages) -> None:
-    engine = engine_for(blend_ratio=0.15, blend_candidates=0.3, blend_select_layers=4)
+    engine = engine_for(blend_ratio=0.15, blend_candidates=0.3, blend_select_layers=4,
+                        blend_select="deviation")
     warm_passages(engine, passages)
     prompt = rag(engine, "Which module joins iterables?", [passages[3], passages[1], passages[0]])
     (carried, chosen), _, out = blend_choices(engine, prompt)
