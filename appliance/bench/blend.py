@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from appliance.bench.gold_eval import accuracy_ratio, right_answers
-from appliance.bench.gold_sets import SETS, load_set
+from appliance.bench.gold_sets import SETS, GoldQuestions
 from appliance.bench.machine import describe_machine, machine_markdown
 from appliance.bench.rag_fidelity import token_f1
 from appliance.bench.rag_workload import BenchPrompt, Question, build_prompts, fresh_questions, load_questions
@@ -206,8 +206,8 @@ def bench_questions(question_set: str, limit: int) -> tuple[list[str], list[str]
     set as written (`gold_sets.SETS`; each asks for a short answer), or the hand-written ones (`hand`) in
     workload B's phrasings."""
     if question_set in SETS:
-        gold = load_set(question_set, limit)
-        return [q.question for q in gold], [q.page for q in gold], [q.answer for q in gold]
+        gold = GoldQuestions.from_set(question_set, limit)
+        return gold.texts, gold.pages, list(gold.golds)
     asked: list[Question] = load_questions(limit)
     return fresh_questions(asked), [q.page for q in asked], [None] * len(asked)
 
@@ -220,7 +220,7 @@ def encoded_prompts(root: Path, texts: list[str], answer_pages: list[str], colle
     build each question's RAG prompt from its top `k` passages and encode the chunks they use into a disk
     tier in each of `kv_formats`. Returns the model, the model-format tier's directory (`tier_dir` names the
     others), the prompts and the corpus figures."""
-    from appliance.bench.rag import ensure_collection
+    from appliance.bench.rag_corpus import ensure_collection
     from appliance.bench.retrieval import CORPUS
     from appliance.engine.loader import load_model
     from retrieval.service import RetrievalService

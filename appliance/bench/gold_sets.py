@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +28,22 @@ SETS: dict[str, tuple[Path, Generator, str]] = {
 def load_set(name: str, limit: int | None = None) -> list[GoldQuestion]:
     """The first `limit` questions of the checked-in set `name` (one of `SETS`)."""
     return load_gold(limit, SETS[name][0])
+
+
+@dataclass(frozen=True)
+class GoldQuestions:
+    """Questions as a bench asks them: their texts, the pages that answer them, their gold answers; `name`
+    says where they come from (a set of `SETS`, or a test's own)."""
+
+    name: str
+    texts: list[str]
+    pages: list[str]
+    golds: list[str]
+
+    @classmethod
+    def from_set(cls, name: str, limit: int | None = None) -> GoldQuestions:
+        questions = load_set(name, limit)
+        return cls(name, [q.question for q in questions], [q.page for q in questions], [q.answer for q in questions])
 
 
 def bench_gold_set(

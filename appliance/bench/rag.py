@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import tempfile
-import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
@@ -28,9 +27,11 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from appliance.bench.gold_sets import GoldQuestions
 from appliance.bench.machine import describe_machine, machine_markdown
+from appliance.bench.rag_corpus import ensure_collection, warm_collection
 from appliance.bench.rag_fidelity import fidelity, level_summary
-from appliance.bench.rag_gold import GoldQuestions, run_gold_workload
+from appliance.bench.rag_gold import run_gold_workload
 from appliance.bench.rag_systems import Completion, LlamaCppServer, OurEngine, System, run_level
 from appliance.bench.rag_workload import (
     BenchPrompt,
@@ -44,50 +45,12 @@ from appliance.bench.retrieval import CORPUS
 
 if TYPE_CHECKING:
     from appliance.engine.loader import LoadedModel
-    from retrieval.service import RetrievalService
 
 COLLECTION = "pydoc"
 WARM_COLLECTION = "pydoc-answers"
 MODES = ("off", "exact", "blend", "reuse")
 SYSTEMS = (*MODES, "llama.cpp")
 T = TypeVar("T")
-
-
-def ensure_collection(service: RetrievalService, collection: str, files: list[Path]) -> dict[str, Any]:
-    """Ingest `files` into `collection` unless it already holds documents (then reuse them)."""
-    if not files:
-        raise FileNotFoundError(f"no pages to ingest: apt-get install python3.11-doc ({CORPUS})")
-    reused = any(c.name == collection for c in service.list_collections()) and bool(service.list_documents(collection))
-    start = time.perf_counter()
-    if not reused:
-        service.ingest_paths(collection, files)
-    docs = service.list_documents(collection)
-    return {"pages": len(files), "documents": len(docs), "chunks": sum(d.chunks for d in docs),
-            "ingest_s": None if reused else round(time.perf_counter() - start, 1)}
-
-
-def warm_collection(loaded: LoadedModel, service: RetrievalService, collection: str, kv_dir: Path
-                    ) -> dict[str, Any]:
-    """Encode every chunk of `collection` into the disk tier under `kv_dir` (what `appliance warm` does), then
-    read the tier's files once: (B) starts as right after a warm, its files in the OS page cache, whether they
-    were encoded by this run or an earlier one (loads from a cold disk are not what it measures)."""
-    from appliance.commands.warm import queue_collection
-    from appliance.config import EngineConfig
-    from appliance.engine.engine import LLMEngine
-
-    engine = LLMEngine(loaded, EngineConfig(data_dir=kv_dir, doc_cache="blend"))
-    start = time.perf_counter()
-    plan = queue_collection(engine, service, collection)
-    assert plan.fits, "the bench's disk tier must hold every chunk it asks about"
-    while engine.has_unfinished():
-        engine.step()
-    disk = engine.doc_cache.disk
-    assert disk is not None
-    for path in disk.root.rglob("*.safetensors"):
-        path.read_bytes()
-    return {"chunks": plan.passages, "encoded": len(plan.chosen), "seconds": round(time.perf_counter() - start, 1),
-            "disk_mb": round(disk.bytes_used / 2**20, 1), "kv_bytes_per_token": engine.kv_bytes_per_token,
-            "tokens": plan.tokens, "dtype": str(engine.dtype).removeprefix("torch.")}
 
 
 class Bench:
@@ -165,6 +128,13 @@ class Bench:
                     out[name][c] = done
         return out
 
+    def one_at_a_time(self, names: list[str], prompts: list[BenchPrompt], kv_dir: Path
+                      ) -> dict[str, tuple[list[Completion], float]]:
+        """`prompts` on each system of `names`, fresh and reading the tier under `kv_dir`, at concurrency 1:
+        each system's answers and wall seconds (a failed system left out)."""
+        runs = self.pre_encoded(names, {1: prompts}, kv_dir)
+        return {name: levels[1] for name, levels in runs.items() if name not in self.failed}
+
 
 def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurrency: list[int],
                   systems: list[str], k: int = 5, kv_cache_mb: int = 2048, threads: int = 0,
@@ -211,9 +181,8 @@ def run_rag_bench(data_dir: Path | None, segment: int, max_tokens: int, concurre
         gold = gold or (GoldQuestions.from_set("modules", gold_questions) if gold_questions else None)
         if gold is not None:
             say(f"(G): {len(gold.texts)} questions of the {gold.name} gold set")
-        graded = None if gold is None else run_gold_workload(
-            bench, service, loaded.tokenizer, systems, gold, pages, k, kv_dir, ensure_collection,
-            partial(warm_collection, loaded))
+        graded = None if gold is None else run_gold_workload(partial(bench.one_at_a_time, systems, kv_dir=kv_dir),
+                                                             service, loaded, gold, pages, k, kv_dir)
         failed = bench.failed
         runs = {w: {name: levels for name, levels in by_system.items() if name not in failed}
                 for w, by_system in (("A", a), ("B", b))}

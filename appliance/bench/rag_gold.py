@@ -10,54 +10,37 @@ bootstrap 95% interval, the share of questions with `off`'s verdict, TTFT p50, a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.bench.gold_eval import accuracy_ratio, right_answers
-from appliance.bench.gold_sets import load_set
+from appliance.bench.gold_sets import GoldQuestions
+from appliance.bench.rag_corpus import ensure_collection, warm_collection
 from appliance.bench.rag_fidelity import level_summary
 from appliance.bench.rag_workload import build_prompts
 
 if TYPE_CHECKING:
-    from appliance.bench.rag import Bench
-    from appliance.engine.tokenizer import TextTokenizer
+    from appliance.bench.rag_systems import Completion
+    from appliance.bench.rag_workload import BenchPrompt
+    from appliance.engine.loader import LoadedModel
     from retrieval.service import RetrievalService
 
 
-@dataclass(frozen=True)
-class GoldQuestions:
-    """The questions of (G): their texts, the pages that answer them, their gold answers; `name` says where
-    they come from (a gold set's name)."""
-
-    name: str
-    texts: list[str]
-    pages: list[str]
-    golds: list[str]
-
-    @classmethod
-    def from_set(cls, name: str, limit: int) -> GoldQuestions:
-        questions = load_set(name, limit)
-        return cls(name, [q.question for q in questions], [q.page for q in questions], [q.answer for q in questions])
-
-
-def run_gold_workload(bench: Bench, service: RetrievalService, tokenizer: TextTokenizer, systems: list[str],
-                      questions: GoldQuestions, pages: list[Path], k: int, kv_dir: Path,
-                      ensure: Callable[[RetrievalService, str, list[Path]], dict[str, Any]],
-                      warm: Callable[[RetrievalService, str, Path], dict[str, Any]]) -> dict[str, Any]:
-    """Ingest (`ensure`) and pre-encode (`warm`) the pages among `pages` that answer `questions`, then run
-    every system on their prompts (`Bench.pre_encoded`, concurrency 1) and grade the answers."""
+def run_gold_workload(run: Callable[[list[BenchPrompt]], dict[str, tuple[list[Completion], float]]],
+                      service: RetrievalService, loaded: LoadedModel, questions: GoldQuestions, pages: list[Path],
+                      k: int, kv_dir: Path) -> dict[str, Any]:
+    """Ingest and pre-encode (into `kv_dir`) the pages among `pages` that answer `questions`, then `run` every
+    system on their prompts (each system's answers and wall seconds; a failed system absent) and grade them."""
     collection = f"pydoc-gold-{questions.name}-{len(questions.texts)}"
     answering = [p for p in pages if p.name in set(questions.pages)]
-    corpus = ensure(service, collection, answering)
-    prompts = build_prompts(service, tokenizer, collection, questions.texts, k)
-    encoded = warm(service, collection, kv_dir)
-    runs = bench.pre_encoded(systems, {1: prompts}, kv_dir)
+    corpus = ensure_collection(service, collection, answering)
+    prompts = build_prompts(service, loaded.tokenizer, collection, questions.texts, k)
+    encoded = warm_collection(loaded, service, collection, kv_dir)
+    runs = run(prompts)
     graded: dict[str, dict[str, Any]] = {}
-    verdicts = {name: right_answers([c.text for c in levels[1][0]], questions.golds) for name, levels in runs.items()
-                if name not in bench.failed}
+    verdicts = {name: right_answers([c.text for c in done], questions.golds) for name, (done, _) in runs.items()}
     for name, right in verdicts.items():
-        done, wall = runs[name][1]
+        done, wall = runs[name]
         graded[name] = {"ttft_p50_ms": level_summary(done, wall)["ttft_p50_ms"], "accuracy": sum(right) / len(right),
                         "right": right}
         if "off" in verdicts and name != "off":

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from appliance.bench.gold_sets import GoldQuestions
 from appliance.bench.rag import run_rag_bench
-from appliance.bench.rag_gold import GoldQuestions
 from appliance.bench.rag_report import rag_markdown, write_rag_section
 from appliance.bench.rag_workload import Question
 

@@ -46,9 +46,7 @@ def test_searches_count_what_they_return_and_warm_up_does_not(service: Retrieval
         assert reopened.retrieval_counts(list(ids.values())) == {ids["Coffee"]: 3, ids["Tea"]: 1}
         order = [c.title for c in passages_by_demand(reopened, "drinks")]
         assert order[:2] == ["Coffee", "Tea"] and order[2] == "Cocoa"
-        doc = next(d for d in reopened.list_documents("drinks") if d.doc_id == reopened.store.chunks(
-            [ids["Coffee"]])[ids["Coffee"]].doc_id)
-        reopened.delete_document("drinks", doc.doc_id)
+        reopened.delete_document("drinks", reopened.store.chunks([ids["Coffee"]])[ids["Coffee"]].doc_id)
         assert reopened.retrieval_counts(list(ids.values())) == {ids["Tea"]: 1}  # gone with its chunk
     finally:
         reopened.close()
