@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     blend_select: Literal["deviation", "query", "mixed"] = BLEND_SELECT  # how blend chooses (BlendConfig)
     blend_query_layer: int = Field(default=BLEND_QUERY_LAYER, ge=0)  # question attention measured here (blend)
     doc_cache_disk_mb: int = Field(default=8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
-    doc_cache_kv_format: Literal["model", "int8"] = "model"  # on-disk KV: model dtype or 8-bit
+    doc_cache_kv_format: Literal["model", "int8"] = "int8"  # on-disk KV: 8-bit per vector, or the model dtype
     threads: int = Field(default=0, ge=0)  # engine intra-op threads (0: every CPU this process may use)
     cuda_graphs: bool = True  # on CUDA, decode steps replay captured graphs (needs triton)
     warmup_tokens: int = Field(default=1500, ge=0)  # warm-up prompt run before /ready (0: no warm-up)
@@ -145,7 +145,7 @@ class EngineConfig:
     blend_select: str = BLEND_SELECT
     blend_query_layer: int = BLEND_QUERY_LAYER
     doc_cache_disk_mb: int = 8192
-    doc_cache_kv_format: str = "model"
+    doc_cache_kv_format: str = "int8"
     threads: int = 0  # 0: every CPU this process may use
     kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)
     decode_graphs: str = "auto"  # auto (CUDA graphs on CUDA) | off | eager (the graph path uncaptured: tests)

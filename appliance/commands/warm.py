@@ -54,16 +54,17 @@ def _gb(n: int) -> str:
     return f"{n / 2**30:.1f} GB"
 
 
-def describe_plan(plan: WarmPlan) -> str:
-    """What the warm will write against the disk budget, said before it starts."""
+def describe_plan(plan: WarmPlan, kv_format: str = "int8") -> str:
+    """What the warm will write against the disk budget (files in `kv_format`), said before it starts."""
     head = (f"{plan.passages} passages, {plan.tokens:,} tokens at {plan.bytes_per_token / 1024:.1f} KB of KV each; "
             f"{plan.cached} already cached; the rest need {_gb(plan.need_bytes)}, the disk budget has "
             f"{_gb(plan.room_bytes)} left")
     if plan.fits:
         return head
+    room = "APPLIANCE_DOC_CACHE_DISK_MB" + (
+        "" if kv_format == "int8" else ", or APPLIANCE_DOC_CACHE_KV_FORMAT=int8 (about half of bf16's bytes)")
     return (f"{head}: encoding the {len(plan.chosen)} uncached passages that fit, the most retrieved first; the "
-            f"other {plan.left_out} are encoded when a question needs them. For room: APPLIANCE_DOC_CACHE_DISK_MB, "
-            "or APPLIANCE_DOC_CACHE_KV_FORMAT=int8 (about half the bytes).")
+            f"other {plan.left_out} are encoded when a question needs them. For room: {room}.")
 
 
 def warm_collection(settings: Settings, service: RetrievalService, collection: str) -> tuple[WarmPlan, float]:
@@ -75,7 +76,8 @@ def warm_collection(settings: Settings, service: RetrievalService, collection: s
         raise ApplianceError("the disk tier is off (APPLIANCE_DOC_CACHE_DISK_MB=0): nothing to warm into")
     started = time.perf_counter()
     plan = queue_collection(engine, service, collection)
-    (console if plan.fits else err).print(("" if plan.fits else "[bold yellow]warning:[/] ") + describe_plan(plan))
+    warning = "" if plan.fits else "[bold yellow]warning:[/] "
+    (console if plan.fits else err).print(warning + describe_plan(plan, settings.doc_cache_kv_format))
     columns = (TextColumn("[bold]encoding chunk KV"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("warm", total=len(plan.chosen))

@@ -17,7 +17,8 @@ def test_plan_takes_uncached_passages_in_order_while_they_fit() -> None:
     assert plan.need_bytes == 5000 + 4 * FILE_OVERHEAD_BYTES and plan.tokens == 70
     text = describe_plan(plan)
     assert "encoding the 3 uncached passages that fit" in text and "other 1 are encoded when" in text
-    assert "APPLIANCE_DOC_CACHE_DISK_MB" in text
+    assert "APPLIANCE_DOC_CACHE_DISK_MB" in text and "KV_FORMAT" not in text  # int8 is the default already
+    assert "APPLIANCE_DOC_CACHE_KV_FORMAT=int8" in describe_plan(plan, "model")
     assert "that fit" not in describe_plan(plan_warm([10], [False], 100, 10**6))
 
 
@@ -28,7 +29,8 @@ def test_int8_files_take_about_half_of_bfloat16(loaded_model) -> None:
 
 
 def test_a_warm_larger_than_the_budget_writes_what_fits_and_evicts_nothing(make_engine, tmp_path: Path) -> None:
-    engine = make_engine(data_dir=tmp_path, doc_cache_disk_mb=1)  # float32: 46,080 bytes a token
+    # Model-dtype files (float32: 46,080 bytes a token) make the arithmetic plain.
+    engine = make_engine(data_dir=tmp_path, doc_cache_disk_mb=1, doc_cache_kv_format="model")
     prefix = [1, 2, 3]
     chunks = [[100 + 10 * i + j for j in range(8)] for i in range(5)]  # 8 tokens: ~0.37 MB a file
     plan = engine.warm_plan(prefix, chunks)
