@@ -77,9 +77,9 @@ class TorchAttention(AttentionBackend):
         low_precision = q.dtype != torch.float32
         for start, end in plan.fresh:
             if low_precision and end - start > _BLOCK:
-                rows = torch.arange(end - start)
+                rows = torch.arange(end - start, device=q.device)
                 out[start:end] = _blocked_attention(q[start:end], k[start:end], v[start:end],
-                                                    rows[None, :] <= rows[:, None])
+                                                    rows[None, :] <= rows[:, None], list(range(1, end - start + 1)))
             else:
                 out[start:end] = _sdpa(q[start:end], k[start:end], v[start:end], None, causal=True)
         for start, end, slots, mask in plan.chunks:  # a masked SDPA in bf16 falls back to its slow math kernel
@@ -115,8 +115,10 @@ _BLOCK = 256  # query rows per block in `_blocked_attention`
 _SMALL_DECODE = 4096  # decode batches with at most this many (sequence, key) pairs compute in float32
 
 
-def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-    """Attention of a chunk of queries over keys under a mask (`visible[i, j]`: query i may see key j).
+def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor,
+                       seen: list[int] | None = None) -> torch.Tensor:
+    """Attention of a chunk of queries over keys under a mask (`visible[i, j]`: query i may see key j; `seen[i]`
+    the number of keys it sees, read from the mask when not given: a wait on the device).
 
     q: [Q, H, D]; k/v: [L, KVH, D]; visible: [Q, L] bool -> [Q, H, D]. Blocks of query rows against the keys
     up to the last one the block can see, as bf16 batched matmuls (the query heads of one KV head stacked)
@@ -132,7 +134,8 @@ def _blocked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visibl
     kt = k.permute(1, 2, 0)  # [KVH, D, L]
     vt = v.transpose(0, 1)  # [KVH, L, D]
     out = torch.empty_like(q)
-    seen = visible.sum(-1).tolist()  # keys each row sees (a prefix)
+    if seen is None:
+        seen = visible.sum(-1).tolist()  # keys each row sees (a prefix)
     for start in range(0, n, _BLOCK):
         end = min(start + _BLOCK, n)
         rows, keys, common = end - start, max(seen[start:end]), min(seen[start:end])

@@ -14,8 +14,6 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-import torch
-
 from appliance.engine.sampling import SamplingParams
 
 
@@ -41,7 +39,6 @@ class Request:
     num_preemptions: int = 0
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
-    generator: torch.Generator | None = None
     # the document cache (appliance/engine/doc_cache; its connector keeps the per-request state)
     doc_mode: str = "exact"  # off | exact | blend | reuse
     prefill_only: bool = False  # an encode job: computes its prompt's KV for the chunk tier, samples nothing
@@ -56,8 +53,6 @@ class Request:
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
-        if self.params.seed is not None:
-            self.generator = torch.Generator().manual_seed(self.params.seed)
 
     @property
     def num_tokens(self) -> int:

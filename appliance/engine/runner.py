@@ -12,7 +12,7 @@ import torch
 
 from appliance.engine.decode_graphs import DecodeGraphs
 from appliance.engine.model import CausalLM, LayerSpan
-from appliance.engine.sampling import Sampler
+from appliance.engine.sampler import Sampler
 from appliance.engine.work import WorkItem
 from kernels.base import AttentionBackend, AttentionBatch
 
@@ -39,11 +39,18 @@ class ModelRunner:
             model, self.kv_caches, block_size, num_blocks, max_batch, max_blocks, capture=decode_graphs == "capture")
         self.connector: DocCacheConnector | None = None  # the document cache's worker side (LLMEngine attaches it)
 
-    @torch.inference_mode()
     def execute(self, items: list[WorkItem]) -> list[int | None]:
         """Compute every item's positions through its layers in one forward pass; return the sampled next token
-        of each item that `samples` (None for the others). The connector's worker side, when attached, runs
-        before (writing reused KV) and after (reading what its items produced, saving encoded KV)."""
+        of each item that `samples` (None for the others): the step's one transfer from the device."""
+        tokens = self.compute(items).tolist()
+        order = iter(tokens)
+        return [next(order) if item.samples else None for item in items]
+
+    @torch.inference_mode()
+    def compute(self, items: list[WorkItem]) -> torch.Tensor:
+        """The step's device work: the forward pass and the sampling -> [number of sampling items] int64 token
+        ids on the model's device, in item order. The connector's worker side, when attached, runs before
+        (writing reused KV) and after (reading what its items produced, saving encoded KV)."""
         batch, input_ids = self._prepare(items)
         if self.connector is not None:
             self.connector.before_forward(items)
@@ -61,17 +68,13 @@ class ModelRunner:
         if self.connector is not None:
             self.connector.after_forward(items, leaving, self._rows(batch))
         sampling = [i for i, item in enumerate(items) if item.samples]
-        sampled: list[int | None] = [None] * len(items)
-        if sampling:
-            last = torch.tensor([batch.query_start_loc[i + 1] - 1 for i in sampling])
-            rows = hidden[last] if leaving is None else self.model.final_norm(hidden[last])
-            logits = self.model.logits(rows)  # [len(sampling), V]
-            reqs = [items[i].request for i in sampling]
-            tokens = self.sampler(logits, [r.params for r in reqs], [r.generator for r in reqs],
-                                  [r.output_token_ids for r in reqs])
-            for i, token in zip(sampling, tokens, strict=True):
-                sampled[i] = token
-        return sampled
+        if not sampling:
+            return torch.empty(0, dtype=torch.int64, device=self.model.device)
+        last = torch.tensor([batch.query_start_loc[i + 1] - 1 for i in sampling], device=self.model.device)
+        rows = hidden[last] if leaving is None else self.model.final_norm(hidden[last])
+        logits = self.model.logits(rows)  # [len(sampling), V]
+        reqs = [items[i].request for i in sampling]
+        return self.sampler(logits, [r.params for r in reqs], [r.output_token_ids for r in reqs])
 
     @staticmethod
     def _rows(batch: AttentionBatch) -> list[slice]:

@@ -1,4 +1,4 @@
-"""Sampling parameters and the sampler (greedy, temperature, top-k, top-p, seeded)."""
+"""Sampling parameters (greedy, temperature, top-k, top-p, seed, stops); `sampler.py` draws with them."""
 
 from __future__ import annotations
 
@@ -40,34 +40,3 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
-
-
-class Sampler:
-    """Pick the next token of each row. Rows are independent; a seeded request draws from its own generator."""
-
-    def __call__(self, logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator | None],
-                 histories: list[list[int]]) -> list[int]:
-        """logits: [N, V] float32 -> N token ids."""
-        for i, p in enumerate(params):
-            for proc in p.logits_processors:
-                logits[i] = proc(histories[i], logits[i])
-        greedy = logits.argmax(dim=-1).tolist()
-        out = []
-        for i, p in enumerate(params):
-            out.append(greedy[i] if p.greedy else self._sample_row(logits[i], p, generators[i]))
-        return out
-
-    @staticmethod
-    def _sample_row(row: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
-        row = row / p.temperature  # [V]
-        if p.top_k and p.top_k < row.shape[0]:
-            kth = torch.topk(row, p.top_k).values[-1]
-            row = row.masked_fill(row < kth, float("-inf"))
-        probs = torch.softmax(row, dim=-1)
-        if p.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            cumulative = sorted_probs.cumsum(0)
-            drop = cumulative - sorted_probs > p.top_p  # keep the smallest prefix whose mass reaches top_p
-            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-        return int(torch.multinomial(probs, 1, generator=gen).item())

@@ -66,7 +66,7 @@ class CitationConstraint:
         if not allowed:
             return logits
         masked = torch.full_like(logits, float("-inf"))
-        index = torch.tensor(allowed)
+        index = torch.tensor(allowed, device=logits.device)
         masked[index] = logits[index]
         return masked
 

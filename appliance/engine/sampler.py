@@ -1,0 +1,67 @@
+"""The sampler: every row's next token in one batched pass on the logits' device.
+
+Greedy rows take the argmax. The others are drawn with the exponential race (the argmax of probs / Exp(1)
+noise, a draw from probs): temperature, top-k and top-p are per-row tensors, never a Python loop per row.
+Unseeded rows take the device's default generator; a seeded row takes `seeded_noise`, which depends on
+(seed, output position, token id) only, so its answer does not depend on the batch or the device.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from appliance.engine.sampling import SamplingParams
+from appliance.engine.seeded_noise import exponential_noise
+
+
+class Sampler:
+    def __call__(self, logits: torch.Tensor, params: list[SamplingParams], histories: list[list[int]]
+                 ) -> torch.Tensor:
+        """logits: [N, V] float32 (rows' logits processors applied here, in place) -> [N] int64 token ids on
+        logits' device. `histories[i]`: row i's generated ids so far (its processors' input; its length is
+        the output position a seeded draw is keyed by)."""
+        for i, p in enumerate(params):
+            for proc in p.logits_processors:
+                logits[i] = proc(histories[i], logits[i])
+        tokens = logits.argmax(dim=-1)  # [N]
+        drawn = [i for i, p in enumerate(params) if not p.greedy]
+        if drawn:
+            rows = torch.tensor(drawn, device=logits.device)
+            tokens[rows] = _draw(logits[rows], [params[i] for i in drawn], [len(histories[i]) for i in drawn])
+        return tokens
+
+
+def _draw(logits: torch.Tensor, params: list[SamplingParams], steps: list[int]) -> torch.Tensor:
+    """logits: [M, V] of rows that sample -> [M] token ids."""
+    device = logits.device
+    temperature = torch.tensor([p.temperature for p in params], device=device)  # [M]
+    scaled = logits / temperature[:, None]
+    if any(0 < p.top_k < scaled.shape[1] or p.top_p < 1.0 for p in params):
+        candidates, probs = _truncated(scaled, params)  # [M, W] each
+    else:
+        candidates = torch.arange(scaled.shape[1], device=device).expand_as(scaled)  # [M, V] token ids
+        probs = scaled.softmax(dim=-1)
+    noise = torch.empty_like(probs).exponential_()  # [M, W]
+    seeded = [i for i, p in enumerate(params) if p.seed is not None]
+    if seeded:  # keyed by token id, not by rank: the draw does not depend on the batch's width
+        rows = torch.tensor(seeded, device=device)
+        noise[rows] = exponential_noise([params[i].seed or 0 for i in seeded], [steps[i] for i in seeded],
+                                        candidates[rows])
+    pick = (probs / noise).argmax(dim=-1, keepdim=True)  # [M, 1] index into the candidates
+    return candidates.gather(1, pick).squeeze(1)
+
+
+def _truncated(scaled: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
+    """scaled: [M, V] logits over temperature -> each row's best W token ids [M, W] and their probabilities
+    after top-k (renormalised over the k kept) and top-p (the smallest prefix whose mass reaches top_p), 0 for
+    the dropped. W is the largest top-k, or all of V where a row has none (a full sort: never a data-dependent
+    branch, so the step never waits on the device)."""
+    device = scaled.device
+    vocab = scaled.shape[1]
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device)  # [M]
+    top_p = torch.tensor([p.top_p for p in params], device=device)[:, None]  # [M, 1]
+    width = max(p.top_k if 0 < p.top_k < vocab else vocab for p in params)
+    values, candidates = scaled.topk(width, dim=-1)  # [M, W] descending
+    values = values.masked_fill(torch.arange(width, device=device)[None, :] >= top_k[:, None], float("-inf"))
+    probs = values.softmax(dim=-1)  # [M, W]
+    return candidates, probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p, 0.0)
