@@ -14,7 +14,6 @@ import pytest
 from appliance.bench.gold_modules import MODULE_SET, generate, page_apis, question_for
 from appliance.bench.gold_set import is_right, plain
 from appliance.bench.gold_sets import load_set
-from retrieval.parse.html import parse_html
 
 LIBRARY = Path("/usr/share/doc/python3.11/html/library")
 
@@ -74,17 +73,17 @@ def test_the_checked_in_set_is_large_and_spread(gold: list) -> None:
     assert json.loads(MODULE_SET.read_text())["generator"].startswith("appliance bench gold-set --kind modules")
 
 
-def test_every_gold_answer_is_written_beside_its_name_in_its_page(gold: list) -> None:
+def test_every_gold_answer_is_written_beside_its_name_in_its_page(gold: list, parse_once) -> None:
     by_page: dict[str, list] = {}
     for q in gold:
         by_page.setdefault(q.page, []).append(q)
     for name, questions in by_page.items():
-        sections = [plain(s.text) for s in parse_html((LIBRARY / name).read_bytes(), name).sections]
+        sections = [plain(s.text) for s in parse_once((LIBRARY / name).read_bytes(), name).sections]
         for q in questions:
             assert any(re.search(rf"(?<![\w.]){re.escape(q.api)}(?!\w)", text) for text in sections), q
 
 
-def test_the_checked_in_set_is_what_the_generator_makes_of_its_pages(gold: list, tmp_path: Path) -> None:
+def test_the_checked_in_set_is_what_the_generator_makes_of_its_pages(gold: list, tmp_path: Path, parse_once) -> None:
     """Regenerated from only its pages, the set keeps every question, except those whose name another page
     (left out here) also documents, which the full corpus would drop: there are none."""
     for name in {q.page for q in gold}:

@@ -11,7 +11,6 @@ import pytest
 
 from appliance.bench.gold_eval import accuracy_ratio
 from appliance.bench.gold_set import GOLD_SET, SHORT_ANSWER, generate, is_right, load_gold, page_notes, plain
-from retrieval.parse.html import parse_html
 
 LIBRARY = Path("/usr/share/doc/python3.11/html/library")
 
@@ -78,13 +77,13 @@ def test_the_checked_in_set_is_large_and_spread(gold: list) -> None:
     assert json.loads(GOLD_SET.read_text())["generator"].startswith("appliance bench gold-set")
 
 
-def test_every_gold_answer_is_written_in_its_page(gold: list) -> None:
+def test_every_gold_answer_is_written_in_its_page(gold: list, parse_once) -> None:
     """As the appliance ingests the page: one section says the note's words and names the API."""
     by_page: dict[str, list] = {}
     for q in gold:
         by_page.setdefault(q.page, []).append(q)
     for page, questions in by_page.items():
-        sections = [plain(s.text) for s in parse_html((LIBRARY / page).read_bytes(), page).sections]
+        sections = [plain(s.text) for s in parse_once((LIBRARY / page).read_bytes(), page).sections]
         for q in questions:
             words = f"{'New' if q.kind == 'added' else 'Changed'} in version {q.answer}"
             name = q.api.rsplit(".", 1)[-1]
@@ -92,7 +91,7 @@ def test_every_gold_answer_is_written_in_its_page(gold: list) -> None:
             assert any(said in text and name in text for text in sections), q
 
 
-def test_the_checked_in_set_is_what_the_generator_makes_of_its_pages(gold: list, tmp_path: Path) -> None:
+def test_the_checked_in_set_is_what_the_generator_makes_of_its_pages(gold: list, tmp_path: Path, parse_once) -> None:
     """Regenerated from only the pages it uses, with the same rules, the set keeps every question (a fresh
     shuffle over fewer candidates picks in another order, so only membership is compared)."""
     for page in {q.page for q in gold}:

@@ -8,14 +8,14 @@ from appliance.engine.sampling import SamplingParams
 from appliance.engine.tokenizer import ChatMessage
 from tests.engine.prompts import QUESTIONS
 
-GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+GREEDY = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
 def prompts(make_engine) -> list[list[int]]:
     tok = make_engine(kv_blocks=8).tokenizer
     system = "You answer briefly and precisely. Context: the appliance serves questions over documents."
-    return [tok.apply_chat_template([ChatMessage("system", system), ChatMessage("user", q)]) for q in QUESTIONS[:8]]
+    return [tok.apply_chat_template([ChatMessage("system", system), ChatMessage("user", q)]) for q in QUESTIONS[:6]]
 
 
 @pytest.fixture(scope="module")
