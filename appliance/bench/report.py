@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from appliance.bench.engine import BUSY_CORES, LABELS, OURS_PREFIX, PEERS, metrics, peer_value
+from appliance.bench.engine_results import BUSY_CORES, LABELS, OURS_PREFIX, PEERS, metrics, peer_value
 from appliance.bench.machine import machine_markdown
 
 BENCHMARKS_FILE = "BENCHMARKS.md"

@@ -48,7 +48,8 @@ def demo(
     = None,
 ) -> None:
     """Load ~30 Python library pages into a `demo` collection, ready to ask in the web UI."""
-    from appliance.commands.retrieval import ingest_with_progress, open_service
+    from appliance.commands.retrieval import ingest_with_progress
+    from appliance.commands.service import open_service
     from appliance.commands.warm import report_warm, warm_collection
 
     settings = Settings.with_flags(data_dir=data_dir)

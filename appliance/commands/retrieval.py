@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from appliance.commands.service import open_service
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 from retrieval.service import RetrievalService
@@ -30,22 +31,6 @@ class Mode(StrEnum):
     hybrid = "hybrid"
     vector = "vector"
     bm25 = "bm25"
-
-
-def open_service(data_dir: Path | None, model: str | None, embedder: str | None, chunk_tokens: int) -> RetrievalService:
-    """The retrieval service of the configured data dir, chunking with the configured LLM's tokenizer."""
-    from appliance.engine.loader import load_tokenizer
-
-    settings = Settings.with_flags(data_dir=data_dir, model=model, embedder=embedder)
-    tokenizer = load_tokenizer(settings.model, data_dir=settings.data_dir)
-    return RetrievalService.open(
-        settings.data_dir,
-        tokenizer,
-        embedder=settings.embedder,
-        chunk_tokens=chunk_tokens,
-        device=settings.retrieval_device,
-        limits=settings.ingest_limits(),
-    )
 
 
 def _summary(status: JobStatus) -> None:

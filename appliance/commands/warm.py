@@ -102,7 +102,7 @@ def warm(
     = None,
 ) -> None:
     """Pre-encode the chunk KV of an existing collection into the document cache's disk tier."""
-    from appliance.commands.retrieval import open_service
+    from appliance.commands.service import open_service
 
     settings = Settings.with_flags(data_dir=data_dir, model=model)
     with exit_on_appliance_error():
