@@ -6,13 +6,15 @@ code receives the frozen dataclasses built from it (`EngineConfig`, ...), never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+DocCacheMode = Literal["off", "exact", "blend", "reuse"]  # how a RAG prompt's passages get their KV (README)
+DOC_CACHE_MODES: tuple[str, ...] = get_args(DocCacheMode)
 BLEND_SELECT_LAYERS = 4  # blend measures KV deviation after this many layers (appliance bench blend)
 BLEND_CANDIDATES = 0.3  # share of reused chunk tokens carried from layer 2 to BLEND_SELECT_LAYERS (gradual filtering)
 BLEND_SELECT: Literal["deviation", "query", "mixed"] = "query"  # how blend chooses (BlendConfig; BENCHMARKS.md)
@@ -22,6 +24,40 @@ if TYPE_CHECKING:
     from retrieval.jobs import IngestLimits
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine needs to start. `kv_cache_mb` is the KV budget: the paged pool and the chunk tier.
+
+    The one place of the engine's defaults: `Settings` takes them from here, and `Settings.engine_config`
+    copies the fields of the same name (the rest are derived there, or set by tests and benchmarks)."""
+
+    model: str = "default"
+    data_dir: Path = Path("./data")
+    device: str = "auto"
+    dtype: str = "auto"
+    attention_backend: str = "auto"
+    kv_cache_mb: int = 1024
+    block_size: int = 16
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 1024
+    max_model_len: int = 8192
+    enable_prefix_caching: bool = True
+    doc_cache: str = "exact"  # default mode of requests that do not choose one (DOC_CACHE_MODES)
+    doc_cache_share: float = 0.4  # of kv_cache_mb, for the chunk tier (the paged pool gets the rest)
+    blend_ratio: float = 0.15
+    blend_first_tokens: int = 4
+    blend_select_layers: int = BLEND_SELECT_LAYERS
+    blend_candidates: float = BLEND_CANDIDATES
+    blend_select: str = BLEND_SELECT
+    blend_query_layer: int = BLEND_QUERY_LAYER
+    doc_cache_disk_mb: int = 8192
+    doc_cache_kv_format: str = "int8"
+    threads: int = 0  # 0: every CPU this process may use
+    kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)
+    decode_graphs: str = "auto"  # auto (CUDA graphs on CUDA) | off | eager (the graph path uncaptured: tests)
+    int4_decode_tokens: int = 32  # steps of at most this many tokens use 4-bit GGUF weights (CPU, bfloat16)
+
+
 class Settings(BaseSettings):
     """Every setting of the appliance; each is also the env var `APPLIANCE_<NAME>`."""
 
@@ -29,30 +65,30 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
-    data_dir: Path = Path("./data")
-    model: str = "default"
+    data_dir: Path = EngineConfig.data_dir
+    model: str = EngineConfig.model
     embedder: str = "default"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    attention_backend: str = "auto"
+    attention_backend: str = EngineConfig.attention_backend
     admin_key: str | None = None
-    kv_cache_mb: int = 1024
-    block_size: int = 16
-    max_num_seqs: int = 32
-    max_num_batched_tokens: int = 1024
-    max_model_len: int = 8192
+    kv_cache_mb: int = EngineConfig.kv_cache_mb
+    block_size: int = EngineConfig.block_size
+    max_num_seqs: int = EngineConfig.max_num_seqs
+    max_num_batched_tokens: int = EngineConfig.max_num_batched_tokens
+    max_model_len: int = EngineConfig.max_model_len
     max_queue: int = 256
-    doc_cache: Literal["off", "exact", "blend", "reuse"] = "exact"
-    doc_cache_share: float = Field(default=0.4, ge=0.0, lt=1.0)  # share of kv_cache_mb kept for the chunk tier
-    blend_ratio: float = Field(default=0.15, ge=0.0, le=1.0)  # reused chunk tokens recomputed by deviation (blend)
-    blend_first_tokens: int = Field(default=4, ge=0)  # leading tokens of each chunk always recomputed (blend)
-    blend_select_layers: int = Field(default=BLEND_SELECT_LAYERS, ge=2)  # layer whose KV deviation chooses (blend)
-    blend_candidates: float = Field(default=BLEND_CANDIDATES, ge=0.0, le=1.0)  # carried past layer 2 (blend)
+    doc_cache: DocCacheMode = EngineConfig.doc_cache  # type: ignore[assignment]
+    doc_cache_share: float = Field(default=EngineConfig.doc_cache_share, ge=0.0, lt=1.0)  # kv_cache_mb: chunk tier
+    blend_ratio: float = Field(default=EngineConfig.blend_ratio, ge=0.0, le=1.0)  # reused tokens recomputed (blend)
+    blend_first_tokens: int = Field(default=EngineConfig.blend_first_tokens, ge=0)  # of each chunk, always recomputed
+    blend_select_layers: int = Field(default=EngineConfig.blend_select_layers, ge=2)  # deviation measured here
+    blend_candidates: float = Field(default=EngineConfig.blend_candidates, ge=0.0, le=1.0)  # carried past layer 2
     blend_select: Literal["deviation", "query", "mixed"] = BLEND_SELECT  # how blend chooses (BlendConfig)
-    blend_query_layer: int = Field(default=BLEND_QUERY_LAYER, ge=0)  # question attention measured here (blend)
-    doc_cache_disk_mb: int = Field(default=8192, ge=0)  # persistent chunk tier under <data_dir>/kvcache (0: off)
-    doc_cache_kv_format: Literal["model", "int8"] = "int8"  # on-disk KV: 8-bit per vector, or the model dtype
-    threads: int = Field(default=0, ge=0)  # engine intra-op threads (0: every CPU this process may use)
+    blend_query_layer: int = Field(default=EngineConfig.blend_query_layer, ge=0)  # question attention measured here
+    doc_cache_disk_mb: int = Field(default=EngineConfig.doc_cache_disk_mb, ge=0)  # under <data_dir>/kvcache (0: off)
+    doc_cache_kv_format: Literal["model", "int8"] = EngineConfig.doc_cache_kv_format  # type: ignore[assignment]
+    threads: int = Field(default=EngineConfig.threads, ge=0)  # engine intra-op threads (0: every CPU)
     cuda_graphs: bool = True  # on CUDA, decode steps replay captured graphs (needs triton)
     warmup_tokens: int = Field(default=1500, ge=0)  # warm-up prompt run before /ready (0: no warm-up)
     warmup_timeout_s: float = Field(default=120.0, gt=0)  # /ready turns 200 after this even if warm-up is not done
@@ -92,61 +128,7 @@ class Settings(BaseSettings):
                             parse_memory_bytes=self.parse_memory_mb * mb, archive=archive)
 
     def engine_config(self) -> EngineConfig:
-        return EngineConfig(
-            model=self.model,
-            data_dir=self.data_dir,
-            device=self.device,
-            dtype=self.dtype,
-            attention_backend=self.attention_backend,
-            kv_cache_mb=self.kv_cache_mb,
-            block_size=self.block_size,
-            max_num_seqs=self.max_num_seqs,
-            max_num_batched_tokens=self.max_num_batched_tokens,
-            max_model_len=self.max_model_len,
-            max_queue=self.max_queue,
-            enable_prefix_caching=self.doc_cache != "off",
-            doc_cache=self.doc_cache,
-            doc_cache_share=self.doc_cache_share,
-            blend_ratio=self.blend_ratio,
-            blend_first_tokens=self.blend_first_tokens,
-            blend_select_layers=self.blend_select_layers,
-            blend_candidates=self.blend_candidates,
-            blend_select=self.blend_select,
-            blend_query_layer=self.blend_query_layer,
-            doc_cache_disk_mb=self.doc_cache_disk_mb,
-            doc_cache_kv_format=self.doc_cache_kv_format,
-            threads=self.threads,
-            decode_graphs="auto" if self.cuda_graphs else "off",
-        )
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """What the engine needs to start. `kv_cache_mb` is the KV budget: the paged pool and the chunk tier."""
-
-    model: str = "default"
-    data_dir: Path = Path("./data")
-    device: str = "auto"
-    dtype: str = "auto"
-    attention_backend: str = "auto"
-    kv_cache_mb: int = 1024
-    block_size: int = 16
-    max_num_seqs: int = 32
-    max_num_batched_tokens: int = 1024
-    max_model_len: int = 8192
-    max_queue: int = 256
-    enable_prefix_caching: bool = True
-    doc_cache: str = "exact"  # default mode of requests that do not choose one
-    doc_cache_share: float = 0.4  # of kv_cache_mb, for the chunk tier (the paged pool gets the rest)
-    blend_ratio: float = 0.15
-    blend_first_tokens: int = 4
-    blend_select_layers: int = BLEND_SELECT_LAYERS
-    blend_candidates: float = BLEND_CANDIDATES
-    blend_select: str = BLEND_SELECT
-    blend_query_layer: int = BLEND_QUERY_LAYER
-    doc_cache_disk_mb: int = 8192
-    doc_cache_kv_format: str = "int8"
-    threads: int = 0  # 0: every CPU this process may use
-    kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)
-    decode_graphs: str = "auto"  # auto (CUDA graphs on CUDA) | off | eager (the graph path uncaptured: tests)
-    int4_decode_tokens: int = 32  # steps of at most this many tokens use 4-bit GGUF weights (CPU, bfloat16)
+        """The engine's configuration: each EngineConfig field that is a setting, by name, and two derived."""
+        shared = {f.name: getattr(self, f.name) for f in fields(EngineConfig) if f.name in type(self).model_fields}
+        return EngineConfig(**shared, enable_prefix_caching=self.doc_cache != "off",
+                            decode_graphs="auto" if self.cuda_graphs else "off")

@@ -42,13 +42,14 @@ from appliance.bench.rag_workload import (
     skewed_traffic,
 )
 from appliance.bench.retrieval import CORPUS
+from appliance.config import DOC_CACHE_MODES
 
 if TYPE_CHECKING:
     from appliance.engine.loader import LoadedModel
 
 COLLECTION = "pydoc"
 WARM_COLLECTION = "pydoc-answers"
-MODES = ("off", "exact", "blend", "reuse")
+MODES = DOC_CACHE_MODES
 SYSTEMS = (*MODES, "llama.cpp")
 T = TypeVar("T")
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
-from appliance.config import EngineConfig
+from appliance.config import DOC_CACHE_MODES, EngineConfig
 from appliance.engine.block_manager import BlockManager
 from appliance.engine.device import resolve_device, resolve_dtype
 from appliance.engine.doc_cache.blend import KVMover
-from appliance.engine.doc_cache.build import DOC_CACHE_MODES, build_doc_cache
+from appliance.engine.doc_cache.build import build_doc_cache
 from appliance.engine.doc_cache.capacity import WarmPlan, plan_warm
 from appliance.engine.doc_cache.connector import DocCacheConnector
 from appliance.engine.doc_cache.disk import disk_bytes_per_token

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from appliance.config import DocCacheMode
 from appliance.engine.sampling import SamplingParams
 
 # OpenAPI of routes that answer with server-sent events when the body asks `"stream": true`
@@ -39,9 +40,6 @@ class ChatMessageIn(RequestModel):
 
 class StreamOptions(RequestModel):
     include_usage: bool = False
-
-
-DocCacheMode = Literal["off", "exact", "blend", "reuse"]
 
 
 class RagOptions(RequestModel):

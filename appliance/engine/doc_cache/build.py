@@ -9,8 +9,6 @@ from appliance.engine.doc_cache.disk import DiskTier, KVFormat
 from appliance.engine.doc_cache.manager import BlendConfig, DocCache
 from appliance.engine.doc_cache.tier import ChunkTier
 
-DOC_CACHE_MODES = ("off", "exact", "blend", "reuse")
-
 
 def build_doc_cache(config: EngineConfig, salt: bytes, dtype: torch.dtype, budget_bytes: int, num_layers: int
                     ) -> DocCache:
