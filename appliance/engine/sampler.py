@@ -41,7 +41,7 @@ def _draw(logits: torch.Tensor, params: list[SamplingParams], steps: list[int]) 
     else:
         candidates = torch.arange(scaled.shape[1], device=device).expand_as(scaled)  # [M, V] token ids
         probs = scaled.softmax(dim=-1)
-    noise = torch.empty_like(probs).exponential_()  # [M, W]
+    noise = torch.rand_like(probs).clamp_min_(2.0 ** -24).log_().neg_()  # [M, W] Exp(1): 4x cheaper than exponential_
     seeded = [i for i, p in enumerate(params) if p.seed is not None]
     if seeded:  # keyed by token id, not by rank: the draw does not depend on the batch's width
         rows = torch.tensor(seeded, device=device)
@@ -51,17 +51,28 @@ def _draw(logits: torch.Tensor, params: list[SamplingParams], steps: list[int]) 
     return candidates.gather(1, pick).squeeze(1)
 
 
+_TOP_P_WIDTH = 1024  # candidates a top-p row without top-k starts from (a full sort costs 7x more on a CPU)
+
+
 def _truncated(scaled: torch.Tensor, params: list[SamplingParams]) -> tuple[torch.Tensor, torch.Tensor]:
     """scaled: [M, V] logits over temperature -> each row's best W token ids [M, W] and their probabilities
     after top-k (renormalised over the k kept) and top-p (the smallest prefix whose mass reaches top_p), 0 for
-    the dropped. W is the largest top-k, or all of V where a row has none (a full sort: never a data-dependent
-    branch, so the step never waits on the device)."""
+    the dropped. W covers every row's top-k; a row without one takes the best `_TOP_P_WIDTH`, or all of V when
+    they hold less than its top_p (a check that waits for the device: the step's transfer follows anyway)."""
     device = scaled.device
     vocab = scaled.shape[1]
-    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device)  # [M]
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else 0 for p in params], device=device)  # [M], 0: none
     top_p = torch.tensor([p.top_p for p in params], device=device)[:, None]  # [M, 1]
-    width = max(p.top_k if 0 < p.top_k < vocab else vocab for p in params)
-    values, candidates = scaled.topk(width, dim=-1)  # [M, W] descending
-    values = values.masked_fill(torch.arange(width, device=device)[None, :] >= top_k[:, None], float("-inf"))
-    probs = values.softmax(dim=-1)  # [M, W]
-    return candidates, probs.masked_fill(probs.cumsum(dim=-1) - probs > top_p, 0.0)
+    without_k = [i for i, p in enumerate(params) if not 0 < p.top_k < vocab]
+    width = max(p.top_k if 0 < p.top_k < vocab else min(vocab, _TOP_P_WIDTH) for p in params)
+    while True:
+        values, candidates = scaled.topk(width, dim=-1)  # [M, W] descending
+        limit = torch.where(top_k > 0, top_k, width)  # [M]
+        values = values.masked_fill(torch.arange(width, device=device)[None, :] >= limit[:, None], float("-inf"))
+        # a row with top-k renormalises over its k; one without keeps its share of the whole distribution
+        norm = torch.where(top_k > 0, values.logsumexp(dim=-1), scaled.logsumexp(dim=-1))  # [M]
+        probs = (values - norm[:, None]).exp()  # [M, W]
+        cumulative = probs.cumsum(dim=-1)
+        if width == vocab or not without_k or bool((cumulative[without_k, -1] >= top_p[without_k, 0]).all()):
+            return candidates, probs.masked_fill(cumulative - probs > top_p, 0.0)
+        width = vocab

@@ -35,7 +35,9 @@ def test_a_step_keeps_every_tensor_on_the_model_device(loaded_model, dtype: torc
     long_greedy = _request("a", 300, SamplingParams(temperature=0.0), 0)  # past one attention block in bf16
     tokenizer = loaded_model.tokenizer
     citing = CitationConstraint(tokenizer, 3)  # masks the logits where an answer opens a citation marker
-    seeded = _request("b", 40, SamplingParams(temperature=0.8, top_p=0.9, seed=3, logits_processors=(citing,)), 25)
+    # top-k beside top-p: a top-p row without one asks the device whether 1024 candidates hold top_p (no data here)
+    params = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, seed=3, logits_processors=(citing,))
+    seeded = _request("b", 40, params, 25)
     unseeded = _request("c", 40, SamplingParams(temperature=0.7, top_k=5), 30)
     items = [WorkItem(long_greedy, list(range(300)), samples=True), WorkItem(seeded, list(range(40)), samples=True),
              WorkItem(unseeded, list(range(24)))]
