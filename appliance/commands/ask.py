@@ -29,8 +29,8 @@ err = Console(stderr=True)
 
 async def _answer(pipeline: AskPipeline, question: str, collection: str, k: int, params: SamplingParams,
                   as_json: bool) -> None:
+    from appliance.rag.answer_json import Answer, citations_json, collect, done_json, sources_json
     from appliance.rag.pipeline import CitationsEvent, DoneEvent, SourcesEvent, TokenEvent
-    from appliance.server.answers import Answer, citations_json, collect, done_json, sources_json
 
     events = pipeline.ask(question, [collection], k, params)
     sources = await anext(events)

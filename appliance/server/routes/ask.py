@@ -15,8 +15,9 @@ from pydantic import Field
 
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError
+from appliance.rag.answer_json import Answer, citations_json, collect, done_json, sources_json
 from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
-from appliance.server.answers import Answer, citations_json, collect, done_json, open_answer, sources_json, stream_error
+from appliance.server.answers import open_answer, stream_error
 from appliance.server.deps import AppState, Principal, current_principal, get_state
 from appliance.server.limits import bounded_max_tokens
 from appliance.server.schemas import SSE_RESPONSE, DocCacheMode, RequestModel

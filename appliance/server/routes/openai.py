@@ -20,9 +20,10 @@ from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.tokenizer import ChatMessage
 from appliance.errors import ApplianceError
+from appliance.rag.answer_json import Answer, citations_json, collect, sources_json
 from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
 from appliance.server.admission import admission_of
-from appliance.server.answers import Answer, citations_json, collect, open_answer, sources_json, stream_error, usage_of
+from appliance.server.answers import open_answer, stream_error, usage_of
 from appliance.server.deps import AppState, Principal, current_principal, get_state
 from appliance.server.errors import ApiError
 from appliance.server.limits import bounded_max_tokens
