@@ -106,3 +106,7 @@ class JobRecords:
                 )
             self.set_state(job_id, "failed", "interrupted: the process running it exited; submit the files again")
         return lost
+
+    def counts_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state (states without jobs absent)."""
+        return dict(self.store.query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))

@@ -143,6 +143,11 @@ class Store:
     def query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         return self._conn().execute(sql, params).fetchall()
 
+    def ready_totals(self) -> tuple[int, int]:
+        """(documents, chunks) that search can find: those of ready documents, every collection together."""
+        docs, chunks = self.query("SELECT COUNT(*), COALESCE(SUM(chunks), 0) FROM documents WHERE state = 'ready'")[0]
+        return int(docs), int(chunks)
+
     # --- collections -------------------------------------------------------------------------------
     def create_collection(self, name: str) -> None:
         check_collection_name(name)

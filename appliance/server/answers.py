@@ -15,7 +15,8 @@ from appliance.rag.pipeline import AskEvent, AskPipeline, DoneEvent, SourcesEven
 from appliance.server.admission import admission_of
 from appliance.server.deps import AppState, Principal
 from appliance.server.errors import ApiError
-from appliance.server.metrics import engine_of, metrics_of
+from appliance.server.metered_engine import engine_of
+from appliance.server.metrics import metrics_of
 from appliance.server.schemas_retrieval import retrieval_of, service_errors
 from appliance.server.usage import RequestUsage, UsageBook
 

@@ -21,8 +21,8 @@ from appliance.server.errors import ERROR_RESPONSES, install_error_handlers
 from appliance.server.limits import BodyLimitMiddleware
 from appliance.server.logging import RequestIdMiddleware
 from appliance.server.metrics import Metrics
-from appliance.server.metrics import router as metrics_router
 from appliance.server.routes import admin, ask, health, keys, library, openai, openai_embeddings, search, ui, usage
+from appliance.server.routes.metrics import router as metrics_router
 from appliance.server.usage import UsageBook
 from appliance.server.warmup import warm_up
 

@@ -1,5 +1,5 @@
 """Prometheus metrics with vLLM's names plus `rag_*`, in one registry per app (so several apps can live in
-one process), and the timed view of the engine that every route and the ask pipeline generate through.
+one process). The latency histograms are observed by `metered_engine.py`; `routes/metrics.py` serves them.
 
 Histograms and per-request counters are observed as requests run; gauges and the engine's running totals
 are read from the engine and the store at scrape time by a custom collector. Labels: `model_name` only,
@@ -8,29 +8,18 @@ so no figure names a collection or a key (a reader key may scrape without learni
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncGenerator, Iterator
-from contextlib import aclosing
-from typing import TYPE_CHECKING, cast
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Depends, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from appliance.engine.doc_cache.layout import PromptLayout
-from appliance.engine.outputs import RequestOutput
-from appliance.engine.sampling import SamplingParams
-from appliance.server.deps import AppState, Principal, current_principal, get_state
-from appliance.server.errors import ApiError
+from appliance.server.deps import AppState
 
 if TYPE_CHECKING:
-    from appliance.engine.async_engine import AsyncEngine
     from appliance.engine.doc_cache.manager import DocCache
-    from appliance.engine.tokenizer import TextTokenizer
     from retrieval.service import RetrievalService
-
-router = APIRouter()
 
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                  20.0, 40.0, 80.0, 160.0, 640.0)
@@ -137,68 +126,17 @@ def _doc_cache(cache: DocCache, prefix_hits: int, model: str) -> Iterator[Metric
 def _ingestion(retrieval: RetrievalService) -> Iterator[Metric]:
     """Ingestion jobs by state and the ready documents and chunks, from the store (shared with other
     processes that ingest into the same data dir)."""
-    store = retrieval.store
-    jobs = dict(store.query("SELECT state, COUNT(*) FROM jobs GROUP BY state"))
+    jobs = retrieval.jobs.counts_by_state()
     for job_state in ("queued", "running", "done", "failed"):
         gauge = GaugeMetricFamily(f"rag_ingestion_jobs_{job_state}", f"Ingestion jobs {job_state}")
         gauge.add_metric([], jobs.get(job_state, 0))
         yield gauge
-    docs, chunks = store.query("SELECT COUNT(*), COALESCE(SUM(chunks), 0) FROM documents WHERE state = 'ready'")[0]
+    docs, chunks = retrieval.store.ready_totals()
     for name, value in (("rag_ingestion_documents", docs), ("rag_ingestion_chunks", chunks)):
         gauge = GaugeMetricFamily(name, f"Searchable {name.rsplit('_', 1)[1]}")
         gauge.add_metric([], value)
         yield gauge
 
 
-class MeteredEngine:
-    """`AsyncEngine.generate` timed into the latency histograms (TTFT, inter-token, end-to-end)."""
-
-    def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
-        self.engine = engine
-        self.metrics = metrics
-
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        return self.engine.tokenizer
-
-    async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
-                       layout: PromptLayout | None = None, doc_cache: str | None = None
-                       ) -> AsyncGenerator[RequestOutput, None]:
-        """Same contract as `AsyncEngine.generate`; closing this stream aborts the request."""
-        m = self.metrics
-        started = time.perf_counter()
-        previous: float | None = None
-        stream = cast(AsyncGenerator[RequestOutput, None],
-                      self.engine.generate(prompt, params, request_id, layout, doc_cache))
-        async with aclosing(stream) as outputs:
-            async for out in outputs:
-                now = time.perf_counter()
-                if previous is None:
-                    m.ttft.observe(now - started)
-                else:
-                    m.itl.observe(now - previous)
-                previous = now
-                if out.finished:
-                    m.e2e.observe(now - started)
-                    m.prompt_tokens.inc(out.num_prompt_tokens)
-                yield out
-
-
 def metrics_of(state: AppState) -> Metrics:
     return state.extras["metrics"]
-
-
-def engine_of(state: AppState) -> MeteredEngine:
-    """The timed engine, or 503 while the model is loading."""
-    if state.engine is None:
-        raise ApiError(503, "model_unavailable", "the model is still loading", {"Retry-After": "5"})
-    engine = state.extras.get("metered_engine")
-    if engine is None:
-        engine = state.extras["metered_engine"] = MeteredEngine(state.engine, metrics_of(state))
-    return engine
-
-
-@router.get("/metrics", include_in_schema=False)
-def metrics(state: AppState = Depends(get_state), _: Principal = Depends(current_principal)) -> Response:
-    """Any valid key may scrape (a reader key with no collections suffices): no figure names a collection."""
-    return Response(metrics_of(state).exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -27,7 +27,7 @@ from appliance.server.answers import open_answer, stream_error, usage_of
 from appliance.server.deps import AppState, Principal, current_principal, get_state
 from appliance.server.errors import ApiError
 from appliance.server.limits import bounded_max_tokens
-from appliance.server.metrics import engine_of
+from appliance.server.metered_engine import engine_of
 from appliance.server.schemas import SSE_RESPONSE, ChatCompletionRequest, CompletionRequest
 from appliance.server.usage import RequestUsage
 

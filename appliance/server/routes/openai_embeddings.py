@@ -10,7 +10,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 
 from appliance.server.deps import AppState, Principal, current_principal, get_state
-from appliance.server.metrics import engine_of
+from appliance.server.metered_engine import engine_of
 from appliance.server.schemas import EmbeddingRequest
 from appliance.server.schemas_retrieval import retrieval_of
 

@@ -1,0 +1,63 @@
+"""The timed view of the engine that every route and the ask pipeline generate through."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import TYPE_CHECKING, cast
+
+from appliance.engine.doc_cache.layout import PromptLayout
+from appliance.engine.outputs import RequestOutput
+from appliance.engine.sampling import SamplingParams
+from appliance.server.deps import AppState
+from appliance.server.errors import ApiError
+from appliance.server.metrics import Metrics, metrics_of
+
+if TYPE_CHECKING:
+    from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.tokenizer import TextTokenizer
+
+
+class MeteredEngine:
+    """`AsyncEngine.generate` timed into the latency histograms (TTFT, inter-token, end-to-end)."""
+
+    def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
+        self.engine = engine
+        self.metrics = metrics
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        return self.engine.tokenizer
+
+    async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
+                       layout: PromptLayout | None = None, doc_cache: str | None = None
+                       ) -> AsyncGenerator[RequestOutput, None]:
+        """Same contract as `AsyncEngine.generate`; closing this stream aborts the request."""
+        m = self.metrics
+        started = time.perf_counter()
+        previous: float | None = None
+        stream = cast(AsyncGenerator[RequestOutput, None],
+                      self.engine.generate(prompt, params, request_id, layout, doc_cache))
+        async with aclosing(stream) as outputs:
+            async for out in outputs:
+                now = time.perf_counter()
+                if previous is None:
+                    m.ttft.observe(now - started)
+                else:
+                    m.itl.observe(now - previous)
+                previous = now
+                if out.finished:
+                    m.e2e.observe(now - started)
+                    m.prompt_tokens.inc(out.num_prompt_tokens)
+                yield out
+
+
+def engine_of(state: AppState) -> MeteredEngine:
+    """The timed engine, or 503 while the model is loading."""
+    if state.engine is None:
+        raise ApiError(503, "model_unavailable", "the model is still loading", {"Retry-After": "5"})
+    engine = state.extras.get("metered_engine")
+    if engine is None:
+        engine = state.extras["metered_engine"] = MeteredEngine(state.engine, metrics_of(state))
+    return engine
