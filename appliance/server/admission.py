@@ -13,7 +13,6 @@ from contextlib import aclosing
 from typing import TypeVar
 
 from appliance.errors import QueueFullError
-from appliance.server.deps import AppState
 
 T = TypeVar("T")
 
@@ -40,10 +39,3 @@ class Admission:
                     yield item
         finally:
             self.taken -= 1
-
-
-def admission_of(state: AppState) -> Admission:
-    admission = state.extras.get("admission")
-    if admission is None:
-        admission = state.extras["admission"] = Admission(state.settings.max_queue)
-    return admission

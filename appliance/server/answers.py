@@ -12,21 +12,17 @@ from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError, QueueFullError, RequestError
 from appliance.rag.answer_json import Answer
 from appliance.rag.pipeline import AskEvent, AskPipeline, DoneEvent, SourcesEvent
-from appliance.server.admission import admission_of
-from appliance.server.deps import AppState, Principal
+from appliance.server.deps import AppState, Principal, admission_of, engine_of, metrics_of
 from appliance.server.errors import ApiError
-from appliance.server.metered_engine import engine_of
-from appliance.server.metrics import metrics_of
 from appliance.server.schemas_retrieval import retrieval_of, service_errors
 from appliance.server.usage import RequestUsage, UsageBook
 
 
 def _pipeline(state: AppState) -> AskPipeline:
-    pipeline = state.extras.get("ask")
-    if pipeline is None:
+    if state.ask is None:
         # the pipeline only needs `tokenizer` and `generate`, which the metered engine provides
-        pipeline = state.extras["ask"] = AskPipeline(engine_of(state), retrieval_of(state))  # type: ignore[arg-type]
-    return pipeline
+        state.ask = AskPipeline(engine_of(state), retrieval_of(state))  # type: ignore[arg-type]
+    return state.ask
 
 
 async def open_answer(state: AppState, principal: Principal, question: str, collection: str, k: int,
@@ -61,7 +57,8 @@ async def _accounted(events: AsyncGenerator[AskEvent, None], state: AppState, ke
 
 
 def usage_of(state: AppState) -> UsageBook:
-    return state.extras["usage"]
+    assert state.usage is not None, "create_app makes the usage book"
+    return state.usage
 
 
 def stream_error(exc: ApplianceError) -> dict:

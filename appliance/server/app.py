@@ -77,7 +77,7 @@ def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "defau
 
     app = FastAPI(title="RAG appliance", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.appliance = state
-    state.extras.update(metrics=Metrics(state), usage=UsageBook())
+    state.metrics, state.usage = Metrics(state), UsageBook()
     mb = 1024 * 1024
     app.add_middleware(BodyLimitMiddleware, max_body=int(settings.max_body_mb * mb),
                        max_upload=int(settings.max_upload_mb * mb))

@@ -1,26 +1,32 @@
-"""Request-scoped dependencies: the shared app state and the caller's identity.
+"""Request-scoped dependencies: the shared app state, the accessors of its services, the caller's identity.
 
-Routes get what they need through these functions (FastAPI `Depends`), never through globals.
+Routes get what they need through these functions (FastAPI `Depends`), never through globals. `AppState` has a
+typed field per shared service; the services' modules never import this one (it sits above them).
 """
 
 from __future__ import annotations
 
 import hmac
 import math
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from fastapi import Depends, Request, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from appliance.keys import KeyStore, Role
+from appliance.server.admission import Admission
 from appliance.server.errors import ApiError
+from appliance.server.metered_engine import MeteredEngine
+from appliance.server.metrics import Metrics
 from appliance.server.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from appliance.config import Settings
     from appliance.engine.async_engine import AsyncEngine
+    from appliance.rag.pipeline import AskPipeline
+    from appliance.server.usage import UsageBook
     from retrieval.service import RetrievalService
 
 
@@ -33,7 +39,15 @@ class AppState:
     retrieval: RetrievalService | None = None
     model_name: str = "default"
     ready: bool = False
-    extras: dict[str, Any] = field(default_factory=dict)
+    # the app's shared services: `create_app` makes the first two, the accessor of each other one (keys_of,
+    # admission_of, engine_of, ...) makes it on first use
+    metrics: Metrics | None = None
+    usage: UsageBook | None = None
+    keys: KeyStore | None = None
+    rate_limiter: RateLimiter | None = None
+    admission: Admission | None = None
+    metered_engine: MeteredEngine | None = None
+    ask: AskPipeline | None = None
 
 
 @dataclass(frozen=True)
@@ -60,18 +74,36 @@ async def get_state(request: Request) -> AppState:
 
 def keys_of(state: AppState) -> KeyStore:
     """The key store of the data dir (`<data_dir>/keys.db`), opened on first use."""
-    keys = state.extras.get("keys")
-    if keys is None:
-        keys = state.extras["keys"] = KeyStore(state.settings.data_dir / "keys.db")
-    return keys
+    if state.keys is None:
+        state.keys = KeyStore(state.settings.data_dir / "keys.db")
+    return state.keys
+
+
+def metrics_of(state: AppState) -> Metrics:
+    assert state.metrics is not None, "create_app makes the metrics"
+    return state.metrics
+
+
+def engine_of(state: AppState) -> MeteredEngine:
+    """The timed engine, or 503 while the model is loading."""
+    if state.engine is None:
+        raise ApiError(503, "model_unavailable", "the model is still loading", {"Retry-After": "5"})
+    if state.metered_engine is None:
+        state.metered_engine = MeteredEngine(state.engine, metrics_of(state))
+    return state.metered_engine
+
+
+def admission_of(state: AppState) -> Admission:
+    """The bound on generation requests in the server (APPLIANCE_MAX_QUEUE), made on first use."""
+    if state.admission is None:
+        state.admission = Admission(state.settings.max_queue)
+    return state.admission
 
 
 def _limiter_of(state: AppState) -> RateLimiter:
-    limiter = state.extras.get("rate_limiter")
-    if limiter is None:
-        limiter = state.extras["rate_limiter"] = RateLimiter(state.settings.rate_limit_per_minute,
-                                                             state.settings.rate_limit_burst)
-    return limiter
+    if state.rate_limiter is None:
+        state.rate_limiter = RateLimiter(state.settings.rate_limit_per_minute, state.settings.rate_limit_burst)
+    return state.rate_limiter
 
 
 def _identify(state: AppState, token: str | None) -> Principal:

@@ -10,9 +10,7 @@ from typing import TYPE_CHECKING, cast
 from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
-from appliance.server.deps import AppState
-from appliance.server.errors import ApiError
-from appliance.server.metrics import Metrics, metrics_of
+from appliance.server.metrics import Metrics
 
 if TYPE_CHECKING:
     from appliance.engine.async_engine import AsyncEngine
@@ -51,13 +49,3 @@ class MeteredEngine:
                     m.e2e.observe(now - started)
                     m.prompt_tokens.inc(out.num_prompt_tokens)
                 yield out
-
-
-def engine_of(state: AppState) -> MeteredEngine:
-    """The timed engine, or 503 while the model is loading."""
-    if state.engine is None:
-        raise ApiError(503, "model_unavailable", "the model is still loading", {"Retry-After": "5"})
-    engine = state.extras.get("metered_engine")
-    if engine is None:
-        engine = state.extras["metered_engine"] = MeteredEngine(state.engine, metrics_of(state))
-    return engine

@@ -9,17 +9,24 @@ so no figure names a collection or a key (a reader key may scrape without learni
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from appliance.server.deps import AppState
-
 if TYPE_CHECKING:
+    from appliance.engine.async_engine import AsyncEngine
     from appliance.engine.doc_cache.manager import DocCache
     from retrieval.service import RetrievalService
+
+
+class LiveSources(Protocol):
+    """What the scrape-time figures are read from (the app's `LiveSources`): None while still loading."""
+
+    model_name: str
+    engine: AsyncEngine | None
+    retrieval: RetrievalService | None
 
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                  20.0, 40.0, 80.0, 160.0, 640.0)
@@ -32,7 +39,7 @@ _RETRIEVAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 1
 class Metrics:
     """The app's metrics. `state` is read at scrape time (engine counters, ingestion jobs in the store)."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: LiveSources) -> None:
         self.registry = CollectorRegistry()
         model = state.model_name
         labels = ("model_name",)
@@ -65,7 +72,7 @@ class Metrics:
 class _LiveCollector(Collector):
     """Gauges and running totals read from the engine and the store when Prometheus scrapes."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: LiveSources) -> None:
         self.state = state
 
     def collect(self) -> Iterator[Metric]:
@@ -136,7 +143,3 @@ def _ingestion(retrieval: RetrievalService) -> Iterator[Metric]:
         gauge = GaugeMetricFamily(name, f"Searchable {name.rsplit('_', 1)[1]}")
         gauge.add_metric([], value)
         yield gauge
-
-
-def metrics_of(state: AppState) -> Metrics:
-    return state.extras["metrics"]

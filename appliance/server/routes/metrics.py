@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from appliance.server.deps import AppState, Principal, current_principal, get_state
-from appliance.server.metrics import metrics_of
+from appliance.server.deps import AppState, Principal, current_principal, get_state, metrics_of
 
 router = APIRouter()
 

@@ -22,12 +22,10 @@ from appliance.engine.tokenizer import ChatMessage
 from appliance.errors import ApplianceError
 from appliance.rag.answer_json import Answer, citations_json, collect, sources_json
 from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
-from appliance.server.admission import admission_of
 from appliance.server.answers import open_answer, stream_error, usage_of
-from appliance.server.deps import AppState, Principal, current_principal, get_state
+from appliance.server.deps import AppState, Principal, admission_of, current_principal, engine_of, get_state
 from appliance.server.errors import ApiError
 from appliance.server.limits import bounded_max_tokens
-from appliance.server.metered_engine import engine_of
 from appliance.server.schemas import SSE_RESPONSE, ChatCompletionRequest, CompletionRequest
 from appliance.server.usage import RequestUsage
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import APIRouter, Depends
 
-from appliance.server.deps import AppState, Principal, current_principal, get_state
-from appliance.server.metered_engine import engine_of
+from appliance.server.deps import AppState, Principal, current_principal, engine_of, get_state
 from appliance.server.schemas import EmbeddingRequest
 from appliance.server.schemas_retrieval import retrieval_of
 
