@@ -24,6 +24,22 @@ from appliance.engine.model import CausalLM, KVPair
 from kernels.base import AttentionBatch
 
 
+def decode_graph_mode(setting: str, device_type: str, requested_backend: str, has_triton: bool) -> str:
+    """The runner's decode-graph mode for `EngineConfig.decode_graphs` = `setting`.
+
+    The graphs' attention is always the triton kernel (their plans are triton's static buffers). So `auto`
+    captures them on CUDA, with triton installed, when the attention backend asked for is `auto` or `triton`:
+    with `auto` (which picks flashinfer where installed), prefill and mixed steps run on flashinfer and decode
+    steps on triton, a split the engine logs at start. A backend named explicitly (`flashinfer`, `torch`) is
+    followed for every step: no graphs.
+    """
+    if setting != "auto":
+        return setting
+    if device_type != "cuda" or not has_triton:
+        return "off"
+    return "capture" if requested_backend in ("auto", "triton") else "off"
+
+
 def graph_batch_sizes(max_batch: int) -> list[int]:
     """The batch sizes captured: 1, 2, 4, 8, then multiples of 16, and `max_batch` itself."""
     sizes = {s for s in (1, 2, 4, 8, *range(16, max_batch + 1, 16)) if s <= max_batch}

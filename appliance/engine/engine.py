@@ -17,6 +17,7 @@ import torch
 
 from appliance.config import DOC_CACHE_MODES, EngineConfig
 from appliance.engine.block_manager import BlockManager
+from appliance.engine.decode_graphs import decode_graph_mode
 from appliance.engine.device import resolve_device, resolve_dtype
 from appliance.engine.doc_cache.blend import KVMover
 from appliance.engine.doc_cache.build import build_doc_cache
@@ -97,11 +98,13 @@ class LLMEngine:
             torch.set_num_threads(self.threads)
 
     def _decode_graphs(self) -> str:
-        """The runner's decode-graph mode: `auto` captures CUDA graphs on CUDA when triton is installed."""
-        mode = self.config.decode_graphs
-        if mode != "auto":
-            return mode
-        return "capture" if self.device.type == "cuda" and installed("triton") else "off"
+        """The runner's decode-graph mode (`decode_graph_mode`), logged when decode steps run on triton while
+        the other steps run on another backend."""
+        mode = decode_graph_mode(self.config.decode_graphs, self.device.type, self.config.attention_backend,
+                                 installed("triton"))
+        if mode != "off" and self.backend.name != "triton":
+            log.info("decode steps: %s graphs with triton attention; other steps: %s", mode, self.backend.name)
+        return mode
 
     def _int4_decode(self) -> bool:
         """Small batches run on the GGUF's own 4-bit weights: CPU, bfloat16, and the kernel present."""

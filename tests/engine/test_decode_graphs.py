@@ -14,12 +14,27 @@ import torch
 
 pytest.importorskip("triton")  # without CUDA, tests/conftest.py has set TRITON_INTERPRET=1
 
-from appliance.engine.decode_graphs import graph_batch_sizes  # noqa: E402
+from appliance.engine.decode_graphs import decode_graph_mode, graph_batch_sizes  # noqa: E402
 from appliance.engine.sampling import SamplingParams  # noqa: E402
 from kernels.base import AttentionBatch, get_backend  # noqa: E402
 from tests.kernels.paged import pad_block_tables  # noqa: E402
 
 NUM_BLOCKS, BLOCK_SIZE = 24, 16
+
+
+@pytest.mark.parametrize("setting, device, backend, triton, expected", [
+    ("auto", "cuda", "auto", True, "capture"),  # flashinfer (or triton) for prefill, triton graphs for decode
+    ("auto", "cuda", "triton", True, "capture"),
+    ("auto", "cuda", "flashinfer", True, "off"),  # a backend named explicitly is followed for every step
+    ("auto", "cuda", "torch", True, "off"),
+    ("auto", "cuda", "auto", False, "off"),
+    ("auto", "cpu", "auto", True, "off"),
+    ("off", "cuda", "auto", True, "off"),
+    ("eager", "cpu", "torch", True, "eager"),
+])
+def test_decode_graphs_follow_the_backend_asked_for(setting: str, device: str, backend: str, triton: bool,
+                                                    expected: str) -> None:
+    assert decode_graph_mode(setting, device, backend, triton) == expected
 
 
 def test_captured_sizes_cover_every_batch() -> None:
