@@ -30,36 +30,39 @@ might must you your we our they their he she his her i me my
 class CitationConstraint:
     """Logits processor: after `[`, only `n]` with 1 <= n <= num_passages can follow.
 
-    Works on text, so it is independent of how the tokenizer splits digits and brackets.
+    Works on the tokens' texts, so it is independent of how the tokenizer splits digits and brackets. It holds
+    the few tokens a marker is made of (`MarkerVocabulary`), not the tokenizer: it is small to pickle, so it
+    crosses to the engine process with its request.
     """
 
     def __init__(self, tokenizer: TextTokenizer, num_passages: int) -> None:
-        self.tokenizer = tokenizer
+        self.vocabulary = marker_vocabulary(tokenizer)
         self.valid = {str(n) for n in range(1, num_passages + 1)}
-        self.candidates = marker_tokens(tokenizer)
 
-    def open_marker(self, generated_text: str) -> str | None:
-        """The digits typed so far after an unclosed `[` at the end of the text, else None."""
-        at = generated_text.rfind("[")
-        if at == -1 or "]" in generated_text[at:]:
-            return None
-        inside = generated_text[at + 1:]
-        return inside if inside.isdigit() or inside == "" else None
+    def open_marker(self, generated: list[int]) -> str | None:
+        """The digits typed so far after an unclosed `[` within the last 8 generated tokens, else None."""
+        inside = ""
+        for tid in reversed(generated[-8:]):
+            opened = self.vocabulary.openers.get(tid)
+            if opened is not None:
+                typed = opened + inside
+                return typed if typed.isdigit() or typed == "" else None
+            digits = self.vocabulary.digits.get(tid)
+            if digits is None:
+                return None
+            inside = digits + inside
+        return None
 
     def allowed(self, partial: str) -> list[int]:
-        allowed = []
-        for tid, text in self.candidates:
-            if text.isdigit():
-                number = partial + text
-                if any(v.startswith(number) for v in self.valid):
-                    allowed.append(tid)
-            elif partial in self.valid:  # a closing token
-                allowed.append(tid)
+        allowed = [tid for tid, text in self.vocabulary.digits.items()
+                   if len(text) <= 4 and any(v.startswith(partial + text) for v in self.valid)]
+        if partial in self.valid:
+            allowed.extend(self.vocabulary.closers)
         return allowed
 
     def __call__(self, generated: list[int], logits: torch.Tensor) -> torch.Tensor:
         """logits: [V] for the next token of a request whose output so far is `generated`."""
-        partial = self.open_marker(self.tokenizer.decode(generated[-8:]))
+        partial = self.open_marker(generated)
         if partial is None:
             return logits
         allowed = self.allowed(partial)
@@ -81,15 +84,29 @@ class Citation:
     overlap: float
 
 
+@dataclass(frozen=True)
+class MarkerVocabulary:
+    """The tokens a citation marker is made of, with their texts: `openers` hold `[` (the text after their last
+    `[`), `digits` are digits only, `closers` start with `]` ("]", "].", "],", ...; at most 4 characters)."""
+
+    openers: dict[int, str]
+    digits: dict[int, str]
+    closers: dict[int, str]
+
+
 @functools.cache
-def marker_tokens(tokenizer: TextTokenizer) -> list[tuple[int, str]]:
-    """Tokens that can appear inside an open marker: digits, and ones that close it ("]", "].", "],", ...)."""
-    found = []
+def marker_vocabulary(tokenizer: TextTokenizer) -> MarkerVocabulary:
+    """Scan the vocabulary once per tokenizer for the tokens of `MarkerVocabulary`."""
+    openers, digits, closers = {}, {}, {}
     for tid in range(tokenizer.vocab_size):
         text = tokenizer.decode([tid], skip_special_tokens=False)
-        if text and (text.isdigit() or text.startswith("]")) and len(text) <= 4:
-            found.append((tid, text))
-    return found
+        if "[" in text:
+            openers[tid] = text[text.rindex("[") + 1:]
+        elif text.isdigit():
+            digits[tid] = text
+        elif text.startswith("]") and len(text) <= 4:
+            closers[tid] = text
+    return MarkerVocabulary(openers, digits, closers)
 
 
 def _content_words(text: str) -> set[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import random
+
 import pytest
 import torch
 
@@ -72,6 +75,43 @@ def test_constraint_allows_only_given_numbers(tok, k: int) -> None:
     finite = torch.isfinite(masked).nonzero().flatten().tolist()
     assert set(finite) == set(constraint.allowed(""))
     assert torch.equal(constraint(tok.encode("No marker here."), logits.clone()), logits)
+
+
+def _open_marker_by_text(tok, generated: list[int]) -> str | None:
+    """The reference: decode the last 8 tokens and read what follows their last unclosed `[`."""
+    text = tok.decode(generated[-8:])
+    at = text.rfind("[")
+    if at == -1 or "]" in text[at:]:
+        return None
+    inside = text[at + 1:]
+    return inside if inside.isdigit() or inside == "" else None
+
+
+def test_the_open_marker_read_from_token_ids_matches_the_decoded_text(tok) -> None:
+    """The constraint reads markers from the ids of the few tokens they are made of; on random outputs built
+    from those tokens and ordinary words it finds exactly what decoding the text finds."""
+    constraint = CitationConstraint(tok, 12)
+    vocab = constraint.vocabulary
+    pools = [list(vocab.openers), list(vocab.digits), list(vocab.closers), tok.encode(" the tower is tall.")]
+    rng = random.Random(0)
+    found = 0
+    for _ in range(3000):
+        generated = [rng.choice(rng.choice(pools)) for _ in range(rng.randint(1, 12))]
+        expected = _open_marker_by_text(tok, generated)
+        assert constraint.open_marker(generated) == expected, tok.decode(generated)
+        found += expected is not None
+    assert found > 300  # the draws do open markers
+
+
+def test_the_constraint_pickles_small_and_acts_the_same(tok) -> None:
+    """It crosses to the engine process inside its request's sampling parameters: no tokenizer inside."""
+    constraint = CitationConstraint(tok, 5)
+    wire = pickle.dumps(constraint)
+    assert len(wire) < 64 * 1024
+    copy = pickle.loads(wire)
+    generated = tok.encode("The tower is tall [")
+    logits = torch.randn(tok.vocab_size)
+    assert torch.equal(copy(generated, logits.clone()), constraint(generated, logits.clone()))
 
 
 def test_support_check_marks_supported_unsupported_and_inferred(tok) -> None:
