@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -23,6 +23,9 @@ from appliance.commands.warm import warm
 from appliance.config import Settings
 from appliance.errors import ApplianceError
 from appliance.keys import KeyStore
+
+if TYPE_CHECKING:
+    from appliance.engine.front import EngineFront
 
 app = typer.Typer(help="RAG appliance: ingest documents, search them, and answer questions with citations.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -74,8 +77,6 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
 ) -> None:
     """Start the HTTP server (OpenAI-compatible API, search, ask, admin and the web UI)."""
-    from appliance.engine.async_engine import AsyncEngine
-    from appliance.engine.engine import LLMEngine
     from appliance.server.app import create_app, serve_app
     from appliance.server.logging import configure_logging
 
@@ -89,11 +90,22 @@ def serve(
                    "one with 'appliance keys create --role admin' (unauthenticated access is only allowed on loopback)")
     try:
         with err.status(f"loading model {settings.model} ..."):
-            engine = LLMEngine.from_config(settings.engine_config())
+            engine = _start_engine(settings, log_level)
     except ApplianceError as exc:
         raise fail(str(exc)) from None
-    async_engine = AsyncEngine(engine, settings.max_queue)
-    serve_app(create_app(settings, async_engine, engine.model_name), settings.host, settings.port, log_level)
+    serve_app(create_app(settings, engine, engine.info.model_name), settings.host, settings.port, log_level)
+
+
+def _start_engine(settings: Settings, log_level: str) -> EngineFront:
+    """The engine in its own process (APPLIANCE_ENGINE_PROCESS, the default) or on a thread of this one."""
+    if settings.engine_process:
+        from appliance.engine.process_engine import ProcessEngine
+
+        return ProcessEngine.start(settings.engine_config(), settings.max_queue, log_level)
+    from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.engine import LLMEngine
+
+    return AsyncEngine(LLMEngine.from_config(settings.engine_config()), settings.max_queue)
 
 
 @bench_app.command("retrieval")

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     max_num_batched_tokens: int = EngineConfig.max_num_batched_tokens
     max_model_len: int = EngineConfig.max_model_len
     max_queue: int = 256
+    engine_process: bool = True  # `appliance serve` steps the engine in its own process (false: on a thread)
     doc_cache: DocCacheMode = EngineConfig.doc_cache  # type: ignore[assignment]
     doc_cache_share: float = Field(default=EngineConfig.doc_cache_share, ge=0.0, lt=1.0)  # kv_cache_mb: chunk tier
     blend_ratio: float = Field(default=EngineConfig.blend_ratio, ge=0.0, le=1.0)  # reused tokens recomputed (blend)

@@ -15,3 +15,7 @@ class RequestError(ApplianceError):
 
 class QueueFullError(ApplianceError):
     """The engine's queue is full: HTTP 503 with Retry-After."""
+
+
+class EngineUnavailableError(ApplianceError):
+    """The engine cannot serve (its process stopped): HTTP 503."""

@@ -25,6 +25,7 @@ from appliance.engine.doc_cache.capacity import WarmPlan, plan_warm
 from appliance.engine.doc_cache.connector import DocCacheConnector
 from appliance.engine.doc_cache.disk import disk_bytes_per_token
 from appliance.engine.doc_cache.layout import PromptLayout
+from appliance.engine.info import EngineInfo
 from appliance.engine.loader import LoadedModel, load_model
 from appliance.engine.model import CausalLM
 from appliance.engine.outputs import OutputProcessor, RequestOutput
@@ -86,6 +87,8 @@ class LLMEngine:
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
+        self.info = EngineInfo(self.model_name, self.max_model_len, loaded.config.vocab_size, str(self.device),
+                               str(self.dtype).removeprefix("torch."), self.backend.name)
         log.info("engine ready: %s on %s/%s, backend %s, %d KV blocks of %d tokens (%d tokens), %d KB of KV per "
                  "token, chunk tier %d MB", loaded.name, self.device, self.dtype, self.backend.name, num_blocks,
                  config.block_size, pool_tokens, self.kv_bytes_per_token // 1024, chunk_budget // 2**20)
@@ -115,15 +118,8 @@ class LLMEngine:
         return cls(load_model(config.model, config.data_dir), config)
 
     def validate_prompt(self, prompt_token_ids: list[int]) -> None:
-        """Raise RequestError if the prompt can never be served (safe to call from any thread)."""
-        if not prompt_token_ids:
-            raise RequestError("the prompt is empty")
-        if len(prompt_token_ids) >= self.max_model_len:
-            raise RequestError(f"the prompt has {len(prompt_token_ids)} tokens; this engine serves at most "
-                               f"{self.max_model_len - 1} prompt tokens")
-        vocab = self.model_config.vocab_size
-        if any(not 0 <= t < vocab for t in prompt_token_ids):
-            raise RequestError("the prompt contains token ids outside the vocabulary")
+        """Raise RequestError if the prompt can never be served."""
+        self.info.check_prompt(prompt_token_ids)
 
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams,
                     layout: PromptLayout | None = None, doc_cache: str | None = None) -> Request:

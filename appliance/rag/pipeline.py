@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
-from appliance.engine.async_engine import AsyncEngine
+from appliance.engine.front import EngineFront
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.rag.citations import Citation, CitationConstraint, check_citations
@@ -54,7 +54,7 @@ AskEvent = SourcesEvent | TokenEvent | CitationsEvent | DoneEvent
 class AskPipeline:
     """Answers questions over collections with the shared engine and retrieval service."""
 
-    def __init__(self, engine: AsyncEngine, retrieval: RetrievalService) -> None:
+    def __init__(self, engine: EngineFront, retrieval: RetrievalService) -> None:
         self.engine = engine
         self.retrieval = retrieval
         self.builder = PromptBuilder(engine.tokenizer)

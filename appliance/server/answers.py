@@ -9,7 +9,7 @@ from contextlib import aclosing
 from typing import cast
 
 from appliance.engine.sampling import SamplingParams
-from appliance.errors import ApplianceError, QueueFullError, RequestError
+from appliance.errors import ApplianceError, EngineUnavailableError, QueueFullError, RequestError
 from appliance.rag.answer_json import Answer
 from appliance.rag.pipeline import AskEvent, AskPipeline, DoneEvent, SourcesEvent
 from appliance.server.deps import AppState, Principal, admission_of, engine_of, metrics_of
@@ -63,6 +63,6 @@ def usage_of(state: AppState) -> UsageBook:
 
 def stream_error(exc: ApplianceError) -> dict:
     """The JSON error sent inside a stream that fails after its headers went out."""
-    kind = "overloaded" if isinstance(exc, QueueFullError) else (
-        "invalid_request" if isinstance(exc, RequestError) else "engine_error")
+    kind = ("overloaded" if isinstance(exc, QueueFullError) else "invalid_request" if isinstance(exc, RequestError)
+            else "engine_unavailable" if isinstance(exc, EngineUnavailableError) else "engine_error")
     return {"error": {"type": kind, "message": str(exc)}}

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 
 from appliance import __version__
 from appliance.config import Settings
-from appliance.engine.async_engine import AsyncEngine
+from appliance.engine.front import EngineFront
 from appliance.server.deps import AppState
 from appliance.server.errors import ERROR_RESPONSES, install_error_handlers
 from appliance.server.limits import BodyLimitMiddleware
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("appliance.server")
 
 
-def create_app(settings: Settings, engine: AsyncEngine, model_name: str = "default",
+def create_app(settings: Settings, engine: EngineFront, model_name: str = "default",
                retrieval: RetrievalService | None = None) -> FastAPI:
     """Build the app around an already-loaded engine (`appliance serve` loads it first, so a bad model is
     one clear error line before anything listens). Without `retrieval`, the lifespan opens the store and

@@ -24,7 +24,7 @@ from appliance.server.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from appliance.config import Settings
-    from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.front import EngineFront
     from appliance.rag.pipeline import AskPipeline
     from appliance.server.usage import UsageBook
     from retrieval.service import RetrievalService
@@ -35,7 +35,7 @@ class AppState:
     """Everything the routes share; built by the app's lifespan, stored on `app.state.appliance`."""
 
     settings: Settings
-    engine: AsyncEngine | None = None
+    engine: EngineFront | None = None
     retrieval: RetrievalService | None = None
     model_name: str = "default"
     ready: bool = False

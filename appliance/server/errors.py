@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from appliance.errors import ModelLoadError, QueueFullError, RequestError
+from appliance.errors import EngineUnavailableError, ModelLoadError, QueueFullError, RequestError
 
 log = logging.getLogger("appliance.server")
 
@@ -73,6 +73,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestError)
     async def _bad_request(_: Request, exc: RequestError) -> JSONResponse:
         return error_response(400, "invalid_request", str(exc))
+
+    @app.exception_handler(EngineUnavailableError)
+    async def _engine_down(_: Request, exc: EngineUnavailableError) -> JSONResponse:
+        return error_response(503, "engine_unavailable", str(exc))
 
     @app.exception_handler(QueueFullError)
     async def _busy(_: Request, exc: QueueFullError) -> JSONResponse:

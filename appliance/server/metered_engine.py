@@ -13,14 +13,14 @@ from appliance.engine.sampling import SamplingParams
 from appliance.server.metrics import Metrics
 
 if TYPE_CHECKING:
-    from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.front import EngineFront
     from appliance.engine.tokenizer import TextTokenizer
 
 
 class MeteredEngine:
-    """`AsyncEngine.generate` timed into the latency histograms (TTFT, inter-token, end-to-end)."""
+    """`EngineFront.generate` timed into the latency histograms (TTFT, inter-token, end-to-end)."""
 
-    def __init__(self, engine: AsyncEngine, metrics: Metrics) -> None:
+    def __init__(self, engine: EngineFront, metrics: Metrics) -> None:
         self.engine = engine
         self.metrics = metrics
 
@@ -31,7 +31,7 @@ class MeteredEngine:
     async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
                        layout: PromptLayout | None = None, doc_cache: str | None = None
                        ) -> AsyncGenerator[RequestOutput, None]:
-        """Same contract as `AsyncEngine.generate`; closing this stream aborts the request."""
+        """Same contract as `EngineFront.generate`; closing this stream aborts the request."""
         m = self.metrics
         started = time.perf_counter()
         previous: float | None = None

@@ -16,8 +16,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from appliance.engine.async_engine import AsyncEngine
-    from appliance.engine.doc_cache.manager import DocCache
+    from appliance.engine.front import EngineFront
+    from appliance.engine.snapshot import EngineSnapshot
     from retrieval.service import RetrievalService
 
 
@@ -25,7 +25,7 @@ class LiveSources(Protocol):
     """What the scrape-time figures are read from (the app's `LiveSources`): None while still loading."""
 
     model_name: str
-    engine: AsyncEngine | None
+    engine: EngineFront | None
     retrieval: RetrievalService | None
 
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -78,52 +78,50 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         model = self.state.model_name
         if self.state.engine is not None:
-            engine = self.state.engine.engine
-            bm = engine.block_manager
+            figures = self.state.engine.snapshot()
             for name, doc, value in (
-                ("vllm:num_requests_running", "Requests in the running batch", engine.num_running),
-                ("vllm:num_requests_waiting", "Requests waiting to be scheduled", engine.num_waiting),
-                ("vllm:kv_cache_usage_perc", "Share of KV cache blocks in use (0-1)", bm.usage()),
+                ("vllm:num_requests_running", "Requests in the running batch", figures.num_running),
+                ("vllm:num_requests_waiting", "Requests waiting to be scheduled", figures.num_waiting),
+                ("vllm:kv_cache_usage_perc", "Share of KV cache blocks in use (0-1)", figures.kv_usage),
             ):
                 gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
                 gauge.add_metric([model], value)
                 yield gauge
             for name, doc, value in (
-                ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache", bm.prefix_queries),
-                ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache", bm.prefix_hits),
-                ("vllm:generation_tokens", "Tokens generated", engine.stats.generation_tokens),
-                ("vllm:num_preemptions", "Requests preempted", engine.stats.preemptions),
+                ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache", figures.prefix_queries),
+                ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache", figures.prefix_hits),
+                ("vllm:generation_tokens", "Tokens generated", figures.generation_tokens),
+                ("vllm:num_preemptions", "Requests preempted", figures.preemptions),
             ):
                 total = CounterMetricFamily(name, doc, labels=["model_name"])
                 total.add_metric([model], value)
                 yield total
-            yield from _doc_cache(engine.doc_cache, bm.reused_prefix_hits, model)
+            yield from _doc_cache(figures, model)
         if self.state.retrieval is not None:
             yield from _ingestion(self.state.retrieval)
 
 
-def _doc_cache(cache: DocCache, prefix_hits: int, model: str) -> Iterator[Metric]:
+def _doc_cache(figures: EngineSnapshot, model: str) -> Iterator[Metric]:
     """The chunk tier's lookups, encodes, evictions and bytes (memory and disk), and the prompt tokens found in
-    blocks an earlier `blend`/`reuse` request of the same settings left (`prefix_hits`). Reused KV counts here,
-    never in vllm:prefix_cache_hits (which only counts exact prefix blocks)."""
-    tier = cache.tier
-    disk_bytes = cache.disk.bytes_used if cache.disk is not None else 0
+    blocks an earlier `blend`/`reuse` request of the same settings left. Reused KV counts here, never in
+    vllm:prefix_cache_hits (which only counts exact prefix blocks)."""
     for name, doc, value in (
-        ("rag_doc_cache_prefix_hits", "Prompt tokens found in blocks blended for an earlier request", prefix_hits),
-        ("rag_doc_cache_hits", "Chunk lookups found in the chunk tier", tier.stats.hits),
-        ("rag_doc_cache_misses", "Chunk lookups not in memory", tier.stats.misses),
-        ("rag_doc_cache_disk_hits", "Chunk lookups missed in memory and found on disk", cache.stats.disk_hits),
-        ("rag_doc_cache_encoded_chunks", "Chunks encoded into the chunk tier", cache.stats.encoded_chunks),
-        ("rag_doc_cache_evictions", "Chunk-tier entries evicted from memory", tier.stats.evictions),
-        ("rag_doc_cache_invalidations", "Chunk-tier entries dropped with their document", tier.stats.invalidations),
+        ("rag_doc_cache_prefix_hits", "Prompt tokens found in blocks blended for an earlier request",
+         figures.reused_prefix_hits),
+        ("rag_doc_cache_hits", "Chunk lookups found in the chunk tier", figures.doc_hits),
+        ("rag_doc_cache_misses", "Chunk lookups not in memory", figures.doc_misses),
+        ("rag_doc_cache_disk_hits", "Chunk lookups missed in memory and found on disk", figures.doc_disk_hits),
+        ("rag_doc_cache_encoded_chunks", "Chunks encoded into the chunk tier", figures.doc_encoded_chunks),
+        ("rag_doc_cache_evictions", "Chunk-tier entries evicted from memory", figures.doc_evictions),
+        ("rag_doc_cache_invalidations", "Chunk-tier entries dropped with their document", figures.doc_invalidations),
     ):
         total = CounterMetricFamily(name, doc, labels=["model_name"])
         total.add_metric([model], value)
         yield total
     for name, doc, value in (
-        ("rag_doc_cache_bytes", "Bytes of chunk KV held in memory", tier.bytes_used),
-        ("rag_doc_cache_disk_bytes", "Bytes of chunk KV on disk", disk_bytes),
-        ("rag_doc_cache_entries", "Chunks held in memory", len(tier)),
+        ("rag_doc_cache_bytes", "Bytes of chunk KV held in memory", figures.doc_bytes),
+        ("rag_doc_cache_disk_bytes", "Bytes of chunk KV on disk", figures.doc_disk_bytes),
+        ("rag_doc_cache_entries", "Chunks held in memory", figures.doc_entries),
     ):
         gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
         gauge.add_metric([model], value)

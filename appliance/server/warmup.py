@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from appliance.engine.async_engine import AsyncEngine
+from appliance.engine.front import EngineFront
 from appliance.engine.sampling import SamplingParams
 from appliance.rag.prompt import PromptBuilder, RagPrompt
 from retrieval.service import RetrievalService
@@ -52,12 +52,12 @@ def warmup_prompt(builder: PromptBuilder, tokens: int, limit: int) -> RagPrompt 
     return None
 
 
-async def warm_engine(engine: AsyncEngine, tokens: int) -> None:
+async def warm_engine(engine: EngineFront, tokens: int) -> None:
     """Run one greedy request of a ~`tokens`-token RAG prompt (fewer where the engine's KV cannot hold that many)
-    and 4 generated tokens on the engine thread, in the server's document-cache mode (so `blend` encodes, loads
+    and 4 generated tokens through the engine, in the server's document-cache mode (so `blend` encodes, loads
     and blends passages once too); the filler passages' KV is dropped from the document cache afterwards."""
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
-    limit = engine.engine.max_model_len - 1 - params.max_tokens
+    limit = engine.max_model_len - 1 - params.max_tokens
     prompt = warmup_prompt(PromptBuilder(engine.tokenizer), tokens, limit)
     if prompt is None:
         log.warning("engine warm-up skipped: the engine serves at most %d tokens, too few for one passage", limit)
@@ -69,7 +69,7 @@ async def warm_engine(engine: AsyncEngine, tokens: int) -> None:
         engine.invalidate_documents([WARMUP_DOC])
 
 
-async def warm_up(engine: AsyncEngine, retrieval: RetrievalService | None, tokens: int,
+async def warm_up(engine: EngineFront, retrieval: RetrievalService | None, tokens: int,
                   timeout_s: float) -> WarmupTimes:
     """Warm retrieval (off the event loop), then the engine with a ~`tokens`-token prompt (0: no warm-up at all).
     Neither is waited for longer than `timeout_s`: past it the server starts anyway (a load still running

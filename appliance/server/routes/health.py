@@ -17,6 +17,9 @@ def health() -> dict:
 
 @router.get("/ready")
 def ready(state: AppState = Depends(get_state)) -> JSONResponse:
+    down = state.engine.down if state.engine is not None else None
+    if down is not None:
+        return JSONResponse({"status": "engine_down", "message": down}, status_code=503)
     if state.ready:
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
