@@ -65,6 +65,7 @@ class _GenerationRequest(RequestModel):
     stop: StopString | list[StopString] | None = None
     n: int = Field(default=1, ge=1, le=1)
     user: str | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate through end-of-sequence tokens (benchmarks)
 
     @property
     def include_usage(self) -> bool:
@@ -74,7 +75,8 @@ class _GenerationRequest(RequestModel):
         """The engine's sampling parameters, with the route's bounded `max_tokens`."""
         stop = () if self.stop is None else (self.stop,) if isinstance(self.stop, str) else tuple(self.stop[:8])
         return SamplingParams(max_tokens=max_tokens, temperature=self.temperature,
-                              top_p=self.top_p, top_k=self.top_k, seed=self.seed, stop=stop)
+                              top_p=self.top_p, top_k=self.top_k, seed=self.seed, stop=stop,
+                              ignore_eos=self.ignore_eos)
 
 
 class ChatCompletionRequest(_GenerationRequest):

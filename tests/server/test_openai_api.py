@@ -56,6 +56,16 @@ def test_chat_completion_stream_matches_non_stream(client: openai.OpenAI) -> Non
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
 
 
+def test_ignore_eos_generates_through_the_end_of_the_answer(client: openai.OpenAI) -> None:
+    """vLLM's `ignore_eos`: the short answer that stops by itself runs on to `max_tokens` when asked."""
+    kwargs = dict(model="smollm2", temperature=0,
+                  messages=[{"role": "user", "content": "What is the capital of France?"}])
+    short = client.chat.completions.create(max_tokens=40, **kwargs)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 30
+    long = client.chat.completions.create(max_tokens=40, extra_body={"ignore_eos": True}, **kwargs)
+    assert long.choices[0].finish_reason == "length" and long.usage.completion_tokens == 40
+
+
 def test_second_identical_request_reuses_the_prefix(client: openai.OpenAI) -> None:
     kwargs = dict(model="smollm2", temperature=0, max_tokens=4,
                   messages=[{"role": "user", "content": "Tell me about the history of printing presses."}])
