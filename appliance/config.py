@@ -55,7 +55,7 @@ class EngineConfig:
     threads: int = 0  # 0: every CPU this process may use
     kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)
     decode_graphs: str = "auto"  # auto (CUDA graphs on CUDA) | off | eager (the graph path uncaptured: tests)
-    int4_decode_tokens: int = 32  # steps of at most this many tokens use 4-bit GGUF weights (CPU, bfloat16)
+    int4_decode_tokens: int = 32  # CPU steps of at most this many tokens use 4-bit GGUF weights (0: dense)
 
 
 class Settings(BaseSettings):

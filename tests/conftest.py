@@ -58,10 +58,13 @@ def loaded_model(model_cache_dir: Path) -> LoadedModel:
 
 @pytest.fixture(scope="session")
 def make_engine(loaded_model: LoadedModel, model_cache_dir: Path) -> Callable[..., LLMEngine]:
-    """Build a float32 engine on the shared weights; keyword arguments override EngineConfig fields."""
+    """Build the exact reference engine on the shared weights: float32 and dense weights in every step (no 4-bit
+    decode path, whose bf16 activations would make outputs depend on how tokens are batched). Keyword arguments
+    override EngineConfig fields (`int4_decode_tokens=32` for the compact decode path that serving uses)."""
 
     def make(**overrides: object) -> LLMEngine:
-        fields: dict[str, object] = {"data_dir": model_cache_dir, "dtype": "float32", "kv_cache_mb": 256}
+        fields: dict[str, object] = {"data_dir": model_cache_dir, "dtype": "float32", "kv_cache_mb": 256,
+                                     "int4_decode_tokens": 0}
         fields.update(overrides)
         return LLMEngine(loaded_model, EngineConfig(**fields))  # type: ignore[arg-type]
 

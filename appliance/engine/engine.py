@@ -110,8 +110,8 @@ class LLMEngine:
         return mode
 
     def _int4_decode(self) -> bool:
-        """Small batches run on the GGUF's own 4-bit weights: CPU, bfloat16, and the kernel present."""
-        return self.device.type == "cpu" and self.dtype == torch.bfloat16 and int4_kernel_available()
+        """Small batches run on the GGUF's own 4-bit weights (and an int8 LM head) on a CPU with the kernels."""
+        return self.device.type == "cpu" and int4_kernel_available()
 
     @classmethod
     def from_config(cls, config: EngineConfig) -> LLMEngine:

@@ -43,7 +43,8 @@ def cached_dir(loaded_model, model_cache_dir: Path) -> Path:
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_hf_folder_matches_transformers(kind: str, tmp_path: Path, cached_dir: Path) -> None:
     ref = _tiny_hf_folder(kind, tmp_path / kind, cached_dir)
-    engine = LLMEngine(load_model(str(tmp_path / kind)), EngineConfig(dtype="float32", kv_cache_mb=16))
+    config = EngineConfig(dtype="float32", kv_cache_mb=16, int4_decode_tokens=0)  # the dense reference
+    engine = LLMEngine(load_model(str(tmp_path / kind)), config)
     prompt = engine.tokenizer.encode("The quick brown fox jumps over the lazy dog")
     ours = engine.generate([prompt], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))[0].token_ids
     ids = list(prompt)
