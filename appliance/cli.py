@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from appliance.bench.api_load import bench_api
 from appliance.bench.blend import bench_blend
 from appliance.bench.engine import bench_engine
 from appliance.bench.first_question import bench_first_question
@@ -44,6 +45,7 @@ bench_app.command("blend")(bench_blend)
 bench_app.command("first-question")(bench_first_question)
 bench_app.command("gold-set")(bench_gold_set)
 bench_app.command("itl")(bench_itl)
+bench_app.command("api")(bench_api)
 err = Console(stderr=True)
 
 

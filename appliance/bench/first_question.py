@@ -10,12 +10,7 @@ the others in that run) and their ratio. The corpus is the `demo` selection of p
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +19,7 @@ import httpx
 import typer
 
 from appliance.bench.machine import describe_machine
+from appliance.bench.served import serving
 
 QUESTIONS = (
     "How do I insert an item into a sorted list and keep it sorted?",
@@ -50,49 +46,20 @@ def prepare_collection(data_dir: Path, collection: str, corpus: Path) -> int:
         service.close()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def one_server(data_dir: Path, collection: str, questions: list[str], warmup_tokens: str | None,
                doc_cache: str, max_tokens: int) -> dict[str, Any]:
     """Start a server, wait for /ready, ask `questions` in order; its timings. Stops the server."""
-    port = _free_port()
-    env = {**os.environ, "APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_PORT": str(port),
-           "APPLIANCE_DOC_CACHE": doc_cache, "HF_HUB_OFFLINE": "1"}
+    env = {"APPLIANCE_DATA_DIR": str(data_dir), "APPLIANCE_DOC_CACHE": doc_cache}
     if warmup_tokens is not None:
         env["APPLIANCE_WARMUP_TOKENS"] = warmup_tokens
-    url = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: nobody reads it until the server has failed
-        server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--log-level", "warning"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
-        try:
-            while server.poll() is None:
-                try:
-                    if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-            else:
-                log.seek(0)
-                raise RuntimeError(f"the server exited with {server.returncode}: {log.read()[-2000:]}")
-            ready_s = time.perf_counter() - started
-            answers = []
-            for question in questions:
-                body = {"question": question, "collection": collection, "k": 5, "max_tokens": max_tokens}
-                reply = httpx.post(url + "/api/ask", json=body, timeout=300)
-                reply.raise_for_status()
-                answers.append({**reply.json()["timings"], "prompt_tokens": reply.json()["usage"]["prompt_tokens"]})
-            return {"ready_s": ready_s, "answers": answers}
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    with serving(env) as server:
+        answers = []
+        for question in questions:
+            body = {"question": question, "collection": collection, "k": 5, "max_tokens": max_tokens}
+            reply = httpx.post(server.url + "/api/ask", json=body, timeout=300)
+            reply.raise_for_status()
+            answers.append({**reply.json()["timings"], "prompt_tokens": reply.json()["usage"]["prompt_tokens"]})
+        return {"ready_s": server.ready_s, "answers": answers}
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, float]:

@@ -1,0 +1,253 @@
+"""`appliance bench api`: does the HTTP API cost the engine anything, and does it answer while the engine works?
+
+Systems, interleaved in rounds (the order rotating, so the machine's drift spreads over all of them):
+`engine process` (`appliance serve` as shipped: the engine steps in its own process), `engine thread` (the
+same server with APPLIANCE_ENGINE_PROCESS=false: the step loop on a thread of the server process, sharing its
+GIL) and `in-process` (the same engine configuration stepped directly by this process, no HTTP: the reference).
+
+Phases of each run, all greedy with `ignore_eos`: one stream; 16 streams at once; then "full load": 16 streams
+decoding while a ~2k-token prompt arrives, with `/health` probed every 50 ms and, the queue being full
+(APPLIANCE_MAX_QUEUE=17), one more request every 100 ms that the server refuses (503). A stream's decode rate
+is (its tokens - 1) / (its last token's time - its first's), the aggregate the sum over streams; inter-token
+latency is the gap between two SSE chunks of one stream. Figures: medians over rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from appliance.bench.machine import describe_machine
+from appliance.bench.served import serving
+
+SERVERS = {"engine process": "true", "engine thread": "false"}  # APPLIANCE_ENGINE_PROCESS
+REFERENCE = "in-process"
+QUEUE = 17  # 16 streams + the long prompt: every further request is refused
+ENV = {"APPLIANCE_MAX_QUEUE": str(QUEUE), "APPLIANCE_WARMUP_TOKENS": "0", "APPLIANCE_RATE_LIMIT_PER_MINUTE": "0",
+       "APPLIANCE_KV_CACHE_MB": "1024"}
+LOAD_STREAM_TOKENS = 512  # the load phase's streams outlast the long prompt (and are cancelled once it is answered)
+TOPICS = ("the sea", "a mountain", "a city at night", "an old library", "the desert", "a river", "winter",
+          "a forest", "a lighthouse", "the moon", "a train journey", "a market", "a storm", "a garden", "a bridge",
+          "an island")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def stream_figures(times: list[list[float]], tokens: list[int]) -> dict[str, float]:
+    """Aggregate decode rate (tok/s) and inter-token latency p50/p99 (ms) from each stream's chunk times."""
+    rates = [(n - 1) / (t[-1] - t[0]) for t, n in zip(times, tokens, strict=True) if len(t) > 1 and t[-1] > t[0]]
+    gaps = [(b - a) * 1000 for t in times for a, b in zip(t, t[1:], strict=False)]
+    return {"tok_s": sum(rates), "itl_p50_ms": _percentile(gaps, 0.5), "itl_p99_ms": _percentile(gaps, 0.99)}
+
+
+def _prompt(topic: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": f"Write a long story about {topic}."}]
+
+
+async def _stream(client: httpx.AsyncClient, topic: str, max_tokens: int, started: asyncio.Semaphore | None = None
+                  ) -> tuple[list[float], int]:
+    """One streamed chat answer: the arrival time of each chunk with text, and the tokens generated. `started`
+    is released at the first chunk."""
+    body = {"messages": _prompt(topic), "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
+    times: list[float] = []
+    tokens = 0
+    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line.removeprefix("data: "))
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                times.append(time.perf_counter())
+                if started is not None and len(times) == 1:
+                    started.release()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return times, tokens
+
+
+async def _timed_get(client: httpx.AsyncClient, path: str) -> float:
+    started = time.perf_counter()
+    (await client.get(path)).raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
+async def _refused(client: httpx.AsyncClient) -> float:
+    started = time.perf_counter()
+    reply = await client.post("/v1/chat/completions", json={"messages": _prompt("nothing"), "max_tokens": 4})
+    if reply.status_code != 503:  # the queue is full: anything else means the phase is not what it says
+        raise RuntimeError(f"expected a refusal (503), got {reply.status_code}: {reply.text[:200]}")
+    return (time.perf_counter() - started) * 1000
+
+
+async def _server_phases(url: str, long_prompt: str, decode_tokens: int) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        await _stream(client, "warming up", 8)
+        one = await _stream(client, TOPICS[0], decode_tokens)
+        many = await asyncio.gather(*(_stream(client, t, decode_tokens) for t in TOPICS))
+        return {"1": stream_figures([one[0]], [one[1]]),
+                "16": stream_figures([t for t, _ in many], [n for _, n in many]),
+                "load": await _full_load(client, long_prompt)}
+
+
+async def _full_load(client: httpx.AsyncClient, long_prompt: str) -> dict[str, Any]:
+    """16 streams; once each has its first token the long prompt arrives, and probes run until it is answered;
+    then the streams are dropped (the server aborts them)."""
+    started = asyncio.Semaphore(0)
+    streams = [asyncio.create_task(_stream(client, t, LOAD_STREAM_TOKENS, started)) for t in TOPICS]
+    for _ in TOPICS:
+        await started.acquire()
+    sent = time.perf_counter()
+    long = asyncio.create_task(client.post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 1}))
+    await asyncio.sleep(0.5)  # the long prompt admitted (tokenized, queued): from here on the queue is full
+    health: list[float] = []
+    refusals: list[float] = []
+    tick = 0
+    while not long.done():
+        probes = [_timed_get(client, "/health")] + ([_refused(client)] if tick % 2 == 0 else [])
+        results = await asyncio.gather(*probes)
+        health.append(results[0])
+        refusals += results[1:]
+        tick += 1
+        await asyncio.sleep(0.05)
+    reply = await long
+    reply.raise_for_status()
+    long_s = time.perf_counter() - sent
+    if any(stream.done() for stream in streams):  # the queue was not full all along
+        raise RuntimeError("a load stream ended before the long prompt was answered")
+    for stream in streams:
+        stream.cancel()
+    await asyncio.gather(*streams, return_exceptions=True)
+    return {"health_p50_ms": _percentile(health, 0.5), "health_p99_ms": _percentile(health, 0.99),
+            "refusal_p50_ms": _percentile(refusals, 0.5), "refusal_p99_ms": _percentile(refusals, 0.99),
+            "probes": len(health), "refusals": len(refusals), "long_prompt_s": long_s,
+            "long_prompt_tokens": reply.json()["usage"]["prompt_tokens"]}
+
+
+def in_process_phases(engine, decode_tokens: int) -> dict[str, Any]:
+    """The reference: the same prompts stepped directly by `engine` (an LLMEngine), times of outputs with text."""
+    from appliance.engine.sampling import SamplingParams
+    from appliance.engine.tokenizer import ChatMessage
+
+    params = SamplingParams(max_tokens=decode_tokens, temperature=0.0, ignore_eos=True)
+
+    def run(topics: tuple[str, ...]) -> dict[str, float]:
+        times: dict[str, list[float]] = {}
+        tokens: dict[str, int] = {}
+        for i, topic in enumerate(topics):
+            message = _prompt(topic)[0]
+            prompt = engine.tokenizer.apply_chat_template([ChatMessage(message["role"], message["content"])])
+            engine.add_request(f"ref-{time.monotonic_ns()}-{i}", prompt, params)
+        while engine.has_unfinished():
+            for out in engine.step():
+                if out.text:
+                    times.setdefault(out.request_id, []).append(time.perf_counter())
+                tokens[out.request_id] = out.num_output_tokens
+        return stream_figures([times[r] for r in tokens], [tokens[r] for r in tokens])
+
+    run(("warming up",))
+    return {"1": run(TOPICS[:1]), "16": run(TOPICS)}
+
+
+def long_prompt_text(tokenizer, tokens: int = 2000) -> str:
+    """English text of about `tokens` tokens (the engine bench's text)."""
+    from appliance.bench.engine import english_text
+
+    text = english_text()
+    ids = tokenizer.encode(text)
+    while len(ids) < tokens:
+        text += " " + text
+        ids = tokenizer.encode(text)
+    return tokenizer.decode(ids[:tokens])
+
+
+def run_api_bench(repeats: int, decode_tokens: int, say=print) -> dict[str, Any]:
+    """Every system `repeats` times, interleaved; the raw runs and their medians."""
+    from appliance.config import Settings
+    from appliance.engine.engine import LLMEngine
+    from appliance.openmp import release_openmp_workers
+
+    settings = Settings(max_queue=QUEUE, kv_cache_mb=int(ENV["APPLIANCE_KV_CACHE_MB"]))
+    engine = LLMEngine.from_config(settings.engine_config())
+    long_prompt = long_prompt_text(engine.tokenizer)
+    release_openmp_workers()  # idle while the servers run
+    systems = [REFERENCE, *SERVERS]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
+    for repeat in range(repeats):
+        for name in systems[repeat % len(systems):] + systems[:repeat % len(systems)]:
+            if name == REFERENCE:
+                run = in_process_phases(engine, decode_tokens)
+                release_openmp_workers()
+            else:
+                with serving({**ENV, "APPLIANCE_ENGINE_PROCESS": SERVERS[name]}) as server:
+                    run = asyncio.run(_server_phases(server.url, long_prompt, decode_tokens))
+            runs[name].append(run)
+            say(f"repeat {repeat + 1}/{repeats} {name}: 1 stream {run['1']['tok_s']:.1f} tok/s, 16 streams "
+                f"{run['16']['tok_s']:.1f} tok/s" + (f", /health p99 {run['load']['health_p99_ms']:.1f} ms, refusal "
+                                                     f"p99 {run['load']['refusal_p99_ms']:.1f} ms" if "load" in run
+                                                     else ""))
+    return {"machine": describe_machine(), "repeats": repeats, "decode_tokens": decode_tokens, "runs": runs,
+            "summary": {name: _medians(r) for name, r in runs.items()}}
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    return {phase: {key: statistics.median(r[phase][key] for r in runs) for key in runs[0][phase]}
+            for phase in runs[0]}
+
+
+def api_markdown(result: dict[str, Any]) -> str:
+    """The "HTTP API under load" section of docs/BENCHMARKS.md."""
+    m, s = result["machine"], result["summary"]
+    ref = s[REFERENCE]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, torch {m['torch']}; load average at the start "
+        f"{m['load_average']}. `appliance bench api --repeats {result['repeats']}`: the embedded model, greedy, "
+        f"`ignore_eos`, {result['decode_tokens']} tokens a stream, systems interleaved, medians of "
+        f"{result['repeats']} rounds. The client (httpx, asyncio) runs on the same machine.",
+        "",
+        "| system | 1 stream tok/s | ITL p50 / p99 ms | 16 streams tok/s | ITL p50 / p99 ms | API / in-process "
+        "(16) | `/health` p50 / p99 ms under load | refusal p50 / p99 ms | ~2k prompt s |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, fig in s.items():
+        one, many, load = fig["1"], fig["16"], fig.get("load")
+        ratio = many["tok_s"] / ref["16"]["tok_s"]
+        probes = (f"{load['health_p50_ms']:.1f} / {load['health_p99_ms']:.1f} | {load['refusal_p50_ms']:.1f} / "
+                  f"{load['refusal_p99_ms']:.1f} | {load['long_prompt_s']:.1f}") if load else "- | - | -"
+        lines.append(f"| {name} | {one['tok_s']:.1f} | {one['itl_p50_ms']:.0f} / {one['itl_p99_ms']:.0f} | "
+                     f"{many['tok_s']:.1f} | {many['itl_p50_ms']:.0f} / {many['itl_p99_ms']:.0f} | {ratio:.2f}x | "
+                     f"{probes} |")
+    lines += ["", "Under load: 16 streams decoding while a ~2k-token prompt is prefilled; `/health` probed every "
+                  "50 ms and a refused request (queue full, 503) every 100 ms until the prompt is answered. "
+                  "Targets (issue 18): `/health` p99 and refusal p99 <= 5 ms; 16 streams through the API >= 0.95x "
+                  "in-process."]
+    return "\n".join(lines)
+
+
+def bench_api(
+    repeats: Annotated[int, typer.Option(min=1, help="rounds (every system once a round)")] = 3,
+    decode_tokens: Annotated[int, typer.Option(min=8, help="tokens a stream generates")] = 96,
+    json_file: Annotated[Path | None, typer.Option("--json", help="also write the full result here")] = None,
+    docs: Annotated[bool, typer.Option("--docs/--no-docs", help="update docs/BENCHMARKS.md")] = True,
+) -> None:
+    """The HTTP API against the engine stepped in-process: decode at 1 and 16 streams, /health and refusals
+    under full load, with the engine in its own process and on a thread of the server."""
+    from rich.console import Console
+
+    from appliance.bench.report import publish
+
+    console = Console()
+    result = run_api_bench(repeats, decode_tokens, say=lambda msg: console.print(f"[dim]{msg}[/dim]"))
+    publish(console, result, api_markdown(result), "HTTP API under load", json_file, docs)
