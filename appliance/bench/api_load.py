@@ -18,14 +18,20 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 
+from appliance.bench.itl import percentile
 from appliance.bench.machine import describe_machine
 from appliance.bench.served import serving
+
+if TYPE_CHECKING:
+    from appliance.engine.engine import LLMEngine
+    from appliance.engine.tokenizer import TextTokenizer
 
 SERVERS = {"engine process": "true", "engine thread": "false"}  # APPLIANCE_ENGINE_PROCESS
 REFERENCE = "in-process"
@@ -38,16 +44,11 @@ TOPICS = ("the sea", "a mountain", "a city at night", "an old library", "the des
           "an island")
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
-
-
 def stream_figures(times: list[list[float]], tokens: list[int]) -> dict[str, float]:
     """Aggregate decode rate (tok/s) and inter-token latency p50/p99 (ms) from each stream's chunk times."""
     rates = [(n - 1) / (t[-1] - t[0]) for t, n in zip(times, tokens, strict=True) if len(t) > 1 and t[-1] > t[0]]
     gaps = [(b - a) * 1000 for t in times for a, b in zip(t, t[1:], strict=False)]
-    return {"tok_s": sum(rates), "itl_p50_ms": _percentile(gaps, 0.5), "itl_p99_ms": _percentile(gaps, 0.99)}
+    return {"tok_s": sum(rates), "itl_p50_ms": percentile(gaps, 0.5), "itl_p99_ms": percentile(gaps, 0.99)}
 
 
 def _prompt(topic: str) -> list[dict[str, str]]:
@@ -130,13 +131,13 @@ async def _full_load(client: httpx.AsyncClient, long_prompt: str) -> dict[str, A
     for stream in streams:
         stream.cancel()
     await asyncio.gather(*streams, return_exceptions=True)
-    return {"health_p50_ms": _percentile(health, 0.5), "health_p99_ms": _percentile(health, 0.99),
-            "refusal_p50_ms": _percentile(refusals, 0.5), "refusal_p99_ms": _percentile(refusals, 0.99),
+    return {"health_p50_ms": percentile(health, 0.5), "health_p99_ms": percentile(health, 0.99),
+            "refusal_p50_ms": percentile(refusals, 0.5), "refusal_p99_ms": percentile(refusals, 0.99),
             "probes": len(health), "refusals": len(refusals), "long_prompt_s": long_s,
             "long_prompt_tokens": reply.json()["usage"]["prompt_tokens"]}
 
 
-def in_process_phases(engine, decode_tokens: int) -> dict[str, Any]:
+def in_process_phases(engine: LLMEngine, decode_tokens: int) -> dict[str, Any]:
     """The reference: the same prompts stepped directly by `engine` (an LLMEngine), times of outputs with text."""
     from appliance.engine.sampling import SamplingParams
     from appliance.engine.tokenizer import ChatMessage
@@ -161,7 +162,7 @@ def in_process_phases(engine, decode_tokens: int) -> dict[str, Any]:
     return {"1": run(TOPICS[:1]), "16": run(TOPICS)}
 
 
-def long_prompt_text(tokenizer, tokens: int = 2000) -> str:
+def long_prompt_text(tokenizer: TextTokenizer, tokens: int = 2000) -> str:
     """English text of about `tokens` tokens (the engine bench's text)."""
     from appliance.bench.engine import english_text
 
@@ -173,7 +174,7 @@ def long_prompt_text(tokenizer, tokens: int = 2000) -> str:
     return tokenizer.decode(ids[:tokens])
 
 
-def run_api_bench(repeats: int, decode_tokens: int, say=print) -> dict[str, Any]:
+def run_api_bench(repeats: int, decode_tokens: int, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Every system `repeats` times, interleaved; the raw runs and their medians."""
     from appliance.config import Settings
     from appliance.engine.engine import LLMEngine

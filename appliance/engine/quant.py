@@ -94,9 +94,7 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, K] -> [T, N]."""
-        if x.shape[0] > self.small_batch:
-            return F.linear(x, self.dense, self.bias)
-        if self.packed is None and self.int8 is None:
+        if x.shape[0] > self.small_batch or (self.packed is None and self.int8 is None):
             return F.linear(x, self.dense, self.bias)
         xk = x.to(KERNEL_DTYPE)
         if self.packed is not None:
