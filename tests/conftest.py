@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from appliance.config import EngineConfig
 from appliance.engine.engine import LLMEngine
 from appliance.engine.loader import LoadedModel, load_model
+from tests.reference_engine import reference_config
 
 torch.manual_seed(0)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -63,10 +63,7 @@ def make_engine(loaded_model: LoadedModel, model_cache_dir: Path) -> Callable[..
     override EngineConfig fields (`int4_decode_tokens=32` for the compact decode path that serving uses)."""
 
     def make(**overrides: object) -> LLMEngine:
-        fields: dict[str, object] = {"data_dir": model_cache_dir, "dtype": "float32", "kv_cache_mb": 256,
-                                     "int4_decode_tokens": 0}
-        fields.update(overrides)
-        return LLMEngine(loaded_model, EngineConfig(**fields))  # type: ignore[arg-type]
+        return LLMEngine(loaded_model, reference_config(model_cache_dir, **overrides))
 
     return make
 

@@ -9,7 +9,8 @@ finds the chunks on disk. Per variant: mean TTFT, tokens recomputed, and fidelit
   (mean KL in nats, top-1 agreement), a smooth measure of how close the reused KV is to the true one.
 
 Variants: `exact` (lossless: the prefix cache and full prefill; its distance from `off` is the noise floor of
-this dtype) and `reuse`; `blend@R` (recompute a share R chosen by KV deviation, measured as many layers deep
+this dtype and of the 4-bit decode path, whose numerics follow a step's token count) and `reuse`;
+`blend@R` (recompute a share R chosen by KV deviation, measured as many layers deep
 as the engine's default, `config.BLEND_SELECT_LAYERS`, on the share `config.BLEND_CANDIDATES` carried there
 from layer 2); `blend@R/L` (deviations measured L layers deep); `blend@R/L/C` (a share C carried past layer 2;
 1.0: a dense pass); `random@R`, `random@R/L` (the same share chosen at random: the control that says what the
@@ -24,6 +25,7 @@ ratio to off's with a paired bootstrap interval) or the hand-written retrieval q
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections.abc import Callable
@@ -142,9 +144,10 @@ def randomize_selection(engine: LLMEngine) -> None:
 
 def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[BenchPrompt], max_tokens: int,
                variant: Variant | None = None, forced: list[list[int]] | None = None, dtype: str = "auto",
-               keep_logprobs: bool = True) -> list[Answer]:
+               keep_logprobs: bool = True, dense: bool = False) -> list[Answer]:
     """Answer every prompt, one at a time, in a fresh engine whose disk tier is `kv_dir` (or its int8 twin,
-    `tier_dir`, for a `+int8` variant)."""
+    `tier_dir`, for a `+int8` variant). `dense`: dense weights in every step (no 4-bit decode path, whose bf16
+    activations make a step's numerics depend on its token count): `exact` is then bit-identical to `off`."""
     from appliance.config import EngineConfig
     from appliance.engine.engine import LLMEngine
     from appliance.engine.sampling import SamplingParams
@@ -155,6 +158,8 @@ def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[Bench
                           enable_prefix_caching=mode != "off", blend_ratio=variant.ratio,
                           blend_select_layers=variant.select_layers, blend_candidates=variant.candidates,
                           blend_select=variant.select, blend_query_layer=variant.query_layer)
+    if dense:
+        config = dataclasses.replace(config, int4_decode_tokens=0)
     engine = LLMEngine(loaded, config)
     if variant.random:
         randomize_selection(engine)
@@ -214,8 +219,8 @@ def bench_questions(question_set: str, limit: int) -> tuple[list[str], list[str]
 
 def encoded_prompts(root: Path, texts: list[str], answer_pages: list[str], collection: str, k: int, dtype: str,
                     say: Callable[[str], None], corpus_dir: Path | None = None, loaded: LoadedModel | None = None,
-                    kv_formats: tuple[str, ...] = ("model",)) -> tuple[LoadedModel, Path, list[BenchPrompt],
-                                                                        dict[str, Any]]:
+                    kv_formats: tuple[str, ...] = ("model",), dense: bool = False
+                    ) -> tuple[LoadedModel, Path, list[BenchPrompt], dict[str, Any]]:
     """Ingest the pages that answer `texts` into `collection` of the data dir `root` (reused when there),
     build each question's RAG prompt from its top `k` passages and encode the chunks they use into a disk
     tier in each of `kv_formats`. Returns the model, the model-format tier's directory (`tier_dir` names the
@@ -238,7 +243,7 @@ def encoded_prompts(root: Path, texts: list[str], answer_pages: list[str], colle
     for kv_format in kv_formats:
         say(f"encoding the chunks the prompts use, {kv_format} format (kept on disk for every variant)")
         answer_all(loaded, kv_dir, "reuse", prompts, 1, Variant("reuse", "reuse", kv_format=kv_format),
-                   dtype=dtype, keep_logprobs=False)
+                   dtype=dtype, keep_logprobs=False, dense=dense)
     return loaded, kv_dir, prompts, corpus
 
 
@@ -246,11 +251,11 @@ def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[Va
                     k: int = 5, dtype: str = "auto", say: Callable[[str], None] = lambda _: None,
                     corpus_dir: Path | None = None, questions: tuple[list[str], list[str], list[str | None]]
                     | None = None, loaded: LoadedModel | None = None, question_set: str = "modules",
-                    forced_questions: int | None = None) -> dict[str, Any]:
+                    forced_questions: int | None = None, dense: bool = False) -> dict[str, Any]:
     """Ingest the pages answering the first `num_questions` questions of `question_set`, encode the chunks their
     prompts use, then answer with off and every variant in the engine `dtype` (teacher-forced on the first
     `forced_questions`, default all); return the figures. Tests pass a small corpus, their own (texts, pages,
-    golds) and model."""
+    golds) and model, and `dense` (see `answer_all`) where they check that the lossless variants are exact."""
     from appliance.bench.rag import WARM_COLLECTION
 
     texts, answer_pages, golds = questions or bench_questions(question_set, num_questions)
@@ -260,9 +265,9 @@ def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[Va
         collection = f"{WARM_COLLECTION}-{question_set}-{len(texts)}"
         kv_formats = tuple(sorted({"model", *(v.kv_format for v in variants)}))
         loaded, kv_dir, prompts, corpus = encoded_prompts(root, texts, answer_pages, collection, k, dtype, say,
-                                                          corpus_dir, loaded, kv_formats)
+                                                          corpus_dir, loaded, kv_formats, dense)
         say("off: full prefill, the reference")
-        reference = answer_all(loaded, kv_dir, "off", prompts, max_tokens, dtype=dtype)
+        reference = answer_all(loaded, kv_dir, "off", prompts, max_tokens, dtype=dtype, dense=dense)
         forced = [a.token_ids for a in reference][:forced_questions]
         graded = None not in golds
         off_right = right_answers([a.text for a in reference], golds) if graded else []  # type: ignore[arg-type]
@@ -270,8 +275,9 @@ def run_blend_bench(data_dir: Path | None, num_questions: int, variants: list[Va
         for variant in variants:
             say(f"{variant.spec}: free-running, then teacher-forced on off's answers")
             free = answer_all(loaded, kv_dir, variant.mode, prompts, max_tokens, variant, dtype=dtype,
-                              keep_logprobs=False)
-            tf = answer_all(loaded, kv_dir, variant.mode, prompts[:len(forced)], max_tokens, variant, forced, dtype)
+                              keep_logprobs=False, dense=dense)
+            tf = answer_all(loaded, kv_dir, variant.mode, prompts[:len(forced)], max_tokens, variant, forced, dtype,
+                            dense=dense)
             rows[variant.spec] = costs(free) | compare(reference, free, tf)
             if graded:
                 right = right_answers([a.text for a in free], golds)  # type: ignore[arg-type]

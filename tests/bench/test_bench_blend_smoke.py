@@ -25,7 +25,7 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory, loaded_model) -> dict:
     variants = [Variant.parse(spec) for spec in ("reuse", "reuse+int8", *FULL, "blend@0.5/3", "query@0.5:3")]
     questions = ([q.text for q in QUESTIONS], [q.page for q in QUESTIONS], list(GOLDS))
     return run_blend_bench(tmp_path_factory.mktemp("data"), 2, variants, max_tokens=4, k=2, dtype="float32",
-                           corpus_dir=corpus, questions=questions, loaded=loaded_model)
+                           corpus_dir=corpus, questions=questions, loaded=loaded_model, dense=True)
 
 
 def test_full_recompute_matches_off_and_reuse_does_not(tiny_result: dict) -> None:

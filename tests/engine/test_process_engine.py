@@ -10,23 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import EngineConfig
 from appliance.engine.process_engine import ProcessEngine
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError, RequestError
+from tests.reference_engine import reference_config
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 
 
-def engine_config(model_cache_dir: Path, **overrides: object) -> EngineConfig:
-    """As the session's `make_engine` builds them (float32), over the converted weights in `model_cache_dir`."""
-    fields: dict[str, object] = {"data_dir": model_cache_dir, "dtype": "float32", "kv_cache_mb": 256}
-    return EngineConfig(**{**fields, **overrides})  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
 def process_engine(loaded_model, model_cache_dir: Path) -> Iterator[ProcessEngine]:
-    engine = ProcessEngine.start(engine_config(model_cache_dir), max_queue=8)
+    engine = ProcessEngine.start(reference_config(model_cache_dir), max_queue=8)
     yield engine
     engine.close()
     assert engine.process.exitcode == 0  # it stopped on Shutdown, not killed
@@ -95,5 +89,5 @@ def test_closing_a_stream_aborts_its_request_and_frees_its_blocks(process_engine
 def test_a_model_that_cannot_load_is_reported_in_one_line(model_cache_dir: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.gguf"
     with pytest.raises(ApplianceError) as raised:
-        ProcessEngine.start(engine_config(model_cache_dir, model=str(missing)))
+        ProcessEngine.start(reference_config(model_cache_dir, model=str(missing)))
     assert str(missing) in str(raised.value) and "\n" not in str(raised.value)

@@ -1,0 +1,15 @@
+"""The engine configuration tests hold outputs against: float32 with dense weights in every step (no 4-bit decode
+path, whose bf16 activations make a step's numerics depend on how its tokens are batched)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from appliance.config import EngineConfig
+
+REFERENCE_ENGINE: dict[str, object] = {"dtype": "float32", "kv_cache_mb": 256, "int4_decode_tokens": 0}
+
+
+def reference_config(data_dir: Path, **overrides: object) -> EngineConfig:
+    """The reference over the weights converted into `data_dir`; keyword arguments override EngineConfig fields."""
+    return EngineConfig(**{"data_dir": data_dir, **REFERENCE_ENGINE, **overrides})  # type: ignore[arg-type]
