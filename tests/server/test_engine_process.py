@@ -16,7 +16,7 @@ from appliance.config import Settings
 from appliance.engine.process_engine import ProcessEngine
 from appliance.server.app import create_app
 from retrieval.service import RetrievalService
-from tests.engine.test_process_engine import engine_config
+from tests.reference_engine import reference_config
 from tests.server.conftest import served
 
 
@@ -40,7 +40,7 @@ class _Reader(threading.Thread):
 
 def test_an_engine_process_that_dies_ends_every_stream_with_an_error(loaded_model, model_cache_dir: Path,
                                                                     rag_data_dir: Path) -> None:
-    engine = ProcessEngine.start(engine_config(model_cache_dir), max_queue=8)
+    engine = ProcessEngine.start(reference_config(model_cache_dir), max_queue=8)
     service = RetrievalService.open(rag_data_dir, loaded_model.tokenizer, chunk_tokens=128)
     try:
         with served(create_app(Settings(data_dir=rag_data_dir), engine, "smollm2", retrieval=service)) as url:
