@@ -10,6 +10,7 @@ from appliance.config import EngineConfig
 REFERENCE_ENGINE: dict[str, object] = {"dtype": "float32", "kv_cache_mb": 256, "int4_decode_tokens": 0}
 
 
-def reference_config(data_dir: Path, **overrides: object) -> EngineConfig:
-    """The reference over the weights converted into `data_dir`; keyword arguments override EngineConfig fields."""
-    return EngineConfig(**{"data_dir": data_dir, **REFERENCE_ENGINE, **overrides})  # type: ignore[arg-type]
+def reference_config(model_cache_dir: Path, **overrides: object) -> EngineConfig:
+    """The reference over the weights converted into `model_cache_dir` (its data dir unless `data_dir` is among
+    the overrides); keyword arguments override EngineConfig fields."""
+    return EngineConfig(**{"data_dir": model_cache_dir, **REFERENCE_ENGINE, **overrides})  # type: ignore[arg-type]
