@@ -56,6 +56,7 @@ class EngineConfig:
     kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)
     decode_graphs: str = "auto"  # auto (CUDA graphs on CUDA) | off | eager (the graph path uncaptured: tests)
     int4_decode_tokens: int = 32  # CPU steps of at most this many tokens use 4-bit GGUF weights (0: dense)
+    compiled_decode: bool = True  # CPU decode steps run torch.compile'd layers once built (in the background)
 
 
 class Settings(BaseSettings):
@@ -91,6 +92,7 @@ class Settings(BaseSettings):
     doc_cache_kv_format: Literal["model", "int8"] = EngineConfig.doc_cache_kv_format  # type: ignore[assignment]
     threads: int = Field(default=EngineConfig.threads, ge=0)  # engine intra-op threads (0: every CPU)
     cuda_graphs: bool = True  # on CUDA, decode steps replay captured graphs (needs triton)
+    compiled_decode: bool = EngineConfig.compiled_decode  # on a CPU, decode steps run compiled layers
     warmup_tokens: int = Field(default=1500, ge=0)  # warm-up prompt run before /ready (0: no warm-up)
     warmup_timeout_s: float = Field(default=120.0, gt=0)  # /ready turns 200 after this even if warm-up is not done
     # --- trust (issue 7): request and upload sizes, archives, parsers, generation bounds, rate limits ---

@@ -17,6 +17,8 @@ torch.manual_seed(0)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # every server a test starts warms up (tests/server/test_warmup.py checks the full-size one): one passage here
 os.environ.setdefault("APPLIANCE_WARMUP_TOKENS", "300")
+# servers a test starts keep eager decode layers (tests/engine/test_compiled_decode.py checks the compiled ones)
+os.environ.setdefault("APPLIANCE_COMPILED_DECODE", "false")
 if not torch.cuda.is_available():  # triton kernels run on CPU tensors in its interpreter; read when triton loads
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

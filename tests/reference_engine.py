@@ -1,5 +1,6 @@
 """The engine configuration tests hold outputs against: float32 with dense weights in every step (no 4-bit decode
-path, whose bf16 activations make a step's numerics depend on how its tokens are batched)."""
+path, whose bf16 activations make a step's numerics depend on how its tokens are batched), eager layers (no
+compiled decode, whose build would cost every test engine seconds of CPU)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 from appliance.config import EngineConfig
 
-REFERENCE_ENGINE: dict[str, object] = {"dtype": "float32", "kv_cache_mb": 256, "int4_decode_tokens": 0}
+REFERENCE_ENGINE: dict[str, object] = {"dtype": "float32", "kv_cache_mb": 256, "int4_decode_tokens": 0,
+                                       "compiled_decode": False}
 
 
 def reference_config(model_cache_dir: Path, **overrides: object) -> EngineConfig:

@@ -35,7 +35,7 @@ from typing import Annotated, Any, Protocol
 
 import typer
 
-from appliance.bench.engine_results import BUSY_CORES, OURS_PREFIX, PEERS, compute_ratios
+from appliance.bench.engine_results import BUSY_CORES, EAGER_SUFFIX, OURS_PREFIX, PEERS, compute_ratios
 
 SYSTEM_TIMEOUT_S = 1200
 _TEXT_MODULES = ("argparse", "asyncio", "collections", "contextlib", "dataclasses", "functools",
@@ -102,7 +102,8 @@ def build_workload(model_path: Path, data_dir: Path, prefill_lengths: list[int],
 
 
 class OursRunner:
-    def __init__(self, w: Workload, dtype: str) -> None:
+    def __init__(self, w: Workload, spec: str) -> None:
+        """`spec`: a dtype, with EAGER_SUFFIX for eager decode layers (else the compiled ones, waited for)."""
         from appliance.config import EngineConfig
         from appliance.engine.engine import LLMEngine
         from appliance.engine.loader import load_model
@@ -113,10 +114,16 @@ class OursRunner:
         per_stream = len(w.decode_prompts[0]) + w.decode_tokens
         pool_tokens = max(longest + 16, max(w.concurrency) * per_stream) * 5 // 4  # no preemption
         kv_mb = pool_tokens * loaded.config.kv_bytes_per_token(4) // 2**20 + 16
+        dtype = spec.removesuffix(EAGER_SUFFIX)
         self.engine = LLMEngine(loaded, EngineConfig(
             model=w.model_path, data_dir=Path(w.data_dir), dtype=dtype, kv_cache_mb=kv_mb,
             max_num_batched_tokens=max(2048, longest), max_num_seqs=max(32, max(w.concurrency)),
-            enable_prefix_caching=False))
+            enable_prefix_caching=False, compiled_decode=not spec.endswith(EAGER_SUFFIX)))
+        self.compile_s = None
+        if self.engine.runner.compiled is not None:
+            started = time.perf_counter()
+            self.engine.runner.compiled.wait()  # steady state: measure the graphs, not their build
+            self.compile_s = time.perf_counter() - started
         self._params = SamplingParams
         self._seq = 0
 
@@ -262,8 +269,8 @@ def measure_system(system: str, w: Workload) -> dict[str, Any]:
         samples[f"decode_{conc}"] = rates
         decode[str(conc)] = statistics.median(rates)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"available": True, "load_s": load_s, "prefill_tps": prefill, "decode_tps": decode,
-            "peak_rss_mib": peak_mib, "samples": samples}
+    return {"available": True, "load_s": load_s, "compile_s": getattr(runner, "compile_s", None),
+            "prefill_tps": prefill, "decode_tps": decode, "peak_rss_mib": peak_mib, "samples": samples}
 
 
 # --- the whole run -----------------------------------------------------------------------------------

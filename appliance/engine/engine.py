@@ -17,6 +17,7 @@ import torch
 
 from appliance.config import DOC_CACHE_MODES, EngineConfig
 from appliance.engine.block_manager import BlockManager
+from appliance.engine.compiled_decode import CompiledDecode
 from appliance.engine.decode_graphs import decode_graph_mode
 from appliance.engine.device import resolve_device, resolve_dtype
 from appliance.engine.doc_cache.blend import KVMover
@@ -82,6 +83,10 @@ class LLMEngine:
         mover = KVMover(self.model, self.runner.kv_caches, config.block_size)
         self.connector = DocCacheConnector(self.doc_cache, mover, self.backend, loaded.config.num_layers)
         self.runner.connector = self.connector
+        if config.compiled_decode and self.device.type == "cpu" and self.backend.name == "torch":
+            self.runner.compiled = CompiledDecode(self.model, self.backend, config.block_size,
+                                                  config.data_dir / "compiled")
+            self.runner.compiled.start()
         self.scheduler = Scheduler(self.block_manager, self.connector, config.max_num_seqs,
                                    config.max_num_batched_tokens, loaded.config.num_layers)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)

@@ -6,6 +6,7 @@ Tokens of all scheduled sequences are flattened into one dimension T; attention 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,9 @@ from kernels.base import AttentionBackend
 from kernels.rope import RotaryEmbedding, apply_rotary
 
 KVPair = tuple[torch.Tensor, torch.Tensor]  # (k_cache, v_cache) of one layer, each [num_blocks, block_size, KVH, D]
+# How a layer is run: (layer, x, cos, sin, k_cache, v_cache, backend, plan) -> x (eager: the layer's own call)
+LayerCall = Callable[["DecoderLayer", torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                      AttentionBackend, Any], torch.Tensor]
 
 
 class DecoderLayer:
@@ -115,18 +119,21 @@ class CausalLM:
         return self.embed[input_ids].float()
 
     def run_layers(self, x: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVPair],
-                   backend: AttentionBackend, spans: list[LayerSpan]) -> torch.Tensor:
+                   backend: AttentionBackend, spans: list[LayerSpan], layer_call: LayerCall | None = None
+                   ) -> torch.Tensor:
         """x: [T, hidden] float32 residual stream, carried through `spans` in order (each span's rows through its
         layers, their K/V landing in `kv_caches`, one pair per layer of the model) -> x as the spans left it.
-        Rows enter a span with the stream the previous spans left them (or the one given)."""
+        Rows enter a span with the stream the previous spans left them (or the one given). `layer_call` runs
+        each layer (None: eagerly; `compiled_decode.CompiledDecode` for decode steps on a CPU)."""
         cos, sin = self.rope.tables(positions)
+        call = layer_call or eager_layer_call
         for span in spans:
             caches = kv_caches[span.first:span.last]
             if span.rows is None:
-                x = self._through(x, cos, sin, span.first, caches, backend, span.plan)
+                x = self._through(x, cos, sin, span.first, caches, backend, span.plan, call)
             else:
                 r = span.rows
-                x[r] = self._through(x[r], cos[r], sin[r], span.first, caches, backend, span.plan)
+                x[r] = self._through(x[r], cos[r], sin[r], span.first, caches, backend, span.plan, call)
         return x
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,12 +148,20 @@ class CausalLM:
         return self.layers[layer].project(hidden, cos, sin)
 
     def _through(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, first: int, kv_caches: list[KVPair],
-                 backend: AttentionBackend, plan: Any) -> torch.Tensor:
+                 backend: AttentionBackend, plan: Any, call: LayerCall) -> torch.Tensor:
         """x: [T, hidden] float32 entering layer `first` -> leaving layer `first + len(kv_caches) - 1`."""
         for layer, (k_cache, v_cache) in zip(self.layers[first:first + len(kv_caches)], kv_caches, strict=True):
-            x = layer(x, cos, sin, k_cache, v_cache, backend, plan)
+            x = call(layer, x, cos, sin, k_cache, v_cache, backend, plan)
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> float32 logits [N, V]."""
         return self.lm_head(hidden).float()
+
+
+def eager_layer_call(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     k_cache: torch.Tensor, v_cache: torch.Tensor, backend: AttentionBackend, plan: Any
+                     ) -> torch.Tensor:
+    """The `LayerCall` that runs the layer eagerly: a function of the layer, so that a compiler tracing it sees
+    the layer's weights as inputs (one graph for every layer)."""
+    return layer(x, cos, sin, k_cache, v_cache, backend, plan)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from appliance.engine.compiled_decode import CompiledDecode, is_decode_step
 from appliance.engine.decode_graphs import DecodeGraphs
 from appliance.engine.model import CausalLM, LayerSpan
 from appliance.engine.sampler import Sampler
@@ -38,6 +39,7 @@ class ModelRunner:
         self.graphs = None if decode_graphs == "off" else DecodeGraphs(
             model, self.kv_caches, block_size, num_blocks, max_batch, max_blocks, capture=decode_graphs == "capture")
         self.connector: DocCacheConnector | None = None  # the document cache's worker side (LLMEngine attaches it)
+        self.compiled: CompiledDecode | None = None  # compiled decode layers on a CPU (LLMEngine attaches them)
 
     def execute(self, items: list[WorkItem]) -> list[int | None]:
         """Compute every item's positions through its layers in one forward pass; return the sampled next token
@@ -62,8 +64,10 @@ class ModelRunner:
             for item, span in zip(items, self._rows(batch), strict=True):
                 if item.entering is not None:
                     x[span] = item.entering
+            compiled = self.compiled if self.compiled is not None and self.compiled.ready \
+                and is_decode_step(items) else None
             leaving = self.model.run_layers(x, batch.positions, self.kv_caches, self.backend,
-                                            self._spans(items, batch))  # [T, hidden]
+                                            self._spans(items, batch), compiled)  # [T, hidden]
             hidden = leaving
         if self.connector is not None:
             self.connector.after_forward(items, leaving, self._rows(batch))

@@ -1,0 +1,116 @@
+"""Decode steps on the CPU through a compiled decoder layer (torch.compile, Inductor's C++ backend).
+
+A decode step of a small model is overhead-bound on a CPU: each layer is ~40 small ops, and each pays
+Python and dispatcher costs comparable to its own work. Compiled, the elementwise work between the matmuls
+(RMSNorm, RoPE, residual adds, SwiGLU, the softmax) fuses into a few C++ loops and the layer's Python is
+gone; the matmuls (4-bit or dense) stay the same aten kernels.
+
+What is compiled is the eager layer itself (`model.eager_layer_call` over the torch attention backend),
+traced with the layer as an argument: its weights are graph inputs, so one graph serves every layer, and
+shapes are dynamic (batch size, context length, cache size). PyTorch specializes a batch of one, so two
+graphs are built in all. They are built on a background thread at start, over a scratch cache of their
+own, while the eager path serves; decode steps switch to them once both exist (`ready`). Inductor's
+cache lives under the data dir, so a restart reuses the generated code. A compilation that fails (no C++
+compiler, say) is logged once and decode stays eager.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from appliance.engine.model import eager_layer_call
+from appliance.engine.work import WorkItem
+from appliance.openmp import release_openmp_workers
+from kernels.base import AttentionBackend, AttentionBatch
+
+if TYPE_CHECKING:
+    from appliance.engine.model import CausalLM, DecoderLayer
+
+log = logging.getLogger("appliance.engine")
+
+
+def is_decode_step(items: list[WorkItem]) -> bool:
+    """Whether every item of a step computes one token after a context, through the whole model."""
+    return all(len(item.positions) == 1 and item.positions[0] > 0 and item.first_layer == 0
+               and item.last_layer is None and item.entering is None for item in items)
+
+
+class CompiledDecode:
+    """Contract: a `LayerCall` (`model.eager_layer_call`, compiled), for decode steps only (`is_decode_step`),
+    usable once `ready`; built by `start` on a background thread (`wait` joins it)."""
+
+    WARM_BATCHES = (1, 3)  # a batch of one, and one that stands for every larger batch
+    WARM_CONTEXT = 37  # context length of the warm-up steps (any length > 1 not tied to the cache's size)
+
+    def __init__(self, model: CausalLM, backend: AttentionBackend, block_size: int, cache_dir: Path) -> None:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
+        self.model, self.backend, self.block_size = model, backend, block_size
+        self._compiled = torch.compile(eager_layer_call, dynamic=True)
+        self.ready = False
+        self.failed: str | None = None
+        self.compile_seconds = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Build the graphs on a background thread; decode stays eager until they exist."""
+        self._thread = threading.Thread(target=self._build, name="compile-decode", daemon=True)
+        self._thread.start()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Join the build (tests, benchmarks); whether the graphs are ready."""
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        return self.ready
+
+    def __call__(self, layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                 k_cache: torch.Tensor, v_cache: torch.Tensor, backend: AttentionBackend, plan: Any) -> torch.Tensor:
+        return self._compiled(layer, x, cos, sin, k_cache, v_cache, backend, plan)
+
+    def _build(self) -> None:
+        started = time.perf_counter()
+        try:
+            for batch_size in self.WARM_BATCHES:
+                self._warm_step(batch_size)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure leaves the eager path serving
+            self.failed = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"  # one line
+            log.warning("compiled decode unavailable, decode steps stay eager (%s)", self.failed)
+            return
+        finally:
+            release_openmp_workers()  # this thread's team would throttle the engine thread's (appliance/openmp.py)
+        self.compile_seconds = time.perf_counter() - started
+        self.ready = True
+        log.info("compiled decode ready after %.1f s", self.compile_seconds)
+
+    def _warm_step(self, batch_size: int) -> None:
+        """One decode step of `batch_size` sequences through every layer, over a scratch cache of its own, made
+        as the runner makes its cache (outside inference mode) and run as the runner runs a step (inside it):
+        the graphs' guards then hold for real steps."""
+        cfg, bs, context = self.model.config, self.block_size, self.WARM_CONTEXT
+        blocks_per_seq = -(-context // bs)
+        shape = (batch_size * blocks_per_seq + 1, bs, cfg.num_kv_heads, cfg.head_dim)
+        k_cache = torch.zeros(shape, dtype=self.model.dtype, device=self.model.device)
+        v_cache = torch.zeros_like(k_cache)
+        with torch.inference_mode():
+            self._warm_layers(batch_size, k_cache, v_cache)
+
+    def _warm_layers(self, batch_size: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+        cfg, bs, context = self.model.config, self.block_size, self.WARM_CONTEXT
+        blocks_per_seq = -(-context // bs)
+        tables = torch.arange(batch_size * blocks_per_seq).view(batch_size, blocks_per_seq)
+        last = context - 1
+        batch = AttentionBatch(
+            query_start_loc=list(range(batch_size + 1)), seq_lens=[context] * batch_size,
+            positions=torch.full((batch_size,), last), slot_mapping=tables[:, last // bs] * bs + last % bs,
+            block_tables=tables, block_size=bs)
+        plan = self.backend.plan(batch)
+        cos, sin = self.model.rope.tables(batch.positions)
+        x = torch.zeros(batch_size, cfg.hidden_size)
+        for layer in self.model.layers:
+            x = self(layer, x, cos, sin, k_cache, v_cache, self.backend, plan)

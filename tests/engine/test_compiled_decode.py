@@ -1,0 +1,72 @@
+"""Compiled decode layers (appliance/engine/compiled_decode.py): the same greedy outputs as the eager layers on
+the real model, in float32 (dense weights) and bfloat16 (the 4-bit decode path serving uses), each against
+itself; built once for every layer and batch size, on a thread of their own while the eager path serves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from appliance.engine.sampling import SamplingParams
+from appliance.engine.work import WorkItem
+
+PROMPTS = ["The history of the sea is long and", "def fibonacci(n):\n    ", "Paris is the capital of",
+           "A list of the planets: Mercury,"]
+
+
+def _greedy(engine, prompts: list[list[int]]) -> list[list[int]]:
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    return [out.token_ids for out in engine.generate(prompts, params)]
+
+
+@pytest.mark.parametrize("dtype,int4_tokens", [("float32", 0), ("bfloat16", 32)])
+def test_compiled_decode_gives_the_eager_greedy_outputs(make_engine, dtype: str, int4_tokens: int) -> None:
+    eager = make_engine(dtype=dtype, int4_decode_tokens=int4_tokens)
+    compiled = make_engine(dtype=dtype, int4_decode_tokens=int4_tokens, compiled_decode=True)
+    assert eager.runner.compiled is None
+    assert compiled.runner.compiled is not None and compiled.runner.compiled.wait(600), compiled.runner.compiled.failed
+    prompts = [compiled.tokenizer.encode(p) for p in PROMPTS]
+    graphs_before = counters["stats"]["unique_graphs"]
+    calls = []
+    compiled.runner.compiled._compiled = _recording(compiled.runner.compiled._compiled, calls)
+    for batch in (prompts[:1], prompts):  # one stream, then four decoding together
+        assert _greedy(compiled, batch) == _greedy(eager, batch)
+    assert len(calls) >= 2 * 23 * compiled.model_config.num_layers  # every decode step of both runs went through it
+    assert counters["stats"]["unique_graphs"] == graphs_before  # the graphs built in the background served them
+
+
+def _recording(fn, calls: list):
+    def call(*args):
+        calls.append(args[1].shape[0])
+        return fn(*args)
+    return call
+
+
+def test_only_decode_steps_take_the_compiled_layers(make_engine) -> None:
+    from appliance.engine.compiled_decode import is_decode_step
+
+    engine = make_engine()
+    request = engine.add_request("r", engine.tokenizer.encode("Hello there"), SamplingParams(max_tokens=2))
+    assert not is_decode_step([WorkItem(request, [0, 1, 2])])  # a prefill chunk
+    assert not is_decode_step([WorkItem(request, [0])])  # a one-token prompt: nothing cached before it
+    assert is_decode_step([WorkItem(request, [5])])
+    assert not is_decode_step([WorkItem(request, [5], first_layer=2)])  # a document-cache phase
+    assert not is_decode_step([WorkItem(request, [5]), WorkItem(request, [6, 7])])
+
+
+def test_a_compiler_that_fails_leaves_decode_eager(make_engine) -> None:
+    from appliance.engine.compiled_decode import CompiledDecode
+    from appliance.engine.model import eager_layer_call
+
+    def no_compiler(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    engine = make_engine()
+    compiled = CompiledDecode(engine.model, engine.backend, engine.config.block_size, engine.config.data_dir)
+    compiled._compiled = torch.compile(eager_layer_call, backend=no_compiler, dynamic=True)
+    compiled.start()
+    assert not compiled.wait(600)
+    assert "no C++ compiler found" in compiled.failed
+    engine.runner.compiled = compiled
+    assert len(_greedy(engine, [engine.tokenizer.encode(PROMPTS[0])])[0]) == 24  # served eagerly
