@@ -98,19 +98,14 @@ class CompiledDecode:
         k_cache = torch.zeros(shape, dtype=self.model.dtype, device=self.model.device)
         v_cache = torch.zeros_like(k_cache)
         with torch.inference_mode():
-            self._warm_layers(batch_size, k_cache, v_cache)
-
-    def _warm_layers(self, batch_size: int, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
-        cfg, bs, context = self.model.config, self.block_size, self.WARM_CONTEXT
-        blocks_per_seq = -(-context // bs)
-        tables = torch.arange(batch_size * blocks_per_seq).view(batch_size, blocks_per_seq)
-        last = context - 1
-        batch = AttentionBatch(
-            query_start_loc=list(range(batch_size + 1)), seq_lens=[context] * batch_size,
-            positions=torch.full((batch_size,), last), slot_mapping=tables[:, last // bs] * bs + last % bs,
-            block_tables=tables, block_size=bs)
-        plan = self.backend.plan(batch)
-        cos, sin = self.model.rope.tables(batch.positions)
-        x = torch.zeros(batch_size, cfg.hidden_size)
-        for layer in self.model.layers:
-            x = self(layer, x, cos, sin, k_cache, v_cache, self.backend, plan)
+            tables = torch.arange(batch_size * blocks_per_seq).view(batch_size, blocks_per_seq)  # [B, blocks]
+            last = context - 1
+            batch = AttentionBatch(
+                query_start_loc=list(range(batch_size + 1)), seq_lens=[context] * batch_size,
+                positions=torch.full((batch_size,), last), slot_mapping=tables[:, last // bs] * bs + last % bs,
+                block_tables=tables, block_size=bs)
+            plan = self.backend.plan(batch)
+            cos, sin = self.model.rope.tables(batch.positions)
+            x = torch.zeros(batch_size, cfg.hidden_size)  # [B, hidden] float32 residual stream
+            for layer in self.model.layers:
+                x = self(layer, x, cos, sin, k_cache, v_cache, self.backend, plan)
