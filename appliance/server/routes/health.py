@@ -1,4 +1,5 @@
-"""Liveness and readiness."""
+"""Liveness and readiness. Both are `async`: answered on the event loop itself, never behind a hop to a worker
+thread (which, while the engine's output reader holds the GIL, waits for it)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ router = APIRouter()
 
 
 @router.get("/health")
-def health() -> dict:
+async def health() -> dict:
     return {"status": "ok"}
 
 
 @router.get("/ready")
-def ready(state: AppState = Depends(get_state)) -> JSONResponse:
+async def ready(state: AppState = Depends(get_state)) -> JSONResponse:
     down = state.engine.down if state.engine is not None else None
     if down is not None:
         return JSONResponse({"status": "engine_down", "message": down}, status_code=503)
