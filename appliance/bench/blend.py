@@ -154,7 +154,7 @@ def answer_all(loaded: LoadedModel, kv_dir: Path, mode: str, prompts: list[Bench
 
     variant = variant or Variant(mode, mode)
     config = EngineConfig(data_dir=tier_dir(kv_dir, variant.kv_format), dtype=dtype, kv_cache_mb=2048,
-                          doc_cache=mode, doc_cache_kv_format=variant.kv_format,
+                          compiled_decode=False, doc_cache=mode, doc_cache_kv_format=variant.kv_format,
                           enable_prefix_caching=mode != "off", blend_ratio=variant.ratio,
                           blend_select_layers=variant.select_layers, blend_candidates=variant.candidates,
                           blend_select=variant.select, blend_query_layer=variant.query_layer)

@@ -100,7 +100,7 @@ def run_itl_bench(data_dir: Path | None, arrivals: int = 12, interval_s: float =
         root = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-itl-")))
         loaded, kv_dir, prompts, _ = encoded_prompts(root, texts, pages, f"{WARM_COLLECTION}-gold-{len(texts)}",
                                                      k, "auto", say, corpus_dir)
-        config = EngineConfig(data_dir=kv_dir, kv_cache_mb=2048, doc_cache="blend")
+        config = EngineConfig(data_dir=kv_dir, kv_cache_mb=2048, doc_cache="blend", compiled_decode=False)
         if max_batched_tokens:
             config = replace(config, max_num_batched_tokens=max_batched_tokens)
         engine = LLMEngine(loaded, config)

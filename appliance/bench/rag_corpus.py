@@ -36,7 +36,7 @@ def warm_collection(loaded: LoadedModel, service: RetrievalService, collection: 
     from appliance.config import EngineConfig
     from appliance.engine.engine import LLMEngine
 
-    engine = LLMEngine(loaded, EngineConfig(data_dir=kv_dir, doc_cache="blend"))
+    engine = LLMEngine(loaded, EngineConfig(data_dir=kv_dir, doc_cache="blend", compiled_decode=False))
     start = time.perf_counter()
     plan = queue_collection(engine, service, collection)
     assert plan.fits, "the bench's disk tier must hold every chunk it asks about"

@@ -53,7 +53,7 @@ class OurEngine:
         from appliance.engine.engine import LLMEngine
 
         config = EngineConfig(data_dir=data_dir, kv_cache_mb=kv_cache_mb, doc_cache=mode,
-                              enable_prefix_caching=mode != "off")
+                              enable_prefix_caching=mode != "off", compiled_decode=False)  # no build under the TTFTs
         if blend_ratio is not None:
             config = replace(config, blend_ratio=blend_ratio)
         self.engine = LLMEngine(loaded, config)

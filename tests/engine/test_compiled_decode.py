@@ -64,6 +64,7 @@ def test_a_compiler_that_fails_leaves_decode_eager(make_engine) -> None:
 
     engine = make_engine()
     compiled = CompiledDecode(engine.model, engine.backend, engine.config.block_size, engine.config.data_dir)
+    torch._dynamo.reset()  # graphs an earlier test built for the same function would serve without compiling
     compiled._compiled = torch.compile(eager_layer_call, backend=no_compiler, dynamic=True)
     compiled.start()
     assert not compiled.wait(600)
