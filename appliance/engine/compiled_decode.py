@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,10 +50,12 @@ class CompiledDecode:
     WARM_BATCHES = (1, 3)  # a batch of one, and one that stands for every larger batch
     WARM_CONTEXT = 37  # context length of the warm-up steps (any length > 1 not tied to the cache's size)
 
-    def __init__(self, model: CausalLM, backend: AttentionBackend, block_size: int, cache_dir: Path) -> None:
+    def __init__(self, model: CausalLM, backend: AttentionBackend, block_size: int, cache_dir: Path,
+                 compiler: str | Callable[..., Any] = "inductor") -> None:
+        """`compiler`: torch.compile's backend (Inductor's C++ code; tests pass one that fails)."""
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
         self.model, self.backend, self.block_size = model, backend, block_size
-        self._compiled = torch.compile(eager_layer_call, dynamic=True)
+        self._compiled = torch.compile(eager_layer_call, backend=compiler, dynamic=True)
         self.ready = False
         self.failed: str | None = None
         self.compile_seconds = 0.0
