@@ -18,6 +18,7 @@ from appliance.bench.itl import bench_itl
 from appliance.bench.rag import bench_rag
 from appliance.commands.ask import ask
 from appliance.commands.demo import demo
+from appliance.commands.eval import eval_command
 from appliance.commands.keys import keys_app
 from appliance.commands.retrieval import ingest, search
 from appliance.commands.warm import warm
@@ -39,6 +40,7 @@ app.command("search")(search)
 app.command("warm")(warm)
 app.command("ask")(ask)
 app.command("demo")(demo)
+app.command("eval")(eval_command)
 bench_app.command("engine")(bench_engine)
 bench_app.command("rag")(bench_rag)
 bench_app.command("blend")(bench_blend)
