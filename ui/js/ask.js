@@ -1,9 +1,13 @@
 // The Q&A page: ask a collection, stream the answer (POST /api/ask, stream: true, read with fetch), turn the
 // citation markers into buttons that open the cited passage beside the answer, list the sources, and show the
-// answer's facts (time to first token, prompt tokens reused from the KV cache vs computed).
+// answer's facts (time to first token, prompt tokens reused from the KV cache vs computed). Questions are turns
+// of a saved conversation: follow-ups send its id, and a saved conversation (conversations.js: the list, the
+// URL) is rendered by the same Turn as a live answer.
 
 import { ApiError, errorOf, request, sseEvents } from "./api.js";
+import { ConversationList, conversationInUrl, fetchConversation, showInUrl } from "./conversations.js";
 import { docLink, el, fill, formatMs, highlighted, supportRanges, whereOf } from "./dom.js";
+import { feedbackWidget } from "./feedback.js";
 import { boot, fillCollectionSelect, readableCollections, showError } from "./page.js";
 
 const $ = (id) => document.getElementById(id);
@@ -11,6 +15,11 @@ const MARKER = /\[(\d{1,3})\]/g;
 let collections = [];
 let controller = null;
 let opener = null;
+let list = null;
+let loading = 0; // bumped by every switch of conversation: a slower earlier load then renders nothing
+/** The conversation in the thread: its id once saved (null: new), collection, title, passages by number. */
+const current = { id: null, collection: null, title: null, passages: new Map() };
+const same = (a, b) => a.trim().replace(/\s+/g, " ").toLowerCase() === b.trim().replace(/\s+/g, " ").toLowerCase();
 
 /** The answer's sentences as {start, end, text} (trimmed), split as the server's citation check splits them. */
 function sentenceSpans(text) {
@@ -35,6 +44,7 @@ class Turn {
     this.sources = [];
     this.citations = null;
     this.question = question;
+    this.searched = el("p", { class: "searched meta", hidden: true });
     this.answer = el("div", { class: "answer", "aria-busy": "true" });
     this.status = el("div", { class: "status", role: "status" }, `Searching ${collection}…`);
     this.facts = el("p", { class: "facts" });
@@ -42,11 +52,24 @@ class Turn {
       "Copy answer");
     this.sourceList = el("ol", { class: "source-list" });
     this.sourceSummary = el("summary", {}, "Sources");
+    this.actions = el("div", { class: "turn-actions" }, this.copy);
     this.node = el("li", { class: "turn", "data-state": "waiting" },
       el("p", { class: "question" }, el("span", { class: "who" }, "You asked "), el("q", {}, question),
         el("span", { class: "meta" }, ` in ${collection}`)),
-      this.answer, this.status, this.facts, el("div", { class: "turn-actions" }, this.copy),
+      this.searched, this.answer, this.status, this.facts, this.actions,
       el("details", { class: "sources", open: true }, this.sourceSummary, this.sourceList));
+  }
+
+  /** A saved turn (GET /api/conversations/{id}), rendered as its live answer was. */
+  static saved(t, conversation) {
+    const turn = new Turn(t.question, conversation.collection);
+    turn.on("sources", { sources: t.sources, retrieval_query: t.retrieval_query });
+    turn.text = t.answer;
+    turn.citations = t.citations;
+    turn.renderAnswer();
+    turn.renderSources();
+    turn.finish({ ...t, conversation_id: conversation.conversation_id, turn: t.n });
+    return turn;
   }
 
   setState(state) {
@@ -58,6 +81,10 @@ class Turn {
   on(event, data) {
     if (event === "sources") {
       this.sources = data.sources;
+      for (const s of this.sources) current.passages.set(s.n, s);
+      const query = data.retrieval_query;
+      this.searched.hidden = !query || same(query, this.question); // a follow-up, searched for as rewritten
+      fill(this.searched, "Searched for: ", el("q", {}, query ?? ""));
       this.setState("streaming");
       fill(this.status, this.sources.length ? "Writing the answer…"
         : "No passage of this collection matches (is it empty?): the answer is not based on any document.");
@@ -104,8 +131,17 @@ class Turn {
     fill(this.answer, ...parts.filter((p) => p !== ""));
   }
 
+  /** Passage `n` as this answer knows it: among its sources, its citations (a passage of an earlier turn of the
+   * conversation carries its text as the quote), or the conversation's. */
+  passage(n) {
+    const cited = this.citations?.find((c) => c.n === n);
+    return this.sources.find((s) => s.n === n)
+      ?? (cited && { ...cited, text: cited.quote, source: "" })
+      ?? current.passages.get(n);
+  }
+
   marker({ n, kind, sentence }) {
-    const source = this.sources.find((s) => s.n === n);
+    const source = this.passage(n);
     if (!source) return `[${n}]`; // not a passage that was given: plain text
     const checked = this.citations?.find((c) => c.n === n)?.sentences.find((s) => s.text === sentence);
     const unsupported = kind === "cited" && checked && !checked.supported;
@@ -117,25 +153,41 @@ class Turn {
   }
 
   renderSources() {
+    // this turn's passages, then those of earlier turns that its answer cites
+    const shown = new Set(this.sources.map((s) => s.n));
+    const earlier = (this.citations ?? []).filter((c) => !shown.has(c.n)).map((c) => this.passage(c.n));
     fill(this.sourceSummary, `Sources (${this.sources.length})`);
     const kinds = new Map((this.citations ?? []).map((c) => [c.n, c.kind === "cited" ? "cited" : "matched"]));
-    fill(this.sourceList, ...this.sources.map((s) => el("li", { class: "source", value: s.n },
+    fill(this.sourceList, ...[...this.sources, ...earlier].map((s) => el("li",
+      { class: `source${s.gone ? " gone" : ""}`, value: s.n },
       el("button", { type: "button", class: "link source-open",
         onclick: (event) => openPassage(s, this.question, event.currentTarget, {}) }, `[${s.n}] ${s.title}`),
       kinds.has(s.n) && el("span", { class: "badge" }, kinds.get(s.n)),
+      !shown.has(s.n) && el("span", { class: "badge quiet" }, "from an earlier answer"),
+      s.gone && el("span", { class: "badge gone" }, "document deleted"),
       el("span", { class: "meta" }, ` ${whereOf(s)}`),
       el("p", { class: "snippet" }, s.text.length > 180 ? `${s.text.slice(0, 180)}…` : s.text))));
   }
 
+  /** The done event (or a saved turn): the facts, and the rating controls once the turn is saved. */
   finish(done) {
     this.setState("done");
     this.status.hidden = this.sources.length > 0; // without sources, keep saying the answer is not grounded
     this.copy.disabled = false;
-    const { ttft_ms: ttft, total_ms: total } = done.timings;
-    const { tokens_reused: reused, tokens_computed: computed } = done.kv;
-    fill(this.facts, `First token ${formatMs(ttft)} · prompt ${reused + computed} tokens: ${reused} reused from `
-      + `cache, ${computed} computed · ${done.usage.completion_tokens} tokens generated in ${formatMs(total)}`
-      + (done.finish_reason === "length" ? " · stopped at the length limit" : ""));
+    const { ttft_ms: ttft, total_ms: total, rewrite_ms: rewriteMs } = done.timings ?? {};
+    const { tokens_reused: reused, tokens_computed: computed } = done.kv ?? {};
+    if (ttft !== undefined && reused !== undefined) {
+      fill(this.facts, `First token ${formatMs(ttft)} · prompt ${reused + computed} tokens: ${reused} reused from `
+        + `cache, ${computed} computed · ${done.usage?.completion_tokens ?? "?"} tokens generated in `
+        + `${formatMs(total)}`
+        + (done.rewrite && done.rewrite !== "none" && rewriteMs ? ` · follow-up rewritten in ${formatMs(rewriteMs)}`
+          : "")
+        + (done.finish_reason === "length" ? " · stopped at the length limit" : ""));
+    }
+    if (done.conversation_id && done.turn) {
+      this.node.dataset.turn = done.turn;
+      this.actions.append(feedbackWidget(done.conversation_id, done.turn, done.feedback ?? null));
+    }
   }
 
   fail(err) {
@@ -168,17 +220,20 @@ function openPassage(source, citing, from, { kind, unsupported }) {
   fill($("passage-title"), `[${source.n}] ${source.title}`);
   fill($("passage-meta"), whereOf(source) || source.source);
   highlighted($("passage-text"), source.text, supportRanges(source.text, citing));
-  fill($("passage-note"), kind === "inferred"
-    ? "The model did not cite this passage; the appliance matched it to the sentence afterwards."
-    : unsupported ? "This passage does not clearly support the sentence that cites it." : "");
-  $("passage-link").href = docLink(source.doc_id, source.chunk_id);
+  fill($("passage-note"), source.gone
+    ? "Its document has been deleted since: this is the text the answer was given."
+    : kind === "inferred"
+      ? "The model did not cite this passage; the appliance matched it to the sentence afterwards."
+      : unsupported ? "This passage does not clearly support the sentence that cites it." : "");
+  $("passage-link").hidden = Boolean(source.gone);
+  $("passage-link").href = source.gone ? "/" : docLink(source.doc_id, source.chunk_id);
   $("passage").hidden = false;
   $("passage").focus();
 }
 
-function closePassage() {
+function closePassage(refocus = true) {
   $("passage").hidden = true;
-  opener?.focus();
+  if (refocus && opener?.isConnected) opener.focus();
 }
 
 function updateNotice() {
@@ -199,29 +254,118 @@ async function ask(event) {
   event.preventDefault();
   const question = $("question").value.trim();
   if (!question || controller) return;
-  const turn = new Turn(question, $("collection").value);
+  const collection = $("collection").value;
+  const turn = new Turn(question, collection);
   $("turns").append(turn.node);
   turn.node.scrollIntoView({ block: "nearest" });
   $("question").value = "";
-  controller = new AbortController();
+  $("thread-status").hidden = true;
+  const asked = controller = new AbortController();
   $("stop-button").hidden = false;
   updateNotice();
   try {
-    const response = await request("/api/ask", { method: "POST", signal: controller.signal, json: {
-      question, collection: $("collection").value, stream: true,
+    const response = await request("/api/ask", { method: "POST", signal: asked.signal, json: {
+      question, collection, stream: true, conversation_id: current.id ?? undefined,
       k: Number($("k").value) || 5, max_tokens: Number($("max-tokens").value) || 256 } });
     if (!response.ok) throw await errorOf(response);
-    for await (const { event: name, data } of sseEvents(response)) turn.on(name, data);
+    for await (const { event: name, data } of sseEvents(response)) {
+      turn.on(name, data);
+      if (name === "done" && turn.node.isConnected) saved(data, collection, question);
+    }
     if (turn.node.dataset.state !== "done") throw new ApiError(0, "network", "the answer stream ended early");
   } catch (err) {
     if (err.name === "AbortError") turn.stopped();
     else turn.fail(err);
   } finally {
-    controller = null;
-    $("stop-button").hidden = true;
-    updateNotice();
-    $("question").focus();
+    if (controller === asked) { // not when the thread was switched meanwhile: that started over
+      controller = null;
+      $("stop-button").hidden = true;
+      updateNotice();
+      if (turn.node.isConnected) $("question").focus();
+    }
   }
+}
+
+/** A turn was saved: a new conversation gets its id (in the URL, and at the top of the list). */
+async function saved(done, collection, question) {
+  if (!done.conversation_id) return;
+  const started = current.id === null;
+  Object.assign(current, { id: done.conversation_id, collection });
+  if (started) {
+    showInUrl(current.id, "replace");
+    showTitle(question);
+  }
+  const listed = (await list.refresh()).find((c) => c.conversation_id === current.id);
+  list.setCurrent(current.id);
+  if (listed) showTitle(listed.title);
+}
+
+function showTitle(title) {
+  current.title = title;
+  fill($("thread-title"), title ?? "New conversation");
+  fill($("thread-meta"), current.id ? `in ${current.collection}` : "Ask a question to start; follow-ups continue it.");
+}
+
+/** Empty the thread for a new conversation. */
+function startOver(how, { focus = true } = {}) {
+  loading += 1;
+  controller?.abort();
+  controller = null;
+  $("stop-button").hidden = true;
+  Object.assign(current, { id: null, collection: null });
+  current.passages.clear();
+  fill($("turns"));
+  closePassage(false);
+  showTitle(null);
+  list.setCurrent(null);
+  showInUrl(null, how);
+  updateNotice();
+  if (focus) $("question").focus();
+}
+
+/** Show saved conversation `id` in the thread (how: the history entry, see showInUrl). */
+async function openConversation(id, how) {
+  startOver("none", { focus: false });
+  const mine = loading;
+  const say = $("thread-status");
+  fill(say, "Loading the conversation…");
+  say.hidden = false;
+  $("turns").setAttribute("aria-busy", "true");
+  try {
+    const conversation = await fetchConversation(id);
+    if (mine !== loading) return;
+    if (!collections.some((c) => c.name === conversation.collection)) {
+      throw new ApiError(403, "forbidden", `collection ${conversation.collection} is not readable with this key`);
+    }
+    Object.assign(current, { id, collection: conversation.collection });
+    $("collection").value = conversation.collection;
+    fill($("turns"), ...conversation.turns.map((t) => Turn.saved(t, conversation).node));
+    showTitle(conversation.title);
+    list.setCurrent(id);
+    showInUrl(id, how);
+    say.hidden = true;
+    fill(say);
+    updateNotice();
+    $("turns").lastElementChild?.scrollIntoView({ block: "nearest" });
+  } catch (err) {
+    if (mine !== loading) return;
+    showInUrl(null, how === "none" ? "none" : "replace");
+    showError(say, err instanceof ApiError && err.status === 404
+      ? new ApiError(404, err.type, "This conversation does not exist (it may have been deleted).") : err);
+  } finally {
+    if (mine === loading) $("turns").removeAttribute("aria-busy");
+  }
+}
+
+function switchCollection() {
+  const open = $("turns").childElementCount > 0;
+  if (open && $("collection").value !== current.collection) {
+    // a conversation stays over one collection: another collection starts a new one (the old one is listed)
+    startOver("push", { focus: false });
+    fill($("thread-status"), `A conversation keeps to one collection: this new one asks ${$("collection").value}.`);
+    $("thread-status").hidden = false;
+  }
+  updateNotice();
 }
 
 async function start() {
@@ -231,8 +375,13 @@ async function start() {
   } catch (err) {
     showError($("notice"), err);
   }
+  list = new ConversationList({ list: $("conversation-list"), status: $("conversations-status"),
+    home: $("new-conversation"),
+    onOpen: (id) => openConversation(id, "push"),
+    onRenamed: (c) => { if (c.conversation_id === current.id) showTitle(c.title); },
+    onDeleted: (id) => { if (id === current.id) startOver("replace", { focus: false }); } });
   updateNotice();
-  $("collection").addEventListener("change", updateNotice);
+  $("collection").addEventListener("change", switchCollection);
   $("ask-form").addEventListener("submit", ask);
   $("question").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
@@ -241,10 +390,22 @@ async function start() {
     }
   });
   $("stop-button").addEventListener("click", () => controller?.abort());
-  $("clear-button").addEventListener("click", () => { fill($("turns")); closePassage(); });
-  $("passage-close").addEventListener("click", closePassage);
+  $("new-conversation").addEventListener("click", () => {
+    fill($("thread-status"));
+    $("thread-status").hidden = true;
+    startOver("push");
+  });
+  $("passage-close").addEventListener("click", () => closePassage());
   $("passage").addEventListener("keydown", (event) => { if (event.key === "Escape") closePassage(); });
-  $("question").focus();
+  window.addEventListener("popstate", () => {
+    const id = conversationInUrl();
+    if (id) openConversation(id, "none");
+    else startOver("none");
+  });
+  const shared = conversationInUrl();
+  showTitle(null);
+  await Promise.all([list.refresh(), shared ? openConversation(shared, "replace") : null]);
+  if (!shared) $("question").focus();
 }
 
 start();
