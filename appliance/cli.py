@@ -13,6 +13,7 @@ from appliance.bench.api_load import bench_api
 from appliance.bench.blend import bench_blend
 from appliance.bench.engine import bench_engine
 from appliance.bench.first_question import bench_first_question
+from appliance.bench.followups import bench_followups
 from appliance.bench.gold_sets import bench_gold_set
 from appliance.bench.itl import bench_itl
 from appliance.bench.rag import bench_rag
@@ -45,6 +46,7 @@ bench_app.command("engine")(bench_engine)
 bench_app.command("rag")(bench_rag)
 bench_app.command("blend")(bench_blend)
 bench_app.command("first-question")(bench_first_question)
+bench_app.command("followups")(bench_followups)
 bench_app.command("gold-set")(bench_gold_set)
 bench_app.command("itl")(bench_itl)
 bench_app.command("api")(bench_api)
