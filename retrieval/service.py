@@ -136,6 +136,10 @@ class RetrievalService:
     def document_chunks(self, doc_id: str) -> list[Chunk]:
         return self.store.document_chunks(doc_id)
 
+    def chunks(self, chunk_ids: list[int]) -> dict[int, Chunk]:
+        """The chunks among `chunk_ids` whose documents are still ready (a deleted one is absent)."""
+        return self.store.chunks(chunk_ids)
+
     def delete_document(self, collection: str, doc_id: str) -> None:
         """Remove a ready document and its chunks from the store and the collection's indexes."""
         self.store.require_collection(collection)

@@ -29,7 +29,7 @@ import typer
 from appliance.bench.machine import describe_machine
 from appliance.bench.rag_corpus import ensure_collection
 from appliance.bench.retrieval import CORPUS
-from appliance.conversations.rewrite import (
+from appliance.rag.rewrite import (
     DEFAULT_POLICY,
     POLICIES,
     FollowUpRewriter,
@@ -182,7 +182,7 @@ def _verdict(result: dict[str, Any]) -> str:
     line = (f"The engine's rewrite with the earlier question's key terms against the fallback: {deltas[0]:+d}/{n} "
             f"found in the top {result['k']}, {deltas[1]:+d}/{n} at rank 1, for {cost:.0f} ms median per follow-up. "
             f"The default policy is `{result['default_policy']}` (`DEFAULT_POLICY` in "
-            "appliance/conversations/rewrite.py).")
+            "appliance/rag/rewrite.py).")
     if count("policy fallback", True) == n:
         line += (" The fallback finds every page at rank 1 here (each follow-up's page is the one its first "
                  "question names): this set shows the gap a follow-up opens and that the fallback closes it, "

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from appliance.rag.citations import Citation
 from appliance.rag.pipeline import AskEvent, CitationsEvent, DoneEvent, SourcesEvent
+from retrieval.types import Chunk
 
 
 @dataclass
@@ -15,12 +16,16 @@ class Answer:
 
     sources: SourcesEvent
     events: AsyncIterator[AskEvent]
+    conversation_id: str | None = None  # the saved conversation this answer is a turn of
 
 
 def sources_json(event: SourcesEvent) -> list[dict]:
-    return [{"n": n, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "title": c.title, "source": c.source,
-             "page": c.page, "heading_path": list(c.heading_path), "text": c.text}
-            for n, c in enumerate(event.passages, start=1)]
+    return [passage_json(n, c) for n, c in zip(event.numbers, event.passages, strict=True)]
+
+
+def passage_json(n: int, c: Chunk) -> dict:
+    return {"n": n, "chunk_id": c.chunk_id, "doc_id": c.doc_id, "title": c.title, "source": c.source,
+            "page": c.page, "heading_path": list(c.heading_path), "text": c.text}
 
 
 def citations_json(citations: list[Citation]) -> list[dict]:
@@ -39,20 +44,28 @@ def citations_json(citations: list[Citation]) -> list[dict]:
 
 
 def done_json(event: DoneEvent) -> dict:
-    d = asdict(event)
-    return {
-        "finish_reason": d["finish_reason"],
-        "usage": {"prompt_tokens": d["prompt_tokens"], "completion_tokens": d["completion_tokens"],
-                  "total_tokens": d["prompt_tokens"] + d["completion_tokens"]},
-        "timings": {key: d[key] for key in ("retrieval_ms", "queue_ms", "ttft_ms", "total_ms")},
-        "kv": {key: d[key] for key in ("tokens_computed", "tokens_reused", "tokens_recomputed", "tokens_encoded")}
-        | {"mode": d["doc_cache"]},
+    """The summary of an answer: `done` event of /api/ask (the caller adds the conversation's id and turn)."""
+    e = event
+    saved = {"conversation_id": e.conversation_id, "turn": e.turn} if e.conversation_id else {}
+    return saved | {
+        "finish_reason": e.finish_reason,
+        "retrieval_query": e.retrieval_query,
+        "rewrite": e.rewrite,
+        "turns_in_prompt": e.turns_in_prompt,
+        "usage": {"prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens,
+                  "total_tokens": e.prompt_tokens + e.completion_tokens},
+        "timings": {"rewrite_ms": e.rewrite_ms, "retrieval_ms": e.retrieval_ms, "queue_ms": e.queue_ms,
+                    "ttft_ms": e.ttft_ms, "total_ms": e.total_ms},
+        "kv": {"tokens_computed": e.tokens_computed, "tokens_reused": e.tokens_reused,
+               "tokens_recomputed": e.tokens_recomputed, "tokens_encoded": e.tokens_encoded, "mode": e.doc_cache},
     }
 
 
 async def collect(answer: Answer) -> dict:
     """The whole answer as the non-stream JSON of /api/ask: {answer, citations, sources, usage, timings, kv}."""
-    result: dict = {"sources": sources_json(answer.sources)}
+    result: dict = {"sources": sources_json(answer.sources), "retrieval_query": answer.sources.retrieval_query}
+    if answer.conversation_id:
+        result["conversation_id"] = answer.conversation_id
     async for event in answer.events:
         if isinstance(event, CitationsEvent):
             result["citations"] = citations_json(event.citations)

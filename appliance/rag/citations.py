@@ -1,7 +1,7 @@
 """Citations users can trust: markers constrained to the passages given, then checked against them.
 
-During decoding, `CitationConstraint` masks the logits right after an opening `[` so that only a
-passage number that exists (1..k) followed by `]` can be generated. After decoding,
+During decoding, `CitationConstraint` masks the logits right after an opening `[` so that only the number
+of a passage in the prompt followed by `]` can be generated. After decoding,
 `check_citations` marks each cited sentence `supported` when its words are found in the cited passage,
 and attaches an `inferred` citation to uncited sentences that one passage clearly supports.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -28,16 +29,16 @@ might must you your we our they their he she his her i me my
 
 
 class CitationConstraint:
-    """Logits processor: after `[`, only `n]` with 1 <= n <= num_passages can follow.
+    """Logits processor: after `[`, only `n]` for a passage number `n` in the prompt can follow.
 
     Works on the tokens' texts, so it is independent of how the tokenizer splits digits and brackets. It holds
     the few tokens a marker is made of (`MarkerVocabulary`), not the tokenizer: it is small to pickle, so it
     crosses to the engine process with its request.
     """
 
-    def __init__(self, tokenizer: TextTokenizer, num_passages: int) -> None:
+    def __init__(self, tokenizer: TextTokenizer, numbers: Iterable[int]) -> None:
         self.vocabulary = marker_vocabulary(tokenizer)
-        self.valid = {str(n) for n in range(1, num_passages + 1)}
+        self.valid = {str(n) for n in numbers}
 
     def open_marker(self, generated: list[int]) -> str | None:
         """The digits typed so far after an unclosed `[` within the last 8 generated tokens, else None."""
@@ -121,21 +122,22 @@ def support(sentence: str, passage: str) -> float:
     return len(words & _content_words(passage)) / len(words)
 
 
-def check_citations(answer: str, passages: tuple[Chunk, ...], supported_at: float = 0.5,
+def check_citations(answer: str, passages: Mapping[int, Chunk], supported_at: float = 0.5,
                     infer_at: float = 0.75) -> list[Citation]:
-    """Citations of `answer`, one per (sentence, passage) pair, markers outside 1..k dropped."""
+    """Citations of `answer`, one per (sentence, passage) pair; `passages` by number (markers naming no
+    passage are dropped)."""
     out: list[Citation] = []
     for sentence in (s.strip() for s in _SENTENCE_END.split(answer)):
         if not sentence:
             continue
-        numbers = [int(m) for m in _MARKER.findall(sentence) if 1 <= int(m) <= len(passages)]
+        numbers = [int(m) for m in _MARKER.findall(sentence) if int(m) in passages]
         for n in dict.fromkeys(numbers):
-            score = support(sentence, passages[n - 1].text)
-            out.append(Citation(n, passages[n - 1], sentence, "cited", score >= supported_at, score))
+            score = support(sentence, passages[n].text)
+            out.append(Citation(n, passages[n], sentence, "cited", score >= supported_at, score))
         if numbers or len(_content_words(sentence)) < 4:
             continue
-        scores = [support(sentence, p.text) for p in passages]
-        if scores and max(scores) >= infer_at:
-            best = scores.index(max(scores))
-            out.append(Citation(best + 1, passages[best], sentence, "inferred", True, scores[best]))
+        scores = {n: support(sentence, p.text) for n, p in passages.items()}
+        best = max(scores, key=lambda n: (scores[n], -n), default=None)
+        if best is not None and scores[best] >= infer_at:
+            out.append(Citation(best, passages[best], sentence, "inferred", True, scores[best]))
     return out

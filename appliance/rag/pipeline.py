@@ -1,4 +1,5 @@
-"""One question, end to end: retrieve, assemble from stored tokens, generate with constrained citations."""
+"""One question, end to end: rewrite a follow-up, retrieve, assemble from stored tokens, generate with
+constrained citations."""
 
 from __future__ import annotations
 
@@ -11,14 +12,18 @@ from appliance.engine.front import EngineFront
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.rag.citations import Citation, CitationConstraint, check_citations
+from appliance.rag.history import History, number_passages, recent_turns
 from appliance.rag.prompt import PromptBuilder
+from appliance.rag.rewrite import DEFAULT_POLICY, FollowUpRewriter, Policy, PriorTurn
 from retrieval.service import RetrievalService
 from retrieval.types import Chunk
 
 
 @dataclass(frozen=True)
 class SourcesEvent:
-    passages: tuple[Chunk, ...]  # passage n is passages[n - 1]
+    passages: tuple[Chunk, ...]  # what retrieval returned for this question
+    numbers: tuple[int, ...]  # passages[i] is cited as [numbers[i]] (1..k for a first question)
+    retrieval_query: str  # what retrieval searched for (a follow-up rewritten into a standalone question)
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,18 @@ class DoneEvent:
     tokens_recomputed: int  # chunk tokens with cached KV that were recomputed anyway (blend)
     tokens_encoded: int  # chunk tokens that had to be encoded into the document cache first
     doc_cache: str  # the mode that served the request
+    rewrite_ms: float
     retrieval_ms: float
     queue_ms: float
     ttft_ms: float
     total_ms: float
+    retrieval_query: str
+    rewrite: str  # how the retrieval query was made: "none", "model" or "fallback"
+    turns_in_prompt: int  # earlier turns the prompt carried
+    answer_token_ids: tuple[int, ...]  # as generated, without the end-of-turn token
+    added: tuple[tuple[int, Chunk], ...]  # the numbered passages this prompt showed first
+    conversation_id: str | None = None  # set once the turn is saved in a conversation
+    turn: int | None = None  # its number there
 
 
 AskEvent = SourcesEvent | TokenEvent | CitationsEvent | DoneEvent
@@ -54,35 +67,47 @@ AskEvent = SourcesEvent | TokenEvent | CitationsEvent | DoneEvent
 class AskPipeline:
     """Answers questions over collections with the shared engine and retrieval service."""
 
-    def __init__(self, engine: EngineFront, retrieval: RetrievalService) -> None:
+    def __init__(self, engine: EngineFront, retrieval: RetrievalService, rewrite: Policy = DEFAULT_POLICY) -> None:
         self.engine = engine
         self.retrieval = retrieval
         self.builder = PromptBuilder(engine.tokenizer)
+        self.rewriter = FollowUpRewriter(engine, policy=rewrite)
 
     async def ask(self, question: str, collections: list[str], k: int, params: SamplingParams,
-                  doc_cache: str | None = None) -> AsyncIterator[AskEvent]:
+                  doc_cache: str | None = None, history: History | None = None) -> AsyncIterator[AskEvent]:
         """Yield sources, then token deltas, then citations, then the done summary. `doc_cache` picks the
-        document-cache mode for this question (default: the engine's)."""
+        document-cache mode for this question (default: the engine's); `history` makes it a follow-up in a
+        conversation (retrieval searches for the question rewritten with the earlier turns; the prompt
+        carries the recent turns as they were, so the prefix cache serves them)."""
+        history = history or History()
         started = time.perf_counter()
-        hits = await asyncio.to_thread(self.retrieval.search, question, collections, k, "hybrid")
-        retrieval_ms = (time.perf_counter() - started) * 1000
-        prompt = self.builder.build(question, [hit.chunk for hit in hits])
-        yield SourcesEvent(prompt.passages)
-        constraint = CitationConstraint(self.engine.tokenizer, len(prompt.passages))
+        rewrite = await self.rewriter.rewrite([PriorTurn(t.question, t.answer) for t in history.turns], question)
+        searched = time.perf_counter()
+        hits = await asyncio.to_thread(self.retrieval.search, rewrite.query, collections, k, "hybrid")
+        retrieval_ms = (time.perf_counter() - searched) * 1000
+        shown = recent_turns(self.builder, history.turns, history.budget)
+        sources, added = number_passages([hit.chunk for hit in hits], history.numbers, shown)
+        prompt = self.builder.build_turn(shown, added, question)
+        yield SourcesEvent(tuple(c for _, c in sources), tuple(n for n, _ in sources), rewrite.query)
+        constraint = CitationConstraint(self.engine.tokenizer, prompt.numbers)
         params = replace(params, logits_processors=(*params.logits_processors, constraint))
-        answer, last, ttft_ms = "", None, 0.0
+        answer, last, ttft_ms, token_ids = "", None, 0.0, []
         out: RequestOutput
         async for out in self.engine.generate(prompt.token_ids, params, layout=prompt.layout(), doc_cache=doc_cache):
             if last is None:
                 ttft_ms = (time.perf_counter() - started) * 1000
             last = out
+            token_ids += out.token_ids
             if out.text:
                 answer += out.text
                 yield TokenEvent(out.text)
         assert last is not None
-        yield CitationsEvent(check_citations(answer, prompt.passages))
+        yield CitationsEvent(check_citations(answer, prompt.numbered()))
         total_ms = (time.perf_counter() - started) * 1000
+        if token_ids and token_ids[-1] in self.engine.tokenizer.stop_token_ids:
+            token_ids.pop()
         yield DoneEvent(answer, last.finish_reason, last.num_prompt_tokens, last.num_output_tokens,
                         last.num_cached_tokens, last.num_computed_prompt_tokens, last.num_recomputed_tokens,
-                        last.num_encoded_tokens, last.doc_mode, round(retrieval_ms, 2),
-                        round(last.queue_s * 1000, 2), round(ttft_ms, 2), round(total_ms, 2))
+                        last.num_encoded_tokens, last.doc_mode, round(rewrite.ms, 2), round(retrieval_ms, 2),
+                        round(last.queue_s * 1000, 2), round(ttft_ms, 2), round(total_ms, 2), rewrite.query,
+                        rewrite.method, len(shown), tuple(token_ids), tuple(added))

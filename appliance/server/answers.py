@@ -11,6 +11,7 @@ from typing import cast
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError, EngineUnavailableError, QueueFullError, RequestError
 from appliance.rag.answer_json import Answer
+from appliance.rag.history import History
 from appliance.rag.pipeline import AskEvent, AskPipeline, DoneEvent, SourcesEvent
 from appliance.server.deps import AppState, Principal, admission_of, engine_of, metrics_of
 from appliance.server.errors import ApiError
@@ -21,14 +22,17 @@ from appliance.server.usage import RequestUsage, UsageBook
 def _pipeline(state: AppState) -> AskPipeline:
     if state.ask is None:
         # the pipeline only needs `tokenizer` and `generate`, which the metered engine provides
-        state.ask = AskPipeline(engine_of(state), retrieval_of(state))  # type: ignore[arg-type]
+        state.ask = AskPipeline(engine_of(state), retrieval_of(state),  # type: ignore[arg-type]
+                                state.settings.followup_rewrite)
     return state.ask
 
 
 async def open_answer(state: AppState, principal: Principal, question: str, collection: str, k: int,
-                      params: SamplingParams, doc_cache: str | None = None) -> Answer:
-    """Check that the caller may read `collection`, retrieve, and return the answer to stream. Its `done`
-    event is charged to the caller's key and the collection (usage book, rag_* metrics) as it passes.
+                      params: SamplingParams, doc_cache: str | None = None, history: History | None = None
+                      ) -> Answer:
+    """Check that the caller may read `collection`, retrieve, and return the answer to stream (a follow-up
+    of `history`'s turns when given). Its `done` event is charged to the caller's key and the collection
+    (usage book, rag_* metrics) as it passes.
 
     Raises ApiError 403 (not the caller's collection), 404 (no such collection), 503 (still loading);
     QueueFullError (503) when the engine queue is full (`admission.py`).
@@ -36,7 +40,8 @@ async def open_answer(state: AppState, principal: Principal, question: str, coll
     if not principal.can_read(collection):
         raise ApiError(403, "forbidden", f"this key cannot read collection {collection!r}")
     pipeline = _pipeline(state)
-    asked = cast(AsyncGenerator[AskEvent, None], pipeline.ask(question, [collection], k, params, doc_cache))
+    asked = cast(AsyncGenerator[AskEvent, None], pipeline.ask(question, [collection], k, params, doc_cache,
+                                                                           history))
     events = await admission_of(state).hold(asked)  # fail fast when full, before retrieval
     with service_errors():
         sources = await anext(events)  # retrieval errors (unknown collection, ...) become JSON errors here

@@ -21,7 +21,19 @@ from appliance.server.errors import ERROR_RESPONSES, install_error_handlers
 from appliance.server.limits import BodyLimitMiddleware
 from appliance.server.logging import RequestIdMiddleware
 from appliance.server.metrics import Metrics
-from appliance.server.routes import admin, ask, health, keys, library, openai, openai_embeddings, search, ui, usage
+from appliance.server.routes import (
+    admin,
+    ask,
+    conversations,
+    health,
+    keys,
+    library,
+    openai,
+    openai_embeddings,
+    search,
+    ui,
+    usage,
+)
 from appliance.server.routes.metrics import router as metrics_router
 from appliance.server.usage import UsageBook
 from appliance.server.warmup import warm_up
@@ -74,6 +86,8 @@ def create_app(settings: Settings, engine: EngineFront, model_name: str = "defau
             engine.close()
             if opened is not None:
                 opened.close()
+            if state.conversations is not None:
+                state.conversations.close()
 
     app = FastAPI(title="RAG appliance", version=__version__, lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.appliance = state
@@ -84,7 +98,7 @@ def create_app(settings: Settings, engine: EngineFront, model_name: str = "defau
     app.add_middleware(RequestIdMiddleware)  # outermost: the body limit's 413 carries the request id too
     install_error_handlers(app)
     app.include_router(metrics_router)
-    for module in (health, openai, openai_embeddings, search, ask, admin, usage, keys, library, ui):
+    for module in (health, openai, openai_embeddings, search, ask, conversations, admin, usage, keys, library, ui):
         app.include_router(module.router)
     return app
 

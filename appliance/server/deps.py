@@ -24,6 +24,7 @@ from appliance.server.ratelimit import RateLimiter
 
 if TYPE_CHECKING:
     from appliance.config import Settings
+    from appliance.conversations.store import ConversationStore
     from appliance.engine.front import EngineFront
     from appliance.rag.pipeline import AskPipeline
     from appliance.server.usage import UsageBook
@@ -48,6 +49,7 @@ class AppState:
     admission: Admission | None = None
     metered_engine: MeteredEngine | None = None
     ask: AskPipeline | None = None
+    conversations: ConversationStore | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,15 @@ def keys_of(state: AppState) -> KeyStore:
     if state.keys is None:
         state.keys = KeyStore(state.settings.data_dir / "keys.db")
     return state.keys
+
+
+def conversations_of(state: AppState) -> ConversationStore:
+    """The saved conversations of the data dir (`<data_dir>/conversations.db`), opened on first use."""
+    if state.conversations is None:
+        from appliance.conversations.store import ConversationStore
+
+        state.conversations = ConversationStore(state.settings.data_dir / "conversations.db")
+    return state.conversations
 
 
 def metrics_of(state: AppState) -> Metrics:

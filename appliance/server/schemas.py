@@ -87,6 +87,19 @@ class ChatCompletionRequest(_GenerationRequest):
     def last_user_message(self) -> str | None:
         return next((m.text() for m in reversed(self.messages) if m.role == "user"), None)
 
+    def earlier_turns(self) -> list[tuple[str, str]]:
+        """(question, answer) of each user message answered by the assistant before the last user message
+        (system messages aside; a user message without an answer is passed over)."""
+        last_user = max((i for i, m in enumerate(self.messages) if m.role == "user"), default=0)
+        turns, asked = [], None
+        for m in self.messages[:last_user]:
+            if m.role == "user":
+                asked = m.text()
+            elif m.role == "assistant" and asked is not None:
+                turns.append((asked, m.text()))
+                asked = None
+        return turns
+
 
 class CompletionRequest(_GenerationRequest):
     prompt: str | list[int] = Field(min_length=1, max_length=200_000)

@@ -34,7 +34,7 @@ def test_a_step_keeps_every_tensor_on_the_model_device(loaded_model, dtype: torc
     runner = ModelRunner(model, TorchAttention(), num_blocks=64, block_size=16)
     long_greedy = _request("a", 300, SamplingParams(temperature=0.0), 0)  # past one attention block in bf16
     tokenizer = loaded_model.tokenizer
-    citing = CitationConstraint(tokenizer, 3)  # masks the logits where an answer opens a citation marker
+    citing = CitationConstraint(tokenizer, range(1, 4))  # masks the logits where an answer opens a citation marker
     # top-k beside top-p: a top-p row without one asks the device whether 1024 candidates hold top_p (no data here)
     params = SamplingParams(temperature=0.8, top_k=40, top_p=0.9, seed=3, logits_processors=(citing,))
     seeded = _request("b", 40, params, 25)

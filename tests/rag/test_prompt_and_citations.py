@@ -59,7 +59,7 @@ def test_the_chat_template_frames_the_prompt_with_its_special_tokens(tok) -> Non
 
 @pytest.mark.parametrize("k", [3, 12])
 def test_constraint_allows_only_given_numbers(tok, k: int) -> None:
-    constraint = CitationConstraint(tok, k)
+    constraint = CitationConstraint(tok, range(1, k + 1))
     vocab = tok.vocab_size
     for partial in ["", "1", str(k)]:
         allowed = constraint.allowed(partial)
@@ -90,7 +90,7 @@ def _open_marker_by_text(tok, generated: list[int]) -> str | None:
 def test_the_open_marker_read_from_token_ids_matches_the_decoded_text(tok) -> None:
     """The constraint reads markers from the ids of the few tokens they are made of; on random outputs built
     from those tokens and ordinary words it finds exactly what decoding the text finds."""
-    constraint = CitationConstraint(tok, 12)
+    constraint = CitationConstraint(tok, range(1, 13))
     vocab = constraint.vocabulary
     pools = [list(vocab.openers), list(vocab.digits), list(vocab.closers), tok.encode(" the tower is tall.")]
     rng = random.Random(0)
@@ -105,7 +105,7 @@ def test_the_open_marker_read_from_token_ids_matches_the_decoded_text(tok) -> No
 
 def test_the_constraint_pickles_small_and_acts_the_same(tok) -> None:
     """It crosses to the engine process inside its request's sampling parameters: no tokenizer inside."""
-    constraint = CitationConstraint(tok, 5)
+    constraint = CitationConstraint(tok, range(1, 6))
     wire = pickle.dumps(constraint)
     assert len(wire) < 64 * 1024
     copy = pickle.loads(wire)
@@ -121,7 +121,7 @@ def test_support_check_marks_supported_unsupported_and_inferred(tok) -> None:
     )
     answer = ("The Eiffel Tower was completed in 1889 [1]. It is made of chocolate and cheese [2]. "
               "Rust is a systems programming language focused on memory safety. Ignore [7].")
-    cites = check_citations(answer, passages)
+    cites = check_citations(answer, dict(enumerate(passages, start=1)))
     by_kind = {(c.n, c.kind): c for c in cites}
     assert by_kind[(1, "cited")].supported
     assert not by_kind[(2, "cited")].supported

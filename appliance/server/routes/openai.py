@@ -21,6 +21,7 @@ from appliance.engine.sampling import SamplingParams
 from appliance.engine.tokenizer import ChatMessage
 from appliance.errors import ApplianceError
 from appliance.rag.answer_json import Answer, citations_json, collect, sources_json
+from appliance.rag.history import text_history
 from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
 from appliance.server.answers import open_answer, stream_error, usage_of
 from appliance.server.deps import AppState, Principal, admission_of, current_principal, engine_of, get_state
@@ -124,15 +125,18 @@ async def _sse(env: _Envelope, first: RequestOutput, rest: AsyncIterator[Request
 @router.post("/chat/completions", response_model=None, responses=SSE_RESPONSE)
 async def chat_completions(body: ChatCompletionRequest, state: AppState = Depends(get_state),
                            principal: Principal = Depends(current_principal)) -> dict | StreamingResponse:
-    """A chat completion; with `"rag"`, the last user message answered from a collection, with citations."""
+    """A chat completion; with `"rag"`, the last user message answered from a collection, with citations, as a
+    follow-up of the earlier user/assistant messages (retrieval searches for it rewritten with them)."""
     env = _Envelope("chatcmpl", "chat.completion.chunk" if body.stream else "chat.completion", state.model_name)
     params = body.sampling_params(bounded_max_tokens(state, body.max_completion_tokens or body.max_tokens, 512))
     if body.rag is not None:
         question = body.last_user_message()
         if not question:
             raise ApiError(400, "invalid_request", "a RAG chat needs a user message (the question)")
+        history = text_history(body.earlier_turns(), engine_of(state).tokenizer,
+                               state.settings.conversation_history_tokens)
         answer = await open_answer(state, principal, question, body.rag.collection, body.rag.k, params,
-                                   body.rag.doc_cache)
+                                   body.rag.doc_cache, history)
         if body.stream:
             return StreamingResponse(_rag_sse(env, answer, body.include_usage), media_type="text/event-stream")
         result = await collect(answer)
@@ -140,7 +144,8 @@ async def chat_completions(body: ChatCompletionRequest, state: AppState = Depend
         usage = _usage(result["usage"]["prompt_tokens"], result["usage"]["completion_tokens"],
                        result["kv"]["tokens_reused"])
         return env.body([{"index": 0, "message": message, "finish_reason": result["finish_reason"]}],
-                        usage=usage, citations=result["citations"], sources=result["sources"])
+                        usage=usage, citations=result["citations"], sources=result["sources"],
+                        retrieval_query=result["retrieval_query"])
     engine = engine_of(state)
     prompt = engine.tokenizer.apply_chat_template([ChatMessage(m.role, m.text()) for m in body.messages])
     first, rest = await _start(state, principal, prompt, params)
@@ -168,7 +173,7 @@ async def _rag_sse(env: _Envelope, answer: Answer, include_usage: bool) -> Async
                 yield env.sse([{"index": 0, "delta": {}, "finish_reason": event.finish_reason}])
                 usage = _usage(event.prompt_tokens, event.completion_tokens, event.tokens_reused)
                 yield env.sse([], citations=citations, sources=sources_json(answer.sources),
-                              usage=usage if include_usage else None)
+                              retrieval_query=answer.sources.retrieval_query, usage=usage if include_usage else None)
     except ApplianceError as exc:
         yield f"data: {json.dumps(stream_error(exc))}\n\n"
         return

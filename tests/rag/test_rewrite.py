@@ -8,7 +8,12 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from appliance.conversations.rewrite import (
+from appliance.engine.engine import LLMEngine
+from appliance.engine.outputs import RequestOutput
+from appliance.engine.sampling import SamplingParams
+from appliance.engine.tokenizer import ChatMessage
+from appliance.errors import QueueFullError
+from appliance.rag.rewrite import (
     ANSWER_WORDS,
     MAX_TURNS,
     POLICIES,
@@ -18,11 +23,6 @@ from appliance.conversations.rewrite import (
     Rewrite,
     fallback_query,
 )
-from appliance.engine.engine import LLMEngine
-from appliance.engine.outputs import RequestOutput
-from appliance.engine.sampling import SamplingParams
-from appliance.engine.tokenizer import ChatMessage
-from appliance.errors import QueueFullError
 
 HISTORY = [PriorTurn("What does json.dumps do?", "It serializes an object to a JSON formatted string.")]
 FOLLOW_UP = "and how do I make it sort the keys?"

@@ -1,0 +1,61 @@
+"""What a conversation turn carries into its prompt: the recent turns within a token budget, and the numbers
+of the passages it shows (conversation-wide: a passage keeps its number in every turn)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from appliance.engine.tokenizer import TextTokenizer
+from appliance.rag.prompt import HistoryTurn, PromptBuilder
+from retrieval.types import Chunk
+
+
+@dataclass(frozen=True)
+class History:
+    """A conversation so far, as a new turn needs it. `numbers` maps the chunk id of every passage the
+    conversation has shown to its number (also those of turns no longer in the prompt, or whose document is
+    gone: a number is never given to another passage); `budget` is how many prompt tokens the earlier turns
+    may take (the oldest are dropped first)."""
+
+    turns: tuple[HistoryTurn, ...] = ()  # oldest first
+    numbers: Mapping[int, int] = field(default_factory=dict)
+    budget: int = 0
+
+
+def text_history(turns: Sequence[tuple[str, str]], tokenizer: TextTokenizer, budget: int) -> History:
+    """Earlier turns known by their text only, (question, answer) oldest first (a chat request's messages):
+    they show no passages, and the answers are encoded as text."""
+    return History(tuple(HistoryTurn((), q, a, tuple(tokenizer.encode(a))) for q, a in turns), {}, budget)
+
+
+def recent_turns(builder: PromptBuilder, turns: Sequence[HistoryTurn], budget: int) -> list[HistoryTurn]:
+    """The newest turns whose prompt tokens fit in `budget` together, oldest first."""
+    kept: list[HistoryTurn] = []
+    for turn in reversed(turns):
+        cost = builder.turn_cost(turn)
+        if cost > budget:
+            break
+        budget -= cost
+        kept.append(turn)
+    return kept[::-1]
+
+
+def number_passages(retrieved: Sequence[Chunk], numbers: Mapping[int, int], shown: Sequence[HistoryTurn]
+                    ) -> tuple[list[tuple[int, Chunk]], list[tuple[int, Chunk]]]:
+    """(`retrieved` numbered, by number; the ones the prompt must add, in canonical order). A passage keeps
+    the number the conversation gave it; one already shown by a turn in the prompt is not added again; a new
+    one gets the next free number (new passages numbered in chunk-id order)."""
+    visible = {chunk.chunk_id for turn in shown for _, chunk in turn.passages}
+    next_number = max(numbers.values(), default=0) + 1
+    numbered: dict[int, int] = {}
+    for chunk in sorted(retrieved, key=lambda c: c.chunk_id):
+        if chunk.chunk_id in numbers:
+            numbered[chunk.chunk_id] = numbers[chunk.chunk_id]
+        else:
+            numbered[chunk.chunk_id] = next_number
+            next_number += 1
+    ordered = sorted(retrieved, key=lambda c: numbered[c.chunk_id])
+    sources = [(numbered[c.chunk_id], c) for c in ordered]
+    added = [(n, c) for n, c in sorted(sources, key=lambda nc: nc[1].chunk_id) if c.chunk_id not in visible]
+    return sources, added
