@@ -11,6 +11,7 @@ from rich.console import Console
 
 from appliance.bench.api_load import bench_api
 from appliance.bench.blend import bench_blend
+from appliance.bench.conversation import bench_conversation
 from appliance.bench.engine import bench_engine
 from appliance.bench.first_question import bench_first_question
 from appliance.bench.followups import bench_followups
@@ -47,6 +48,7 @@ bench_app.command("rag")(bench_rag)
 bench_app.command("blend")(bench_blend)
 bench_app.command("first-question")(bench_first_question)
 bench_app.command("followups")(bench_followups)
+bench_app.command("conversation")(bench_conversation)
 bench_app.command("gold-set")(bench_gold_set)
 bench_app.command("itl")(bench_itl)
 bench_app.command("api")(bench_api)
