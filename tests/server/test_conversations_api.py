@@ -150,3 +150,18 @@ def test_rag_chat_answers_the_last_message_with_the_earlier_ones(rag_server: Ser
     assert body["retrieval_query"] != "How high is it?" and alone["retrieval_query"] == "How high is it?"
     earlier = len(rag_server.engine.tokenizer.encode("What is the tallest volcano on Mars?Olympus Mons [1]."))
     assert body["usage"]["prompt_tokens"] >= alone["usage"]["prompt_tokens"] + earlier - 2
+
+
+def test_the_feedback_export_is_a_golden_set_appliance_eval_reads(rag_server: Server, tmp_path) -> None:
+    from appliance.evaluation.golden import load_golden
+
+    first = _ask(rag_server, "Which planet has a faint ring system?")
+    url = f"{rag_server.url}/api/conversations/{first['conversation_id']}/turns/1/feedback"
+    assert httpx.post(url, json={"rating": "up"}).status_code == 200
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(httpx.get(f"{rag_server.url}/api/admin/feedback").text)
+    items = {item.question: item for item in load_golden(golden, "space").items}
+    item = items["Which planet has a faint ring system?"]
+    assert item.expected_answer == first["answer"]
+    assert set(item.expected_chunk_ids) == {c["chunk_id"] for c in first["citations"]
+                                            if c["kind"] == "cited" and c["supported"]}
