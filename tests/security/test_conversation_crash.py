@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +16,7 @@ import httpx
 import pytest
 
 from retrieval.service import RetrievalService
-from tests.server.conftest import DOCS, free_port
+from tests.server.conftest import DOCS, free_port, wait_until_ready
 
 
 @pytest.fixture(scope="module")
@@ -43,20 +42,13 @@ def _server(data: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     port = free_port()
     env = {**os.environ, "APPLIANCE_WARMUP_TOKENS": "0", "APPLIANCE_ENGINE_PROCESS": "false",
            "APPLIANCE_COMPILED_DECODE": "false", "APPLIANCE_KV_CACHE_MB": "128"}
-    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--data-dir", str(data), "--port",
-                             str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = data.parent / "serve.log"
+    with open(log, "a") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--data-dir", str(data), "--port",
+                                 str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
     try:
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "the server exited"
-            assert time.monotonic() < deadline, "the server did not get ready"
-            try:
-                if httpx.get(f"{url}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        assert wait_until_ready(url, proc, 180), log.read_text()[-2000:]
         yield url, proc
     finally:
         if proc.poll() is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +44,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Poll `url`/ready until it answers 200 (True), the server process `proc` exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/ready").status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)  # 503 while it warms up
+    return False
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.server.conftest import free_port
+from tests.server.conftest import free_port, wait_until_ready
 
 
 def test_sigterm_during_a_stream_finishes_it_and_exits_cleanly(model_cache_dir: Path, loaded_model,
@@ -25,15 +25,7 @@ def test_sigterm_during_a_stream_finishes_it_and_exits_cleanly(model_cache_dir: 
         proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--port", str(port),
                                  "--data-dir", str(model_cache_dir)], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        assert httpx.get(f"{url}/ready").status_code == 200, log_path.read_text()[-2000:]
+        assert wait_until_ready(url, proc, 90), log_path.read_text()[-2000:]
         body = {"messages": [{"role": "user", "content": "Write a short poem about the sea."}],
                 "max_tokens": 40, "temperature": 0, "stream": True}
         with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60,
