@@ -85,8 +85,12 @@ class AskPipeline:
         searched = time.perf_counter()
         hits = await asyncio.to_thread(self.retrieval.search, rewrite.query, collections, k, "hybrid")
         retrieval_ms = (time.perf_counter() - searched) * 1000
-        shown = recent_turns(self.builder, history.turns, history.budget)
-        sources, added = number_passages([hit.chunk for hit in hits], history.numbers, shown)
+        retrieved = [hit.chunk for hit in hits]
+        # the earlier turns get the budget, within what the context leaves beside this turn and its answer
+        alone = len(self.builder.build_turn([], number_passages(retrieved, history.numbers, [])[1], question).token_ids)
+        room = self.engine.max_model_len - alone - params.max_tokens
+        shown = recent_turns(self.builder, history.turns, max(0, min(history.budget, room)))
+        sources, added = number_passages(retrieved, history.numbers, shown)
         prompt = self.builder.build_turn(shown, added, question)
         yield SourcesEvent(tuple(c for _, c in sources), tuple(n for n, _ in sources), rewrite.query)
         constraint = CitationConstraint(self.engine.tokenizer, prompt.numbers)

@@ -28,6 +28,10 @@ class MeteredEngine:
     def tokenizer(self) -> TextTokenizer:
         return self.engine.tokenizer
 
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
     async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
                        layout: PromptLayout | None = None, doc_cache: str | None = None
                        ) -> AsyncGenerator[RequestOutput, None]:

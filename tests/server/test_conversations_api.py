@@ -165,3 +165,36 @@ def test_the_feedback_export_is_a_golden_set_appliance_eval_reads(rag_server: Se
     assert item.expected_answer == first["answer"]
     assert set(item.expected_chunk_ids) == {c["chunk_id"] for c in first["citations"]
                                             if c["kind"] == "cited" and c["supported"]}
+
+
+def test_earlier_turns_give_way_to_the_context_the_new_turn_needs(make_engine, loaded_model, rag_data_dir) -> None:
+    """The history budget is also bounded by the context left beside the new turn and its longest answer: with a
+    short context the oldest turns are dropped, and the prompt still fits."""
+    import asyncio
+
+    from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.sampling import SamplingParams
+    from appliance.rag.history import History
+    from appliance.rag.pipeline import AskPipeline, DoneEvent
+    from appliance.rag.prompt import HistoryTurn
+    from retrieval.service import RetrievalService
+
+    tok = loaded_model.tokenizer
+    filler = "The probe reported dust storms and clear skies over the plains. " * 12
+    turns = tuple(HistoryTurn((), f"Question {i} about Mars?", filler, tuple(tok.encode(filler))) for i in range(4))
+    service = RetrievalService.open(rag_data_dir, tok, chunk_tokens=128)
+    engine = AsyncEngine(make_engine(max_model_len=700))
+    try:
+        pipeline = AskPipeline(engine, service)
+
+        async def done(budget: int) -> DoneEvent:
+            events = pipeline.ask("How tall is it?", ["space"], 2, SamplingParams(max_tokens=16), None,
+                                  History(turns, {}, budget))
+            return [e async for e in events if isinstance(e, DoneEvent)][0]
+
+        roomy, none = asyncio.run(done(10_000)), asyncio.run(done(0))
+    finally:
+        engine.close()
+        service.close()
+    assert none.turns_in_prompt == 0 and 0 < roomy.turns_in_prompt < len(turns)
+    assert roomy.prompt_tokens + 16 <= 700 < roomy.prompt_tokens + 16 + 100 * (len(turns) - roomy.turns_in_prompt)
