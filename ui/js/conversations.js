@@ -1,7 +1,7 @@
 // The Q&A page's saved conversations: the list beside the thread (GET /api/conversations, newest first; open,
 // rename in place, delete after an in-place confirmation), one conversation with its turns
 // (GET /api/conversations/{id}), and the current conversation's id in the page's URL (`/?c=<id>`), so that a
-// reload or a shared link reopens it. Rendering the turns themselves is ask.js's job.
+// reload or a shared link reopens it. Rendering the turns themselves is turn.js's job.
 
 import { call } from "./api.js";
 import { el, fill } from "./dom.js";
