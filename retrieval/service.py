@@ -27,7 +27,7 @@ from retrieval.jobstore import JobRecords
 from retrieval.owner import current_owner, owner_alive
 from retrieval.parse import EXTENSIONS, detect_kind
 from retrieval.retrievals import RetrievalCounter
-from retrieval.search import fuse
+from retrieval.search import RRF_K, fuse
 from retrieval.store import Store, check_collection_name
 from retrieval.types import Chunk, Collection, Document, Hit, JobStatus, SearchMode
 
@@ -231,6 +231,21 @@ class RetrievalService:
         if count:
             self.retrievals.record(hit.chunk.chunk_id for hit in found)
         return found
+
+    def search_phrasings(self, queries: Sequence[str], collections: Iterable[str], k: int = 10) -> list[Hit]:
+        """The top `k` chunks for several phrasings of one need (a follow-up joined with its conversation's
+        earlier questions, and as asked: whichever the conversation turns out to be about), each searched
+        (hybrid) and their rankings fused by reciprocal rank; counted as retrieved once. Raises as `search`."""
+        rankings = [self.search(q, collections, k, "hybrid", count=False) for q in dict.fromkeys(queries)]
+        fused: dict[int, float] = {}
+        chunks = {}
+        for ranking in rankings:
+            for rank, hit in enumerate(ranking):
+                fused[hit.chunk.chunk_id] = fused.get(hit.chunk.chunk_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+                chunks[hit.chunk.chunk_id] = hit.chunk
+        best = sorted(fused, key=lambda cid: -fused[cid])[:k]
+        self.retrievals.record(best)
+        return [Hit(chunks[cid], fused[cid]) for cid in best]
 
     def retrieval_counts(self, chunk_ids: list[int]) -> dict[int, int]:
         """How often each of `chunk_ids` was retrieved by searches of any process (written about once a second;

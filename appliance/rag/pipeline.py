@@ -14,7 +14,7 @@ from appliance.engine.sampling import SamplingParams
 from appliance.rag.citations import Citation, CitationConstraint, check_citations
 from appliance.rag.history import History, number_passages, recent_turns
 from appliance.rag.prompt import PromptBuilder
-from appliance.rag.rewrite import DEFAULT_POLICY, FollowUpRewriter, Policy, PriorTurn
+from appliance.rag.rewrite import DEFAULT_POLICY, FollowUpRewriter, Policy, PriorTurn, phrasings
 from retrieval.service import RetrievalService
 from retrieval.types import Chunk
 
@@ -83,7 +83,7 @@ class AskPipeline:
         started = time.perf_counter()
         rewrite = await self.rewriter.rewrite([PriorTurn(t.question, t.answer) for t in history.turns], question)
         searched = time.perf_counter()
-        hits = await asyncio.to_thread(self.retrieval.search, rewrite.query, collections, k, "hybrid")
+        hits = await asyncio.to_thread(self.retrieval.search_phrasings, phrasings(rewrite, question), collections, k)
         retrieval_ms = (time.perf_counter() - searched) * 1000
         retrieved = [hit.chunk for hit in hits]
         # the earlier turns get the budget, within what the context leaves beside this turn and its answer

@@ -206,3 +206,10 @@ class FollowUpRewriter:
                 log.exception("follow-up rewrite failed, using the fallback")
         query, method = choose_query(self.policy, text, history, question)
         return Rewrite(query, method, (time.perf_counter() - started) * 1000)
+
+
+def phrasings(rewrite: Rewrite, question: str) -> list[str]:
+    """What retrieval searches for (`RetrievalService.search_phrasings`): the query, and for a follow-up also
+    the question as asked, so that a turn that changes the subject still finds its own passages (the query
+    alone, carrying the earlier questions, would keep to the old subject)."""
+    return [rewrite.query] if rewrite.method == "none" else [rewrite.query, question]
