@@ -93,7 +93,7 @@ class Settings(BaseSettings):
     threads: int = Field(default=EngineConfig.threads, ge=0)  # engine intra-op threads (0: every CPU)
     cuda_graphs: bool = True  # on CUDA, decode steps replay captured graphs (needs triton)
     compiled_decode: bool = EngineConfig.compiled_decode  # on a CPU, decode steps run compiled layers
-    conversation_history_tokens: int = Field(default=3072, ge=0)  # earlier turns a follow-up's prompt carries
+    conversation_history_tokens: int = Field(default=4096, ge=0)  # earlier turns a follow-up's prompt carries
     followup_rewrite: Literal["fallback", "model", "model+terms"] = "fallback"  # how a follow-up is searched for
     warmup_tokens: int = Field(default=1500, ge=0)  # warm-up prompt run before /ready (0: no warm-up)
     warmup_timeout_s: float = Field(default=120.0, gt=0)  # /ready turns 200 after this even if warm-up is not done

@@ -37,6 +37,7 @@ from appliance.rag.rewrite import (
     check_rewrite,
     choose_query,
     fallback_query,
+    phrasings,
 )
 
 if TYPE_CHECKING:
@@ -104,9 +105,9 @@ async def _measure(engine: EngineFront, service: RetrievalService, pairs: list[F
     the page, and the default rewriter's method and time."""
     rewriter = FollowUpRewriter(engine)
 
-    def rank(query: str, page: str) -> int | None:
-        """The rank of the first top-k chunk from `page` (None: none of them)."""
-        hits = service.search(query, [COLLECTION], k=k, mode="hybrid")
+    def rank(queries: list[str], page: str) -> int | None:
+        """The rank of the first top-k chunk from `page` (None: none of them), the phrasings' rankings fused."""
+        hits = service.search_phrasings(queries, [COLLECTION], k=k)
         return next((n for n, h in enumerate(hits, 1) if Path(h.chunk.source).name == page), None)
 
     rows = []
@@ -123,7 +124,8 @@ async def _measure(engine: EngineFront, service: RetrievalService, pairs: list[F
         row = {"turn1": pair.turn1, "turn2": pair.turn2, "page": pair.page, "answer1": history[0].answer,
                "rewrite": raw, "rewrite_ms": raw_ms, "rejected": check_rewrite(raw, history, pair.turn2),
                "method": chosen.method, "default_ms": chosen.ms, "queries": queries,
-               "rank": {name: rank(q, pair.page) for name, q in queries.items()}}
+               "rank": {name: rank([q], pair.page) for name, q in queries.items()}
+               | {"pipeline": rank(phrasings(chosen, pair.turn2), pair.page)}}
         say(f"{i + 1}/{len(pairs)} {pair.turn2!r} -> {raw!r} ({raw_ms:.0f} ms, {row['rejected'] or 'usable'})")
         rows.append(row)
     return rows
@@ -201,7 +203,8 @@ def followups_markdown(result: dict[str, Any]) -> str:
              "policy model": "the checked rewrite, else the fallback",
              "policy model+terms": "the checked rewrite + the earlier question's key terms it lacks, else the fallback",
              "policy fallback": "the fallback always (no engine call)",
-             "default (rewrite())": f"(d) `FollowUpRewriter.rewrite`, default policy `{result['default_policy']}`"}
+             "default (rewrite())": f"(d) `FollowUpRewriter.rewrite`, default policy `{result['default_policy']}`",
+             "pipeline": "(e) what the pipeline searches: (d) and the follow-up as asked, rankings fused"}
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, torch {m['torch']} ({m['torch_threads']} threads). "
         f"Load average at the start: {m['load_average']}.",

@@ -30,15 +30,25 @@ def text_history(turns: Sequence[tuple[str, str]], tokenizer: TextTokenizer, bud
 
 
 def recent_turns(builder: PromptBuilder, turns: Sequence[HistoryTurn], budget: int) -> list[HistoryTurn]:
-    """The newest turns whose prompt tokens fit in `budget` together, oldest first."""
-    kept: list[HistoryTurn] = []
-    for turn in reversed(turns):
-        cost = builder.turn_cost(turn)
-        if cost > budget:
-            break
-        budget -= cost
-        kept.append(turn)
-    return kept[::-1]
+    """The earlier turns a prompt carries, oldest first: the newest of `turns` within `budget` tokens.
+
+    The window's start moves only when the turns since it no longer fit, and then far enough for them to fit in
+    half the budget (or, when the newest alone takes more, to it): the next turns extend the same prompt, which
+    the prefix cache holds, instead of each dropping one turn and so recomputing everything after it. Replayed
+    from the first turn, so each turn gets the window its predecessor had, plus itself, until the next move.
+    """
+    costs = [builder.turn_cost(turn) for turn in turns]
+    start, total = 0, 0
+    for newest, cost in enumerate(costs):
+        total += cost
+        if total <= budget:
+            continue
+        while start < newest and total > budget // 2:
+            total -= costs[start]
+            start += 1
+        if total > budget:  # the newest alone does not fit
+            start, total = newest + 1, 0
+    return list(turns[start:])
 
 
 def number_passages(retrieved: Sequence[Chunk], numbers: Mapping[int, int], shown: Sequence[HistoryTurn]

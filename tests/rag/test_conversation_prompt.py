@@ -71,3 +71,19 @@ def test_a_saved_conversation_keeps_numbers_of_deleted_passages(tok) -> None:
 def test_chat_messages_become_text_turns(tok) -> None:
     history = text_history([("Who?", "Ada.")], tok, budget=50)
     assert history.turns[0].passages == () and history.turns[0].answer_token_ids == tuple(tok.encode("Ada."))
+
+
+def test_the_window_moves_seldom_so_the_next_turns_extend_a_cached_prompt(tok) -> None:
+    """Over a long conversation the earlier turns' window drops several turns at once, so most turns extend the
+    previous prompt (prefix-cache hits) rather than each one dropping its oldest turn and recomputing the rest."""
+    builder = PromptBuilder(tok)
+    turns = [HistoryTurn((), "And then?", "An answer of some length.", tuple(tok.encode("An answer of some length.")))
+             for _ in range(12)]
+    cost = builder.turn_cost(turns[0])
+    assert all(builder.turn_cost(t) == cost for t in turns)
+    windows = [recent_turns(builder, turns[:n], 4 * cost) for n in range(len(turns) + 1)]
+    assert all(sum(builder.turn_cost(t) for t in w) <= 4 * cost for w in windows)
+    assert [len(w) for w in windows] == [0, 1, 2, 3, 4, 2, 3, 4, 2, 3, 4, 2, 3]
+    ids = [[id(t) for t in w] for w in windows]
+    extended = sum(ids[n][:-1] == ids[n - 1] for n in range(1, len(ids)))
+    assert extended == 9  # of 12 turns, 3 move the window (each dropping 3); a one-at-a-time window: 4 extend
