@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from statistics import mean
 
-from appliance.bench.gold_set import is_right
+from appliance.evaluation.gold_answer import is_right
 
 BOOTSTRAP_SAMPLES = 2000
 

@@ -16,7 +16,7 @@ Method (deterministic; `appliance bench gold-set --kind modules` regenerates `da
    writes `<module>.<name>` in one section.
 4. As the version set: pages shuffled with a fixed seed, up to `PER_PAGE` questions of each, `COUNT` in all.
 
-An answer is right when its first line names the module as a word of its own (`gold_set.is_right`).
+An answer is right when its first line names the module as a word of its own (`evaluation.gold_answer.is_right`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Method (deterministic; `appliance bench gold-set --kind versions` regenerates `d
    ingests and pre-encodes little.
 
 The question asks for the version only ("Answer with the version number only."); an answer is right when the
-gold version appears in its first line (see `is_right`).
+gold version appears in its first line (`appliance/evaluation/gold_answer.py` `is_right`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ NEAR = 1500  # characters between an API's name and its note in the ingested tex
 SHORT_ANSWER = "Answer with the version number only."
 
 _VERSION = re.compile(r"(New|Changed) in version (\d+\.\d+)")
-_VERSION_ANSWER = re.compile(r"\d+\.\d+")
 _FIRST_SENTENCE = re.compile(r"^(.+?[.!?])(?:\s|$)")
 
 
@@ -204,15 +203,3 @@ def load_gold(limit: int | None = None, path: Path = GOLD_SET) -> list[GoldQuest
     return [GoldQuestion(**item) for item in items][:limit]
 
 
-def first_line(answer: str) -> str:
-    return next((line for line in answer.strip().splitlines() if line.strip()), "")
-
-
-def is_right(answer: str, gold: str) -> bool:
-    """The gold answer appears in the answer's first non-empty line: a version not as part of another number
-    ("3.2" is not in "3.12" nor in "13.2"), a module name as a name of its own ("os" is not in "os.path")."""
-    if _VERSION_ANSWER.fullmatch(gold):
-        pattern = rf"(?<![\d.]){re.escape(gold)}(?!\d)"
-    else:
-        pattern = rf"(?<![\w.]){re.escape(gold)}(?![\w]|\.\w)"
-    return re.search(pattern, first_line(answer)) is not None

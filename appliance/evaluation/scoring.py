@@ -5,7 +5,7 @@ Rules, per question:
   share of its `expected_pages` among the retrieved chunks' source file names; None when it has neither.
 - right answer (lines with an `expected_answer`): a short expected answer (at most LONG_ANSWER_WORDS words)
   must appear, normalised, in the normalised first non-empty line of the answer as a word of its own
-  (`appliance.bench.gold_set.is_right`: "3.2" is not in "3.12", "os" is not in "os.path"); a long one (an
+  (`gold_answer.is_right`: "3.2" is not in "3.12", "os" is not in "os.path"); a long one (an
   earlier up-voted answer, say) must reach a token F1 of at least F1_RIGHT against the whole answer.
   Normalised: lower case, citation markers, Markdown marks and a trailing full stop removed, whitespace
   collapsed; F1's tokens are also stripped of punctuation and the articles a/an/the.
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from appliance.bench.gold_set import first_line, is_right
+from appliance.evaluation.gold_answer import first_line, is_right
 
 LONG_ANSWER_WORDS = 8
 F1_RIGHT = 0.5

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from appliance.bench.gold_modules import MODULE_SET, generate, page_apis, question_for
-from appliance.bench.gold_set import is_right, plain
+from appliance.bench.gold_set import plain
 from appliance.bench.gold_sets import load_set
+from appliance.evaluation.gold_answer import is_right
 
 LIBRARY = Path("/usr/share/doc/python3.11/html/library")
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from appliance.bench.gold_eval import accuracy_ratio
-from appliance.bench.gold_set import GOLD_SET, SHORT_ANSWER, generate, is_right, load_gold, page_notes, plain
+from appliance.bench.gold_set import GOLD_SET, SHORT_ANSWER, generate, load_gold, page_notes, plain
+from appliance.evaluation.gold_answer import is_right
 
 LIBRARY = Path("/usr/share/doc/python3.11/html/library")
 
