@@ -134,7 +134,13 @@ async def rate_turn(conversation_id: str, n: int, body: FeedbackIn, state: AppSt
             "created_at": saved.created_at}
 
 
-@router.get("/api/admin/feedback", dependencies=[Depends(require_admin)], response_model=None)
+_FEEDBACK_RESPONSE: dict[int | str, dict] = {
+    200: {"content": {"application/x-ndjson": {}, "application/json": {}},
+          "description": "format=jsonl: one golden line per rated turn; format=json: {feedback: [...]}"}}
+
+
+@router.get("/api/admin/feedback", dependencies=[Depends(require_admin)], response_model=None,
+            responses=_FEEDBACK_RESPONSE)
 async def export_feedback(format: Literal["jsonl", "json"] = "jsonl", state: AppState = Depends(get_state)
                           ) -> Response | dict:
     """Every rated turn as a golden-set line (what `appliance eval --golden` reads): the question (standalone:
