@@ -31,6 +31,7 @@ from appliance.server.routes import (
     openai,
     openai_embeddings,
     search,
+    tokenize,
     ui,
     usage,
 )
@@ -98,7 +99,8 @@ def create_app(settings: Settings, engine: EngineFront, model_name: str = "defau
     app.add_middleware(RequestIdMiddleware)  # outermost: the body limit's 413 carries the request id too
     install_error_handlers(app)
     app.include_router(metrics_router)
-    for module in (health, openai, openai_embeddings, search, ask, conversations, admin, usage, keys, library, ui):
+    for module in (health, openai, openai_embeddings, tokenize, search, ask, conversations, admin, usage, keys,
+                   library, ui):
         app.include_router(module.router)
     return app
 
