@@ -6,7 +6,7 @@ code receives the frozen dataclasses built from it (`EngineConfig`, ...), never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -137,3 +137,8 @@ class Settings(BaseSettings):
         shared = {f.name: getattr(self, f.name) for f in fields(EngineConfig) if f.name in type(self).model_fields}
         return EngineConfig(**shared, enable_prefix_caching=self.doc_cache != "off",
                             decode_graphs="auto" if self.cuda_graphs else "off")
+
+    def one_shot_engine_config(self) -> EngineConfig:
+        """The engine of a command that runs once (`ask`, `eval`, `warm`): eager decode, since a compiled-decode
+        build in the background would only compete with the work it was started for."""
+        return replace(self.engine_config(), compiled_decode=False)

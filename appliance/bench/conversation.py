@@ -31,7 +31,8 @@ from appliance.config import Settings
 if TYPE_CHECKING:
     from appliance.conversations.store import ConversationStore
     from appliance.engine.loader import LoadedModel
-    from appliance.rag.pipeline import AskPipeline, DoneEvent
+    from appliance.rag.history import History
+    from appliance.rag.pipeline import Answered, AskPipeline, DoneEvent
     from retrieval.service import RetrievalService
 
 CONVERSATIONS = Path(__file__).with_name("data") / "pydoc_conversations.json"
@@ -49,22 +50,12 @@ def load_conversations(path: Path = CONVERSATIONS, limit: int | None = None, tur
 
 
 async def _ask(pipeline: AskPipeline, question: str, k: int, max_tokens: int, doc_cache: str | None,
-               history: Any) -> tuple[DoneEvent, Any, list[dict]]:
+               history: History | None) -> Answered:
     from appliance.engine.sampling import SamplingParams
-    from appliance.rag.answer_json import citations_json
-    from appliance.rag.pipeline import CitationsEvent, DoneEvent, SourcesEvent
+    from appliance.rag.pipeline import answered
 
-    sources, citations, done = None, [], None
-    async for event in pipeline.ask(question, [COLLECTION], k, SamplingParams(max_tokens=max_tokens, temperature=0.0),
-                                    doc_cache, history):
-        if isinstance(event, SourcesEvent):
-            sources = event
-        elif isinstance(event, CitationsEvent):
-            citations = citations_json(event.citations)
-        elif isinstance(event, DoneEvent):
-            done = event
-    assert done is not None and sources is not None
-    return done, sources, citations
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    return await answered(pipeline.ask(question, [COLLECTION], k, params, doc_cache, history))
 
 
 def _figures(done: DoneEvent) -> dict[str, float]:
@@ -77,6 +68,7 @@ async def _converse(pipeline: AskPipeline, store: ConversationStore, service: Re
                     conversations: list[list[str]], k: int, max_tokens: int, budget: int,
                     say: Callable[[str], None]) -> list[dict]:
     from appliance.conversations.history import chunk_ids_of, history_of, turn_record
+    from appliance.rag.answer_json import citations_json
 
     await _ask(pipeline, "How do I shuffle a list in place?", k, max_tokens, None, None)  # warm-up, not counted
     rows = []
@@ -88,9 +80,11 @@ async def _converse(pipeline: AskPipeline, store: ConversationStore, service: Re
             runs = {}
             for mode in (("cached", "off") if t % 2 else ("off", "cached")):
                 runs[mode] = await _ask(pipeline, question, k, max_tokens, "off" if mode == "off" else None, history)
-            done, sources, citations = runs["cached"]
-            store.add_turn(conversation_id, "bench", COLLECTION, turn_record(question, sources, citations, done))
-            cached, off = _figures(done), _figures(runs["off"][0])
+            done = runs["cached"].done
+            citations = citations_json(runs["cached"].citations)
+            store.add_turn(conversation_id, "bench", COLLECTION, turn_record(question, runs["cached"].sources,
+                                                                           citations, done))
+            cached, off = _figures(done), _figures(runs["off"].done)
             row = {"conversation": c, "turn": t, "question": question, "retrieval_query": done.retrieval_query,
                    "turns_in_prompt": done.turns_in_prompt, "cached": cached, "off": off}
             say(f"conversation {c} turn {t}: {cached['prompt_tokens']} prompt tokens, {cached['reused']} reused; "

@@ -89,14 +89,10 @@ def _percentile(values: list[float], q: float) -> float:
 async def _first_answer(engine: EngineFront, service: RetrievalService, question: str, k: int,
                         max_tokens: int) -> str:
     from appliance.engine.sampling import SamplingParams
-    from appliance.rag.pipeline import AskPipeline, DoneEvent
+    from appliance.rag.pipeline import AskPipeline, answered
 
-    answer = ""
-    async for event in AskPipeline(engine, service).ask(question, [COLLECTION], k,
-                                                          SamplingParams(max_tokens=max_tokens, temperature=0.0)):
-        if isinstance(event, DoneEvent):
-            answer = event.answer
-    return answer.strip()
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    return (await answered(AskPipeline(engine, service).ask(question, [COLLECTION], k, params))).done.answer.strip()
 
 
 async def _measure(engine: EngineFront, service: RetrievalService, pairs: list[FollowUpPair], k: int,

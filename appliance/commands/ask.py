@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
-from dataclasses import replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -84,8 +83,7 @@ def ask(
     settings = Settings.with_flags(data_dir=data_dir, model=model, embedder=embedder)
     try:
         with err.status(f"loading model {settings.model} ..."):
-            one_shot = replace(settings.engine_config(), compiled_decode=False)  # a build would only compete
-            engine = AsyncEngine(LLMEngine.from_config(one_shot), settings.max_queue)
+            engine = AsyncEngine(LLMEngine.from_config(settings.one_shot_engine_config()), settings.max_queue)
     except ApplianceError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json as jsonlib
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -56,19 +56,11 @@ def _fail(message: str, code: int = BAD_INPUT) -> NoReturn:
 
 async def _one(pipeline: AskPipeline, item: GoldenItem, collection: str, k: int,
                params: SamplingParams) -> QuestionResult:
-    from appliance.rag.pipeline import CitationsEvent, DoneEvent, SourcesEvent
+    from appliance.rag.pipeline import answered
 
-    passages: tuple = ()
-    cited: list = []
-    done: DoneEvent | None = None
-    async for event in pipeline.ask(item.question, [collection], k, params):
-        if isinstance(event, SourcesEvent):
-            passages = event.passages
-        elif isinstance(event, CitationsEvent):
-            cited = [c for c in event.citations if c.kind == "cited"]
-        elif isinstance(event, DoneEvent):
-            done = event
-    assert done is not None
+    answer = await answered(pipeline.ask(item.question, [collection], k, params))
+    passages, done = answer.sources.passages, answer.done
+    cited = [c for c in answer.citations if c.kind == "cited"]
     ids, pages = [c.chunk_id for c in passages], [page_name(c.source) for c in passages]
     return QuestionResult(
         line=item.line, question=item.question, retrieved_chunk_ids=ids, retrieved_pages=pages,
@@ -262,8 +254,7 @@ def _evaluate(settings: Settings, golden: GoldenSet, k: int, max_tokens: int) ->
         if golden.collection not in {c.name for c in service.list_collections()}:
             _fail(f"collection {golden.collection!r} does not exist in {settings.data_dir}")
         with err.status(f"loading model {settings.model} ..."):
-            one_shot = replace(settings.engine_config(), compiled_decode=False)  # a build would only compete
-            engine = AsyncEngine(LLMEngine.from_config(one_shot), settings.max_queue)
+            engine = AsyncEngine(LLMEngine.from_config(settings.one_shot_engine_config()), settings.max_queue)
         try:
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
             rows = asyncio.run(_run(engine, service, golden, k, params, settings.warmup_tokens))

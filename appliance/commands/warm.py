@@ -8,7 +8,6 @@ on its next lookup, so even a question nobody asked before finds all its passage
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -72,7 +71,7 @@ def warm_collection(settings: Settings, service: RetrievalService, collection: s
     """Encode the collection's chunks that are not cached yet and fit; returns the plan carried out, seconds."""
     from appliance.engine.engine import LLMEngine
 
-    engine = LLMEngine.from_config(replace(settings.engine_config(), compiled_decode=False))  # prefill only
+    engine = LLMEngine.from_config(settings.one_shot_engine_config())
     if engine.doc_cache.disk is None:
         raise ApplianceError("the disk tier is off (APPLIANCE_DOC_CACHE_DISK_MB=0): nothing to warm into")
     started = time.perf_counter()

@@ -51,12 +51,9 @@ def recent_turns(builder: PromptBuilder, turns: Sequence[HistoryTurn], budget: i
     return list(turns[start:])
 
 
-def number_passages(retrieved: Sequence[Chunk], numbers: Mapping[int, int], shown: Sequence[HistoryTurn]
-                    ) -> tuple[list[tuple[int, Chunk]], list[tuple[int, Chunk]]]:
-    """(`retrieved` numbered, by number; the ones the prompt must add, in canonical order). A passage keeps
-    the number the conversation gave it; one already shown by a turn in the prompt is not added again; a new
-    one gets the next free number (new passages numbered in chunk-id order)."""
-    visible = {chunk.chunk_id for turn in shown for _, chunk in turn.passages}
+def number_passages(retrieved: Sequence[Chunk], numbers: Mapping[int, int]) -> list[tuple[int, Chunk]]:
+    """`retrieved` numbered, by number: a passage keeps the number the conversation gave it; a new one gets the
+    next free number (new passages numbered in chunk-id order)."""
     next_number = max(numbers.values(), default=0) + 1
     numbered: dict[int, int] = {}
     for chunk in sorted(retrieved, key=lambda c: c.chunk_id):
@@ -65,7 +62,11 @@ def number_passages(retrieved: Sequence[Chunk], numbers: Mapping[int, int], show
         else:
             numbered[chunk.chunk_id] = next_number
             next_number += 1
-    ordered = sorted(retrieved, key=lambda c: numbered[c.chunk_id])
-    sources = [(numbered[c.chunk_id], c) for c in ordered]
-    added = [(n, c) for n, c in sorted(sources, key=lambda nc: nc[1].chunk_id) if c.chunk_id not in visible]
-    return sources, added
+    return sorted(((numbered[c.chunk_id], c) for c in retrieved), key=lambda nc: nc[0])
+
+
+def not_shown(numbered: Sequence[tuple[int, Chunk]], shown: Sequence[HistoryTurn]) -> list[tuple[int, Chunk]]:
+    """The passages of `numbered` that no turn in `shown` put in the prompt (what it must add), in canonical
+    (chunk-id) order."""
+    visible = {chunk.chunk_id for turn in shown for _, chunk in turn.passages}
+    return sorted(((n, c) for n, c in numbered if c.chunk_id not in visible), key=lambda nc: nc[1].chunk_id)

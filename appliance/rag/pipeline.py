@@ -12,7 +12,7 @@ from appliance.engine.front import EngineFront
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.rag.citations import Citation, CitationConstraint, check_citations
-from appliance.rag.history import History, number_passages, recent_turns
+from appliance.rag.history import History, not_shown, number_passages, recent_turns
 from appliance.rag.prompt import PromptBuilder
 from appliance.rag.rewrite import DEFAULT_POLICY, FollowUpRewriter, Policy, PriorTurn, phrasings
 from retrieval.service import RetrievalService
@@ -64,6 +64,29 @@ class DoneEvent:
 AskEvent = SourcesEvent | TokenEvent | CitationsEvent | DoneEvent
 
 
+@dataclass(frozen=True)
+class Answered:
+    """A whole answer, for a caller that does not stream it (`answered`)."""
+
+    sources: SourcesEvent
+    citations: list[Citation]
+    done: DoneEvent
+
+
+async def answered(events: AsyncIterator[AskEvent]) -> Answered:
+    """`AskPipeline.ask`'s events, gathered."""
+    sources, citations, done = None, [], None
+    async for event in events:
+        if isinstance(event, SourcesEvent):
+            sources = event
+        elif isinstance(event, CitationsEvent):
+            citations = event.citations
+        elif isinstance(event, DoneEvent):
+            done = event
+    assert sources is not None and done is not None, "ask yields sources first and done last"
+    return Answered(sources, citations, done)
+
+
 class AskPipeline:
     """Answers questions over collections with the shared engine and retrieval service."""
 
@@ -85,12 +108,12 @@ class AskPipeline:
         searched = time.perf_counter()
         hits = await asyncio.to_thread(self.retrieval.search_phrasings, phrasings(rewrite, question), collections, k)
         retrieval_ms = (time.perf_counter() - searched) * 1000
-        retrieved = [hit.chunk for hit in hits]
+        sources = number_passages([hit.chunk for hit in hits], history.numbers)
         # the earlier turns get the budget, within what the context leaves beside this turn and its answer
-        alone = len(self.builder.build_turn([], number_passages(retrieved, history.numbers, [])[1], question).token_ids)
+        alone = len(self.builder.build_turn([], not_shown(sources, []), question).token_ids)
         room = self.engine.max_model_len - alone - params.max_tokens
         shown = recent_turns(self.builder, history.turns, max(0, min(history.budget, room)))
-        sources, added = number_passages(retrieved, history.numbers, shown)
+        added = not_shown(sources, shown)
         prompt = self.builder.build_turn(shown, added, question)
         yield SourcesEvent(tuple(c for _, c in sources), tuple(n for n, _ in sources), rewrite.query)
         constraint = CitationConstraint(self.engine.tokenizer, prompt.numbers)

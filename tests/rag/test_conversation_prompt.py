@@ -7,7 +7,7 @@ import pytest
 
 from appliance.conversations.history import history_of
 from appliance.conversations.store import Turn
-from appliance.rag.history import number_passages, recent_turns, text_history
+from appliance.rag.history import not_shown, number_passages, recent_turns, text_history
 from appliance.rag.prompt import HistoryTurn, PromptBuilder
 from retrieval.types import Chunk
 
@@ -29,7 +29,8 @@ def test_a_follow_up_extends_the_previous_request_token_for_token(tok) -> None:
     generated = [*answer, *tok.encode_template("<|im_end|>")]  # what the engine held: prompt, answer, end of turn
     turn = HistoryTurn(tuple(zip(first.numbers, first.passages, strict=True)), "Where do rivers go?",
                        "To the sea [2].", answer)
-    sources, added = number_passages([a, c], {3: 1, 7: 2}, [turn])
+    sources = number_passages([a, c], {3: 1, 7: 2})
+    added = not_shown(sources, [turn])
     second = builder.build_turn([turn], added, "And then?")
     assert second.token_ids[:len(first.token_ids) + len(generated)] == first.token_ids + generated
     assert sources == [(2, a), (3, c)] and added == [(3, c)]  # 7 keeps [2] and is not repeated; 9 is new: [3]
@@ -53,7 +54,8 @@ def test_the_budget_keeps_the_newest_turns_and_dropped_passages_come_back_under_
     assert recent_turns(builder, [old, new], cost_new + builder.turn_cost(old)) == [old, new]
     assert recent_turns(builder, [old, new], cost_new) == [new]
     assert recent_turns(builder, [old, new], cost_new - 1) == []
-    sources, added = number_passages([a], {1: 1, 2: 2}, [new])  # `a` left the prompt with `old`
+    sources = number_passages([a], {1: 1, 2: 2})
+    added = not_shown(sources, [new])  # `a` left the prompt with `old`
     assert sources == [(1, a)] and added == [(1, a)]
 
 
@@ -63,9 +65,9 @@ def test_a_saved_conversation_keeps_numbers_of_deleted_passages(tok) -> None:
     history = history_of([turn], {1: a}, budget=100)  # chunk 2's document was deleted
     assert history.turns[0].passages == ((1, a),) and history.turns[0].answer_token_ids == (5, 6)
     assert dict(history.numbers) == {1: 1, 2: 2}
-    sources, added = number_passages([b], history.numbers, history.turns)
+    sources = number_passages([b], history.numbers)
     assert sources == [(2, b)]  # had it come back, it would keep its number; a new passage never takes [2]
-    assert number_passages([_chunk(tok, 5, "New.")], history.numbers, history.turns)[0][0][0] == 3
+    assert number_passages([_chunk(tok, 5, "New.")], history.numbers)[0][0] == 3
 
 
 def test_chat_messages_become_text_turns(tok) -> None:
