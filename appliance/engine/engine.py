@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -26,13 +27,15 @@ from appliance.engine.doc_cache.capacity import WarmPlan, plan_warm
 from appliance.engine.doc_cache.connector import DocCacheConnector
 from appliance.engine.doc_cache.disk import disk_bytes_per_token
 from appliance.engine.doc_cache.layout import PromptLayout
+from appliance.engine.grammar import GrammarCompiler
 from appliance.engine.info import EngineInfo
 from appliance.engine.loader import LoadedModel, load_model
+from appliance.engine.logprobs import TokenLogprobs
 from appliance.engine.model import CausalLM
 from appliance.engine.outputs import OutputProcessor, RequestOutput
 from appliance.engine.quant import int4_kernel_available
 from appliance.engine.request import Request
-from appliance.engine.runner import ModelRunner
+from appliance.engine.runner import ModelRunner, StepSamples
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.scheduler import ScheduledBatch, Scheduler
 from appliance.engine.tokenizer import TextTokenizer
@@ -131,7 +134,8 @@ class LLMEngine:
         """Queue a request; raises RequestError if it can never fit.
 
         `layout` says where the passages are (RAG prompts); with `doc_cache` (default: the engine's mode)
-        `blend` or `reuse`, their KV comes from the chunk tier. `off` skips the prefix cache as well.
+        `blend` or `reuse`, their KV comes from the chunk tier. `off` skips the prefix cache as well (so does a
+        request that scores its prompt: `prompt_logprobs`). A grammar is compiled here, once per grammar.
         """
         self.validate_prompt(prompt_token_ids)
         if request_id in self.requests:
@@ -139,7 +143,11 @@ class LLMEngine:
         mode = doc_cache or self.config.doc_cache
         if mode not in DOC_CACHE_MODES:
             raise RequestError(f"unknown doc_cache mode {mode!r} (one of {', '.join(DOC_CACHE_MODES)})")
+        if params.prompt_logprobs is not None:
+            mode = "off"
         req = Request(request_id, list(prompt_token_ids), params, doc_mode=mode)
+        if params.grammar is not None:
+            req.grammar = self.grammars.state(params.grammar)
         if mode in ("blend", "reuse") and layout is not None and layout.chunks:
             try:
                 layout.validate(len(prompt_token_ids))
@@ -173,6 +181,11 @@ class LLMEngine:
         cached = [self.doc_cache.is_cached(prefix, chunk) for chunk in chunks]
         return plan_warm([len(c) for c in chunks], cached, per_token, disk.budget_bytes - disk.bytes_used)
 
+    @functools.cached_property
+    def grammars(self) -> GrammarCompiler:
+        """The grammar compiler for this model's vocabulary (built on the first grammar: ~0.1 s)."""
+        return GrammarCompiler(self.tokenizer, self.model.config.vocab_size)
+
     def invalidate_document(self, doc_id: str) -> int:
         """Forget the cached chunk KV of a deleted or replaced document (memory and disk)."""
         return self.doc_cache.invalidate(doc_id)
@@ -204,7 +217,7 @@ class LLMEngine:
         outputs: list[RequestOutput] = []
         if batch.items:
             sampled = self.runner.execute(batch.items)
-            self.scheduler.update(batch, sampled)
+            self.scheduler.update(batch, sampled.tokens)
             outputs = self._postprocess(batch, sampled)
             self.stats.tokens_computed += batch.num_tokens
             self.stats.steps += 1
@@ -213,13 +226,14 @@ class LLMEngine:
             self.connector.wait_for_reads(self.IDLE_WAIT_S)
         return outputs
 
-    def _postprocess(self, batch: ScheduledBatch, sampled: list[int | None]) -> list[RequestOutput]:
+    def _postprocess(self, batch: ScheduledBatch, sampled: StepSamples) -> list[RequestOutput]:
         """Finish encode jobs whose KV the connector saved; turn sampled tokens into outputs and finish what is
         done."""
         now = time.monotonic()
         outputs = []
-        for item, token in zip(batch.items, sampled, strict=True):
+        for i, (item, token) in enumerate(zip(batch.items, sampled.tokens, strict=True)):
             req = item.request
+            req.prompt_logprobs.extend(sampled.prompt_logprobs.get(i, ()))
             if req.prefill_only:
                 if req.num_computed_tokens == req.num_tokens:
                     self.scheduler.finish(req, "encoded")
@@ -227,8 +241,11 @@ class LLMEngine:
             if token is None:
                 continue
             self.stats.generation_tokens += 1
-            if req.first_token_time is None:
+            first = req.first_token_time is None
+            if first:
                 req.first_token_time = now
+            if req.grammar is not None and not req.grammar.accept(token):
+                log.warning("request %s: token %d is outside its grammar", req.request_id, token)
             text, reason = self.outputs.process(req, token)
             if reason is not None:
                 self.scheduler.finish(req, reason)
@@ -238,7 +255,9 @@ class LLMEngine:
             outputs.append(RequestOutput(req.request_id, text, [token], reason is not None, reason,
                                          req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens,
                                          queue_s, req.num_recomputed_tokens, req.num_encoded_tokens, req.doc_mode,
-                                         req.fill_seconds))
+                                         req.fill_seconds, _listed(sampled.logprobs[i]),
+                                         req.prompt_logprobs if first and req.params.prompt_logprobs is not None
+                                         else None))
         return outputs
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
@@ -258,6 +277,10 @@ class LLMEngine:
                     res.finish_reason = out.finish_reason
                     res.num_cached_tokens = out.num_cached_tokens
         return [results[rid] for rid in ids]
+
+
+def _listed(entry: TokenLogprobs | None) -> list[TokenLogprobs] | None:
+    return None if entry is None else [entry]
 
 
 @dataclass

@@ -6,6 +6,7 @@ process). The event loop never runs model code and never waits for the loop's st
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import threading
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ from appliance.engine.core_messages import (
     StepOutputs,
 )
 from appliance.engine.doc_cache.layout import PromptLayout
+from appliance.engine.grammar import GrammarCompiler, GrammarSpec
 from appliance.engine.info import EngineInfo
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
@@ -76,6 +78,16 @@ class EngineFront(ABC):
     def snapshot(self) -> EngineSnapshot:
         """The engine's latest figures (`/metrics`)."""
         return self.figures
+
+    @functools.cached_property
+    def grammars(self) -> GrammarCompiler:
+        """This side's grammar compiler: it checks a request's grammar before the engine sees it."""
+        return GrammarCompiler(self.tokenizer, self.info.vocab_size)
+
+    async def check_grammar(self, spec: GrammarSpec) -> None:
+        """Raise RequestError (HTTP 400, with xgrammar's reason) if `spec` cannot be compiled: on a worker
+        thread, cached per grammar, so a bad schema is refused before anything streams."""
+        await asyncio.to_thread(self.grammars.compile, spec)
 
     def invalidate_documents(self, doc_ids: list[str]) -> None:
         """Drop the cached chunk KV of these documents (soon, on the engine's side; safe from any thread)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from appliance.engine.logprobs import TokenLogprobs
 from appliance.engine.request import Request
 from appliance.engine.tokenizer import IncrementalDetokenizer, TextTokenizer
 
@@ -25,6 +26,8 @@ class RequestOutput:
     num_encoded_tokens: int = 0  # chunk tokens that had to be encoded first (chunk-tier misses)
     doc_mode: str = "exact"
     fill_s: float = 0.0  # document cache: writing the reused KV and choosing the tokens to recompute
+    logprobs: list[TokenLogprobs] | None = None  # of `token_ids`, where the request asks
+    prompt_logprobs: list[TokenLogprobs] | None = None  # of the prompt's tokens after the first (first output)
 
     @property
     def num_computed_prompt_tokens(self) -> int:
@@ -75,6 +78,8 @@ class OutputProcessor:
                     st.text = st.text[:at]
                     reason = "stop"
                     break
+        if reason is None and req.grammar is not None and req.grammar.finished:
+            reason = "stop"  # the grammar's end is the output's end, even where end-of-sequence is ignored
         if reason is None and (req.num_output_tokens >= p.max_tokens or req.num_tokens >= self.max_model_len):
             reason = "length"
         end = len(st.text) if reason else max(st.emitted, len(st.text) - st.holdback)

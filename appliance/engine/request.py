@@ -14,6 +14,8 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from appliance.engine.grammar import GrammarState
+from appliance.engine.logprobs import TokenLogprobs
 from appliance.engine.sampling import SamplingParams
 
 
@@ -39,6 +41,8 @@ class Request:
     num_preemptions: int = 0
     first_scheduled_time: float | None = None
     first_token_time: float | None = None
+    grammar: GrammarState | None = None  # where its output stands in `params.grammar`
+    prompt_logprobs: list[TokenLogprobs] = field(default_factory=list)  # scored so far (`params.prompt_logprobs`)
     # the document cache (appliance/engine/doc_cache; its connector keeps the per-request state)
     doc_mode: str = "exact"  # off | exact | blend | reuse
     prefill_only: bool = False  # an encode job: computes its prompt's KV for the chunk tier, samples nothing

@@ -6,19 +6,31 @@ positions and through which layers, comes from the scheduler (`WorkItem`s).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 from appliance.engine.compiled_decode import CompiledDecode, is_decode_step
 from appliance.engine.decode_graphs import DecodeGraphs
+from appliance.engine.logprobs import TokenLogprobs, rows_to_logprobs
 from appliance.engine.model import CausalLM, LayerSpan
-from appliance.engine.sampler import Sampler
+from appliance.engine.sampler import Sampled, Sampler
 from appliance.engine.work import WorkItem
 from kernels.base import AttentionBackend, AttentionBatch
 
 if TYPE_CHECKING:
     from appliance.engine.doc_cache.connector import DocCacheConnector
+
+
+@dataclass
+class StepSamples:
+    """What a step drew, on the host: per item its sampled token (None where it samples nothing) and, where its
+    request asks, the token's log-probabilities; per item index, the prompt positions it scored."""
+
+    tokens: list[int | None]
+    logprobs: list[TokenLogprobs | None]
+    prompt_logprobs: dict[int, list[TokenLogprobs]] = field(default_factory=dict)
 
 
 class ModelRunner:
@@ -41,22 +53,35 @@ class ModelRunner:
         self.connector: DocCacheConnector | None = None  # the document cache's worker side (LLMEngine attaches it)
         self.compiled: CompiledDecode | None = None  # compiled decode layers on a CPU (LLMEngine attaches them)
 
-    def execute(self, items: list[WorkItem]) -> list[int | None]:
-        """Compute every item's positions through its layers in one forward pass; return the sampled next token
-        of each item that `samples` (None for the others): the step's one transfer from the device."""
-        tokens = self.compute(items).tolist()
-        order = iter(tokens)
-        return [next(order) if item.samples else None for item in items]
+    def execute(self, items: list[WorkItem]) -> StepSamples:
+        """Compute every item's positions through its layers in one forward pass; return what each item that
+        `samples` drew: the step's one transfer from the device (more only where log-probabilities are asked)."""
+        sampled = self.compute(items)
+        sampling = [i for i, item in enumerate(items) if item.samples]
+        tokens: list[int | None] = [None] * len(items)
+        for i, token in zip(sampling, sampled.tokens.tolist(), strict=True):
+            tokens[i] = token
+        logprobs: list[TokenLogprobs | None] = [None] * len(items)
+        if sampled.logprobs is not None and sampled.logprob_ids is not None:
+            rows = [sampling[r] for r in sampled.logprob_rows]
+            widths = [items[i].request.params.logprobs or 0 for i in rows]
+            for i, entry in zip(rows, rows_to_logprobs(sampled.logprobs, sampled.logprob_ids, widths), strict=True):
+                logprobs[i] = entry
+        prompt = {i: rows_to_logprobs(values, ids, [items[i].request.params.prompt_logprobs or 0] * len(values))
+                  for i, (values, ids) in sampled.prompt_logprobs.items()}
+        return StepSamples(tokens, logprobs, prompt)
 
     @torch.inference_mode()
-    def compute(self, items: list[WorkItem]) -> torch.Tensor:
-        """The step's device work: the forward pass and the sampling -> [number of sampling items] int64 token
-        ids on the model's device, in item order. The connector's worker side, when attached, runs before
-        (writing reused KV) and after (reading what its items produced, saving encoded KV)."""
+    def compute(self, items: list[WorkItem]) -> Sampled:
+        """The step's device work: the forward pass and the sampling -> the draws of the sampling items (in item
+        order) on the model's device. The connector's worker side, when attached, runs before (writing reused
+        KV) and after (reading what its items produced, saving encoded KV)."""
         batch, input_ids = self._prepare(items)
         if self.connector is not None:
             self.connector.before_forward(items)
-        if self.graphs is not None and self.graphs.fits(batch) and all(_whole(item) for item in items):
+        scoring = [i for i, item in enumerate(items) if item.request.params.prompt_logprobs is not None]
+        if self.graphs is not None and self.graphs.fits(batch) and all(_whole(item) for item in items) \
+                and not scoring:
             hidden = self.graphs.run(batch, input_ids)  # [B, hidden]: one token per sequence, normed
             leaving = None
         else:
@@ -71,14 +96,37 @@ class ModelRunner:
             hidden = leaving
         if self.connector is not None:
             self.connector.after_forward(items, leaving, self._rows(batch))
+        prompt_logprobs = {i: scored for i in scoring
+                           if leaving is not None and (scored := self._score_prompt(items[i], leaving, batch, i))}
         sampling = [i for i, item in enumerate(items) if item.samples]
         if not sampling:
-            return torch.empty(0, dtype=torch.int64, device=self.model.device)
+            return Sampled(torch.empty(0, dtype=torch.int64, device=self.model.device), [],
+                           prompt_logprobs=prompt_logprobs)
         last = torch.tensor([batch.query_start_loc[i + 1] - 1 for i in sampling], device=self.model.device)
         rows = hidden[last] if leaving is None else self.model.final_norm(hidden[last])
         logits = self.model.logits(rows)  # [len(sampling), V]
         reqs = [items[i].request for i in sampling]
-        return self.sampler(logits, [r.params for r in reqs], [r.output_token_ids for r in reqs])
+        sampled = self.sampler(logits, [r.params for r in reqs], [r.output_token_ids for r in reqs],
+                               [r.grammar for r in reqs])
+        sampled.prompt_logprobs = prompt_logprobs
+        return sampled
+
+    def _score_prompt(self, item: WorkItem, leaving: torch.Tensor, batch: AttentionBatch, index: int
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The log-probabilities of the prompt tokens this item's positions predict (position p scores token
+        p + 1, the model's own distribution) -> (values, ids) [P, 1 + K] as `Sampled.logprobs`, or None."""
+        req = item.request
+        picked = [j for j, p in enumerate(item.positions) if p + 1 < req.num_prompt_tokens]
+        if not picked:
+            return None
+        start = batch.query_start_loc[index]
+        device = self.model.device
+        rows = torch.tensor([start + j for j in picked], device=device)
+        logprobs = self.model.logits(self.model.final_norm(leaving[rows])).log_softmax(dim=-1)  # [P, V]
+        targets = torch.tensor([req.token_ids[item.positions[j] + 1] for j in picked], device=device)[:, None]
+        best_values, best_ids = logprobs.topk(req.params.prompt_logprobs or 1, dim=-1)  # [P, K]
+        return (torch.cat([logprobs.gather(1, targets), best_values], dim=1),
+                torch.cat([targets, best_ids], dim=1))
 
     @staticmethod
     def _rows(batch: AttentionBatch) -> list[slice]:

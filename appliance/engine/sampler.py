@@ -4,31 +4,87 @@ Greedy rows take the argmax. The others are drawn with the exponential race (the
 noise, a draw from probs): temperature, top-k and top-p are per-row tensors, never a Python loop per row.
 Unseeded rows take the device's default generator; a seeded row takes `seeded_noise`, which depends on
 (seed, output position, token id) only, so its answer does not depend on the batch or the device.
+
+Constraints come first: a row's grammar (`grammar.py`, batched over the step's rows) and its logits
+processors (e.g. the citation constraint). Log-probabilities, for the rows that ask, are those of the
+distribution drawn from: after the constraints and the temperature (a greedy row's at temperature 1), before
+top-k and top-p.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from appliance.engine.grammar import GrammarMasks, GrammarState
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.seeded_noise import exponential_noise
 
 
+@dataclass
+class Sampled:
+    """A step's draws, on the logits' device."""
+
+    tokens: torch.Tensor  # [N] int64
+    logprob_rows: list[int]  # the rows that asked for log-probabilities
+    logprobs: torch.Tensor | None = None  # [len(logprob_rows), 1 + K] float32: the drawn token's, the K best
+    logprob_ids: torch.Tensor | None = None  # [len(logprob_rows), 1 + K] int64: the drawn token, the K best
+    # item index -> (values, ids) [P, 1 + K] of the prompt tokens the item's positions predict (the runner's)
+    prompt_logprobs: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
 class Sampler:
-    def __call__(self, logits: torch.Tensor, params: list[SamplingParams], histories: list[list[int]]
-                 ) -> torch.Tensor:
-        """logits: [N, V] float32 (rows' logits processors applied here, in place) -> [N] int64 token ids on
-        logits' device. `histories[i]`: row i's generated ids so far (its processors' input; its length is
-        the output position a seeded draw is keyed by)."""
-        for i, p in enumerate(params):
-            for proc in p.logits_processors:
-                logits[i] = proc(histories[i], logits[i])
+    def __init__(self) -> None:
+        self.grammar_masks: GrammarMasks | None = None  # built for the logits' width on the first grammar
+
+    def __call__(self, logits: torch.Tensor, params: list[SamplingParams], histories: list[list[int]],
+                 grammars: list[GrammarState | None] | None = None) -> Sampled:
+        """logits: [N, V] float32 (constrained here, in place) -> the step's draws. `histories[i]`: row i's
+        generated ids so far (its processors' input; its length is the output position a seeded draw is keyed
+        by); `grammars[i]`: row i's grammar state, if it has one."""
+        self._constrain(logits, params, histories, grammars or [None] * len(params))
         tokens = logits.argmax(dim=-1)  # [N]
         drawn = [i for i, p in enumerate(params) if not p.greedy]
         if drawn:
             rows = torch.tensor(drawn, device=logits.device)
             tokens[rows] = _draw(logits[rows], [params[i] for i in drawn], [len(histories[i]) for i in drawn])
-        return tokens
+        return _with_logprobs(Sampled(tokens, [i for i, p in enumerate(params) if p.logprobs is not None]),
+                              logits, params)
+
+    def _constrain(self, logits: torch.Tensor, params: list[SamplingParams], histories: list[list[int]],
+                   grammars: list[GrammarState | None]) -> None:
+        """Grammars first (one batched mask), then each row's processors; a row whose processors would leave
+        nothing its grammar allows keeps the grammar's mask alone (the grammar is the output's contract)."""
+        if any(g is not None for g in grammars):
+            if self.grammar_masks is None:
+                self.grammar_masks = GrammarMasks(logits.shape[1])
+            self.grammar_masks.apply(logits, grammars)
+        for i, p in enumerate(params):
+            if not p.logits_processors:
+                continue
+            row = logits[i].clone() if grammars[i] is not None else logits[i]
+            for proc in p.logits_processors:
+                row = proc(histories[i], row)
+            if grammars[i] is None or bool(torch.isfinite(row).any()):
+                logits[i] = row
+
+
+def _with_logprobs(sampled: Sampled, logits: torch.Tensor, params: list[SamplingParams]) -> Sampled:
+    """`sampled` with the log-probabilities of the rows that ask: of the drawn token and the K most likely."""
+    rows = sampled.logprob_rows
+    if not rows:
+        return sampled
+    device = logits.device
+    index = torch.tensor(rows, device=device)
+    temperature = torch.tensor([params[i].temperature or 1.0 for i in rows], device=device)  # [M]
+    logprobs = (logits[index] / temperature[:, None]).log_softmax(dim=-1)  # [M, V]
+    drawn = sampled.tokens[index][:, None]  # [M, 1]
+    k = max(params[i].logprobs or 0 for i in rows)
+    best_values, best_ids = logprobs.topk(k, dim=-1) if k else (logprobs[:, :0], drawn[:, :0])  # [M, K]
+    sampled.logprobs = torch.cat([logprobs.gather(1, drawn), best_values], dim=1)  # [M, 1 + K]
+    sampled.logprob_ids = torch.cat([drawn, best_ids], dim=1)  # [M, 1 + K]
+    return sampled
 
 
 def _draw(logits: torch.Tensor, params: list[SamplingParams], steps: list[int]) -> torch.Tensor:

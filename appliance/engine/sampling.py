@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from appliance.engine.grammar import GrammarSpec
 from appliance.errors import RequestError
+
+MAX_LOGPROBS = 20  # the most alternatives a request may ask for at each position (OpenAI's top_logprobs bound)
 
 # (generated token ids so far, logits [V]) -> logits [V]; used e.g. to constrain citation markers.
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
@@ -24,6 +27,9 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logits_processors: tuple[LogitsProcessor, ...] = field(default=(), compare=False)
+    grammar: GrammarSpec | None = None  # the output must match it (JSON schema, regex, choice, EBNF)
+    logprobs: int | None = None  # each output token's log-probability and this many best alternatives
+    prompt_logprobs: int | None = None  # the same for each prompt token after the first (no prefix cache)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -36,6 +42,10 @@ class SamplingParams:
             raise RequestError("top_k must be >= 0")
         if any(not s for s in self.stop):
             raise RequestError("stop strings must not be empty")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_LOGPROBS:
+                raise RequestError(f"{name} must be between 0 and {MAX_LOGPROBS}")
 
     @property
     def greedy(self) -> bool:

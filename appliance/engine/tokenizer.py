@@ -7,6 +7,7 @@ with a chunk at ingestion are exactly the ids the engine later reads (the KV cac
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -30,6 +31,24 @@ _LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+
+
+
+def _gpt2_byte_table() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the character each byte is written as in a byte-level vocabulary."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+_BYTE_OF_CHAR = _gpt2_byte_table()
 
 
 @dataclass(frozen=True)
@@ -81,19 +100,48 @@ class TextTokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self._tok.id_to_token(token_id)
 
-    def render_chat(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> str:
-        """The chat template applied to `messages`, as text."""
+    @property
+    def renders_tools(self) -> bool:
+        """The chat template lists a request's `tools` itself (else the caller describes them in a message)."""
+        return bool(self.chat_template and "tools" in self.chat_template)
+
+    @functools.cached_property
+    def vocabulary_encoding(self) -> str:
+        """How the vocabulary's token strings spell bytes: `byte_level` (GPT-2's byte-to-character table),
+        `byte_fallback` (SentencePiece: `<0xAB>` tokens and `▁` for a space) or `raw` (the text itself)."""
+        decoder = json.loads(self._tok.to_str()).get("decoder") or {}
+        kinds = {d.get("type") for d in decoder.get("decoders", [decoder])}
+        if "ByteLevel" in kinds:
+            return "byte_level"
+        return "byte_fallback" if "ByteFallback" in kinds else "raw"
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (a token can hold part of a UTF-8 character; OpenAI's `bytes`)."""
+        piece = self._tok.id_to_token(token_id) or ""
+        if self.vocabulary_encoding == "byte_level" and all(ch in _BYTE_OF_CHAR for ch in piece):
+            return bytes(_BYTE_OF_CHAR[ch] for ch in piece)
+        if self.vocabulary_encoding == "byte_fallback":
+            if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):
+                return bytes([int(piece[3:5], 16)])
+            return piece.replace("\u2581", " ").encode()
+        return self.decode([token_id], skip_special_tokens=False).encode()
+
+    def render_chat(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
+                    tools: list[dict[str, Any]] | None = None) -> str:
+        """The chat template applied to `messages` (and `tools`, for a template that renders them), as text."""
         if self._template is None:
             body = "".join(f"{m.role}: {m.content}\n" for m in messages)
             return body + ("assistant: " if add_generation_prompt else "")
         return self._template.render(
             messages=[{"role": m.role, "content": m.content} for m in messages],
             add_generation_prompt=add_generation_prompt,
+            tools=tools,
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",
         )
 
-    def apply_chat_template(self, messages: list[ChatMessage], add_generation_prompt: bool = True) -> list[int]:
+    def apply_chat_template(self, messages: list[ChatMessage], add_generation_prompt: bool = True,
+                            tools: list[dict[str, Any]] | None = None) -> list[int]:
         """Prompt token ids for a chat (BOS added when the model wants it and the template did not).
 
         The template is rendered around placeholders; its own text is encoded with special tokens and each
@@ -101,7 +149,7 @@ class TextTokenizer:
         """
         marks = [f"\x00{i}\x00" for i in range(len(messages))]
         text = self.render_chat([ChatMessage(m.role, mark) for m, mark in zip(messages, marks, strict=True)],
-                                add_generation_prompt)
+                                add_generation_prompt, tools)
         ids: list[int] = []
         for piece in re.split("(\x00\\d+\x00)", text):
             if piece.startswith("\x00") and piece.endswith("\x00") and len(piece) > 2:

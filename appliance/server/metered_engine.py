@@ -8,6 +8,7 @@ from contextlib import aclosing
 from typing import TYPE_CHECKING, cast
 
 from appliance.engine.doc_cache.layout import PromptLayout
+from appliance.engine.grammar import GrammarSpec
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.server.metrics import Metrics
@@ -31,6 +32,9 @@ class MeteredEngine:
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
+
+    async def check_grammar(self, spec: GrammarSpec) -> None:
+        await self.engine.check_grammar(spec)
 
     async def generate(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
                        layout: PromptLayout | None = None, doc_cache: str | None = None

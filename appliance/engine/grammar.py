@@ -1,0 +1,150 @@
+"""Grammar-constrained decoding: what a request's output must match, compiled once per grammar with xgrammar.
+
+A `GrammarSpec` is plain data (it crosses to the engine process inside `SamplingParams`); the engine's
+`GrammarCompiler` turns it into a compiled grammar (cached: a schema is compiled once, ~10 ms) and gives each
+request its own `GrammarState`. Each step `GrammarMasks` fills the rows of the step's constrained requests into
+one bitmask and applies it on the logits' device in one call; after sampling the engine advances each state by
+the token drawn. xgrammar is imported on first use: a server that never sees a grammar never loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from appliance.errors import RequestError
+
+if TYPE_CHECKING:
+    import xgrammar
+
+    from appliance.engine.tokenizer import TextTokenizer
+
+GrammarKind = Literal["json_object", "json_schema", "regex", "choice", "ebnf"]
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What the output must be: `json_object` (any JSON object; `source` unused), `json_schema` (`source`: the
+    schema as JSON text), `regex`, `choice` (`source`: a JSON list of the allowed strings) or `ebnf` (xgrammar's
+    EBNF, root rule `root`)."""
+
+    kind: GrammarKind
+    source: str = ""
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any]) -> GrammarSpec:
+        return cls("json_schema", json.dumps(schema))
+
+    @classmethod
+    def choice(cls, options: list[str]) -> GrammarSpec:
+        return cls("choice", json.dumps(options))
+
+
+class GrammarCompiler:
+    """Compiles `GrammarSpec`s for one tokenizer and vocabulary (the logits' width); keeps the last
+    `cache_size` compiled grammars. A grammar xgrammar refuses raises `RequestError` (HTTP 400) with its reason."""
+
+    def __init__(self, tokenizer: TextTokenizer, vocab_size: int, cache_size: int = 64) -> None:
+        import xgrammar as xgr
+
+        encoding = {"byte_level": xgr.VocabType.BYTE_LEVEL, "byte_fallback": xgr.VocabType.BYTE_FALLBACK,
+                    "raw": xgr.VocabType.RAW}[tokenizer.vocabulary_encoding]
+        vocab = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.vocab_size)]
+        info = xgr.TokenizerInfo(vocab, encoding, vocab_size=vocab_size,
+                                 stop_token_ids=sorted(tokenizer.stop_token_ids))
+        self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+        self._cache: OrderedDict[GrammarSpec, xgrammar.CompiledGrammar] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()  # a server checks grammars on worker threads
+        self.vocab_size = vocab_size
+
+    def compile(self, spec: GrammarSpec) -> xgrammar.CompiledGrammar:
+        with self._lock:
+            compiled = self._cache.get(spec)
+            if compiled is None:
+                try:
+                    compiled = self._compile(spec)
+                except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's errors for a bad grammar
+                    raise RequestError(f"cannot use this {spec.kind.replace('_', ' ')}: {_reason(exc)}") from exc
+                self._cache[spec] = compiled
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+            self._cache.move_to_end(spec)
+            return compiled
+
+    def state(self, spec: GrammarSpec) -> GrammarState:
+        """A fresh matcher of `spec` for one request."""
+        import xgrammar as xgr
+
+        return GrammarState(xgr.GrammarMatcher(self.compile(spec)))
+
+    def _compile(self, spec: GrammarSpec) -> xgrammar.CompiledGrammar:
+        if spec.kind == "json_object":
+            return self._compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
+        if spec.kind == "json_schema":
+            # compact JSON: whitespace the schema allows anywhere would let a small model loop on it
+            return self._compiler.compile_json_schema(spec.source, any_whitespace=False)
+        if spec.kind == "regex":
+            return self._compiler.compile_regex(spec.source)
+        if spec.kind == "choice":
+            options = json.loads(spec.source)
+            if not options or not all(isinstance(o, str) and o for o in options):
+                raise ValueError("choices must be a non-empty list of non-empty strings")
+            return self._compiler.compile_regex("|".join(re.escape(o) for o in options))
+        return self._compiler.compile_grammar(spec.source)
+
+
+def _reason(exc: Exception) -> str:
+    """xgrammar's message without its source location prefix (`[time] path/file.cc:123: `)."""
+    text = str(exc).strip()
+    return re.sub(r"^(\[[^\]]*\]\s*)?\S+\.(cc|h|py):\d+:\s*", "", text).splitlines()[0][:500] if text else repr(exc)
+
+
+class GrammarState:
+    """One request's position in its grammar."""
+
+    def __init__(self, matcher: xgrammar.GrammarMatcher) -> None:
+        self.matcher = matcher
+
+    def accept(self, token_id: int) -> bool:
+        """Advance by the token drawn; False if the grammar does not allow it (it cannot, when drawn under the
+        mask, except where a request ignores end-of-sequence past the grammar's end)."""
+        return bool(self.matcher.accept_token(token_id))
+
+    @property
+    def finished(self) -> bool:
+        """The output is complete: the grammar has accepted its end (the stop token)."""
+        return bool(self.matcher.is_terminated())
+
+
+class GrammarMasks:
+    """Applies the grammars of a step's rows to their logits, batched: one bitmask [N, ceil(V/32)] int32 filled
+    on the CPU (xgrammar's matchers run there), moved to the logits' device and applied in one call."""
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+        self._bitmask: torch.Tensor | None = None  # [capacity, ceil(V/32)] int32, reused across steps
+
+    def apply(self, logits: torch.Tensor, states: list[GrammarState | None]) -> None:
+        """logits: [N, V] float32, rows with a state masked in place to the tokens their grammar allows."""
+        rows = [i for i, s in enumerate(states) if s is not None and not s.finished]
+        if not rows:
+            return
+        import xgrammar as xgr
+
+        width = (self.vocab_size + 31) // 32
+        if self._bitmask is None or self._bitmask.shape[0] < len(states):
+            self._bitmask = torch.empty(max(len(states), 16), width, dtype=torch.int32)
+        bitmask = self._bitmask[:len(states)]
+        for i in rows:
+            state = states[i]
+            assert state is not None
+            state.matcher.fill_next_token_bitmask(bitmask, i)
+        device_mask = bitmask.to(logits.device, non_blocking=True)
+        xgr.apply_token_bitmask_inplace(logits, device_mask, vocab_size=self.vocab_size, indices=rows)
