@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from appliance.rag.citations import Citation
-from appliance.rag.pipeline import AskEvent, CitationsEvent, DoneEvent, SourcesEvent
+from appliance.rag.grounding import FieldGrounding
+from appliance.rag.pipeline import AskEvent, CitationsEvent, DoneEvent, GroundingEvent, SourcesEvent
 from retrieval.types import Chunk
 
 
@@ -43,6 +44,21 @@ def citations_json(citations: list[Citation]) -> list[dict]:
     return [by_n[n] for n in sorted(by_n)]
 
 
+def grounding_json(fields: list[FieldGrounding] | None) -> dict | None:
+    """A JSON answer's citations by JSON pointer: {pointer: {value, status, passages: [{n, chunk_id, doc_id,
+    title, page, quote}]}}; None when the answer is not JSON."""
+    if fields is None:
+        return None
+    return {f.pointer: {"value": f.value, "status": f.status, "passages": [
+        {"n": s.n, "chunk_id": s.chunk.chunk_id, "doc_id": s.chunk.doc_id, "title": s.chunk.title,
+         "page": s.chunk.page, "quote": s.quote} for s in f.sources]} for f in fields}
+
+
+def citations_of(event: CitationsEvent | GroundingEvent) -> list[dict] | dict | None:
+    """The `citations` of a response: by sentence for a prose answer, by JSON pointer for a JSON one."""
+    return citations_json(event.citations) if isinstance(event, CitationsEvent) else grounding_json(event.fields)
+
+
 def done_json(event: DoneEvent) -> dict:
     """The summary of an answer: `done` event of /api/ask (the caller adds the conversation's id and turn)."""
     e = event
@@ -67,8 +83,8 @@ async def collect(answer: Answer) -> dict:
     if answer.conversation_id:
         result["conversation_id"] = answer.conversation_id
     async for event in answer.events:
-        if isinstance(event, CitationsEvent):
-            result["citations"] = citations_json(event.citations)
+        if isinstance(event, CitationsEvent | GroundingEvent):
+            result["citations"] = citations_of(event)
         elif isinstance(event, DoneEvent):
             result = {"answer": event.answer, **result, **done_json(event)}
     return result

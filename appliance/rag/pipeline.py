@@ -1,5 +1,5 @@
 """One question, end to end: rewrite a follow-up, retrieve, assemble from stored tokens, generate with
-constrained citations."""
+constrained citations (or, under a JSON grammar, fields each traced to the passages that hold it)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from appliance.engine.front import EngineFront
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.rag.citations import Citation, CitationConstraint, check_citations
+from appliance.rag.grounding import FieldGrounding, ground_fields
 from appliance.rag.history import History, not_shown, number_passages, recent_turns
 from appliance.rag.prompt import PromptBuilder
 from appliance.rag.rewrite import DEFAULT_POLICY, FollowUpRewriter, Policy, PriorTurn, phrasings
@@ -34,6 +35,13 @@ class TokenEvent:
 @dataclass(frozen=True)
 class CitationsEvent:
     citations: list[Citation]
+
+
+@dataclass(frozen=True)
+class GroundingEvent:
+    """A JSON answer's leaf values, each with the passages that hold it (None: the answer is not JSON)."""
+
+    fields: list[FieldGrounding] | None
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,9 @@ class DoneEvent:
     turn: int | None = None  # its number there
 
 
-AskEvent = SourcesEvent | TokenEvent | CitationsEvent | DoneEvent
+AskEvent = SourcesEvent | TokenEvent | CitationsEvent | GroundingEvent | DoneEvent
+
+EXTRACTION_NOTE = "\n\nAnswer with JSON only, each value copied exactly from the passages."
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,9 @@ class AskPipeline:
         """Yield sources, then token deltas, then citations, then the done summary. `doc_cache` picks the
         document-cache mode for this question (default: the engine's); `history` makes it a follow-up in a
         conversation (retrieval searches for the question rewritten with the earlier turns; the prompt
-        carries the recent turns as they were, so the prefix cache serves them)."""
+        carries the recent turns as they were, so the prefix cache serves them). With a grammar in `params`
+        (a JSON schema: grounded extraction) the answer is JSON without citation markers, and a
+        `GroundingEvent` (each value's passages) takes the place of the `CitationsEvent`."""
         history = history or History()
         started = time.perf_counter()
         rewrite = await self.rewriter.rewrite([PriorTurn(t.question, t.answer) for t in history.turns], question)
@@ -114,10 +126,12 @@ class AskPipeline:
         room = self.engine.max_model_len - alone - params.max_tokens
         shown = recent_turns(self.builder, history.turns, max(0, min(history.budget, room)))
         added = not_shown(sources, shown)
-        prompt = self.builder.build_turn(shown, added, question)
+        extracting = params.grammar is not None
+        prompt = self.builder.build_turn(shown, added, question + (EXTRACTION_NOTE if extracting else ""))
         yield SourcesEvent(tuple(c for _, c in sources), tuple(n for n, _ in sources), rewrite.query)
-        constraint = CitationConstraint(self.engine.tokenizer, prompt.numbers)
-        params = replace(params, logits_processors=(*params.logits_processors, constraint))
+        if not extracting:
+            constraint = CitationConstraint(self.engine.tokenizer, prompt.numbers)
+            params = replace(params, logits_processors=(*params.logits_processors, constraint))
         answer, last, ttft_ms, token_ids = "", None, 0.0, []
         out: RequestOutput
         async for out in self.engine.generate(prompt.token_ids, params, layout=prompt.layout(), doc_cache=doc_cache):
@@ -129,7 +143,10 @@ class AskPipeline:
                 answer += out.text
                 yield TokenEvent(out.text)
         assert last is not None
-        yield CitationsEvent(check_citations(answer, prompt.numbered()))
+        if extracting:
+            yield GroundingEvent(ground_fields(answer, prompt.numbered()))
+        else:
+            yield CitationsEvent(check_citations(answer, prompt.numbered()))
         total_ms = (time.perf_counter() - started) * 1000
         if token_ids and token_ids[-1] in self.engine.tokenizer.stop_token_ids:
             token_ids.pop()

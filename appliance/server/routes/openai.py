@@ -20,9 +20,9 @@ from appliance.engine.logprobs import TokenLogprobs
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError
-from appliance.rag.answer_json import Answer, citations_json, collect, sources_json
+from appliance.rag.answer_json import Answer, citations_of, collect, sources_json
 from appliance.rag.history import text_history
-from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
+from appliance.rag.pipeline import CitationsEvent, DoneEvent, GroundingEvent, TokenEvent
 from appliance.server.answers import open_answer, stream_error, usage_of
 from appliance.server.deps import AppState, Principal, admission_of, current_principal, engine_of, get_state
 from appliance.server.errors import ApiError
@@ -233,13 +233,13 @@ async def _rag_chat(body: ChatCompletionRequest, env: _Envelope, params: Samplin
 async def _rag_sse(env: _Envelope, answer: Answer, include_usage: bool) -> AsyncIterator[str]:
     """Chunks of a RAG answer: deltas, the finish, then one final chunk with citations and sources."""
     yield env.sse([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-    citations: list[dict] = []
+    citations: list[dict] | dict | None = []
     try:
         async for event in answer.events:
             if isinstance(event, TokenEvent):
                 yield env.sse([{"index": 0, "delta": {"content": event.text}, "finish_reason": None}])
-            elif isinstance(event, CitationsEvent):
-                citations = citations_json(event.citations)
+            elif isinstance(event, CitationsEvent | GroundingEvent):
+                citations = citations_of(event)
             elif isinstance(event, DoneEvent):
                 yield env.sse([{"index": 0, "delta": {}, "finish_reason": event.finish_reason}])
                 usage = _usage(event.prompt_tokens, event.completion_tokens, event.tokens_reused)
