@@ -104,6 +104,12 @@ class ChatCompletionRequest(_GenerationRequest):
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool = True  # accepted; the model calls one function per turn
 
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
     @property
     def token_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
