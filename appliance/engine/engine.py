@@ -247,6 +247,9 @@ class LLMEngine:
             if req.grammar is not None and not req.grammar.accept(token):
                 log.warning("request %s: token %d is outside its grammar", req.request_id, token)
             text, reason = self.outputs.process(req, token)
+            # an end-of-sequence or stop token is not part of the output's text, nor of its log-probabilities
+            ended_by_token = reason == "stop" and (
+                token in self.tokenizer.stop_token_ids or token in req.params.stop_token_ids)
             if reason is not None:
                 self.scheduler.finish(req, reason)
                 self.requests.pop(req.request_id, None)
@@ -255,7 +258,7 @@ class LLMEngine:
             outputs.append(RequestOutput(req.request_id, text, [token], reason is not None, reason,
                                          req.num_prompt_tokens, req.num_output_tokens, req.num_cached_tokens,
                                          queue_s, req.num_recomputed_tokens, req.num_encoded_tokens, req.doc_mode,
-                                         req.fill_seconds, _listed(sampled.logprobs[i]),
+                                         req.fill_seconds, None if ended_by_token else _listed(sampled.logprobs[i]),
                                          req.prompt_logprobs if first and req.params.prompt_logprobs is not None
                                          else None))
         return outputs

@@ -22,7 +22,9 @@ def exponential_noise(seeds: list[int], steps: list[int], token_ids: torch.Tenso
     step = torch.tensor([t & _MASK32 for t in steps], dtype=torch.int64, device=device)
     row_key = _mix32(_mix32(_mix32(lo) ^ hi) ^ step)  # [M]
     bits = _mix32((row_key[:, None] + token_ids * _GOLDEN) & _MASK32)  # [M, W] uniform 32-bit
-    uniform = ((bits >> 8).to(torch.float32) + 0.5) * 2.0 ** -24  # (0, 1), never 0 or 1
+    # 23 bits and a half-step: float32 holds (2^23 - 1 + 0.5) exactly, so this is in (0, 1), never 0 or 1
+    # (24 bits would round their top value up to 1: no noise, and a token ruled out at 0/0 = NaN would win)
+    uniform = ((bits >> 9).to(torch.float32) + 0.5) * 2.0 ** -23
     return -torch.log(uniform)
 
 

@@ -266,13 +266,11 @@ def _is_utf8(data: bytes) -> bool:
     return True
 
 
-@pytest.mark.xfail(strict=True, reason="seeded_noise.exponential_noise gives exactly 0 where the hash's top 24 bits "
-                                       "are all ones ((2**24 - 1 + 0.5) rounds to 2**24 in float32: uniform 1.0); a "
-                                       "masked token's probability 0 / 0 is NaN, which argmax takes")
 @pytest.mark.parametrize(("seed", "step"), [(11, 22), (9, 62)])
 def test_a_seeded_draw_never_leaves_the_grammar(seed: int, step: int) -> None:
-    """Seeds and output positions where some token's noise is 0 (found by scanning `exponential_noise`): a row
-    that allows ten tokens must still draw one of them."""
+    """Seeds and output positions where some token's hash is all ones in its top 24 bits (found by scanning
+    `exponential_noise`; such a hash once rounded to uniform 1.0, noise 0, and a masked token's 0 / 0 = NaN won
+    the argmax): a row that allows ten tokens must still draw one of them."""
     logits = torch.full((1, 49152), float("-inf"))
     logits[0, :10] = torch.randn(10)  # what a grammar's mask leaves
     drawn = Sampler()(logits, [SamplingParams(temperature=0.7, seed=seed)], [[0] * step]).tokens.item()

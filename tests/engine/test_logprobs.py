@@ -29,6 +29,7 @@ class Collected:
     outputs_with_prompt_logprobs: int = 0
     finish_reason: str | None = None
     num_cached_tokens: int = 0
+    stopped_on: int | None = None  # the end-of-sequence token that ended it (not an output token: no logprobs)
 
 
 def collect(engine, prompt: list[int], params: SamplingParams, request_id: str = "r") -> Collected:
@@ -38,6 +39,12 @@ def collect(engine, prompt: list[int], params: SamplingParams, request_id: str =
     while engine.has_unfinished():
         for out in engine.step():
             assert out.request_id == request_id
+            got.finish_reason = out.finish_reason
+            got.num_cached_tokens = out.num_cached_tokens
+            if params.logprobs is not None and out.logprobs is None:  # only the token that ends it has none
+                assert out.finish_reason == "stop" and out.token_ids[0] in engine.tokenizer.stop_token_ids
+                got.stopped_on = out.token_ids[0]
+                continue
             got.token_ids += out.token_ids
             if params.logprobs is not None:
                 assert out.logprobs is not None and len(out.logprobs) == len(out.token_ids)
@@ -47,8 +54,6 @@ def collect(engine, prompt: list[int], params: SamplingParams, request_id: str =
             if out.prompt_logprobs is not None:
                 got.prompt_logprobs = out.prompt_logprobs
                 got.outputs_with_prompt_logprobs += 1
-            got.finish_reason = out.finish_reason
-            got.num_cached_tokens = out.num_cached_tokens
     return got
 
 

@@ -27,7 +27,7 @@ def reference_probs(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
 
 def draw(logits: torch.Tensor, params: list[SamplingParams], steps: list[int] | None = None) -> list[int]:
     histories = [[0] * s for s in (steps or [0] * len(params))]
-    return Sampler()(logits.clone(), params, histories).tolist()
+    return Sampler()(logits.clone(), params, histories).tokens.tolist()
 
 
 SETTINGS = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=5),

@@ -145,9 +145,7 @@ async def completions(body: CompletionRequest, state: AppState = Depends(get_sta
         sent = {"chars": len(echoed)}
 
         def chunk(out: RequestOutput) -> dict:
-            text = (echoed if out is first else "") + out.text
-            entry = {"text": text, "logprobs": logprobs_of(out, sent["chars"] - len(echoed) if out is first
-                                                           else sent["chars"])}
+            entry = {"text": (echoed if out is first else "") + out.text, "logprobs": logprobs_of(out, sent["chars"])}
             sent["chars"] += len(out.text)
             return entry
 
