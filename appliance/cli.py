@@ -18,6 +18,7 @@ from appliance.bench.followups import bench_followups
 from appliance.bench.gold_sets import bench_gold_set
 from appliance.bench.itl import bench_itl
 from appliance.bench.rag import bench_rag
+from appliance.bench.structured import bench_structured
 from appliance.commands.ask import ask
 from appliance.commands.demo import demo
 from appliance.commands.eval import eval_command
@@ -52,6 +53,7 @@ bench_app.command("conversation")(bench_conversation)
 bench_app.command("gold-set")(bench_gold_set)
 bench_app.command("itl")(bench_itl)
 bench_app.command("api")(bench_api)
+bench_app.command("structured")(bench_structured)
 err = Console(stderr=True)
 
 

@@ -1,0 +1,201 @@
+"""Two grammar libraries side by side on the embedded model's vocabulary: xgrammar (what the engine uses,
+`appliance/engine/grammar.py`) and llguidance (not a dependency: imported here only, if installed).
+
+For each: the tokenizer's setup (xgrammar: the engine's own `GrammarCompiler`; llguidance: `LLTokenizer` from the
+tokenizer's JSON), a schema's compile (xgrammar: `compile_json_schema`; llguidance: the grammar and an `LLMatcher`
+over it, which is where it builds its parser, the rest being lazy), the fill of one row of the token bitmask at
+every position of a valid document walked token by token, and each library's apply of one bitmask to [16, V]
+logits (the same bitmask for both, the layout being the same: 16 of xgrammar's masks met on those walks). Both
+emit compact JSON with `", "` and `": "` between items (xgrammar's format without `any_whitespace`, which the
+engine uses), so they walk the same token ids.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from appliance.engine.tokenizer import TextTokenizer
+
+APPLY_ROWS = 16
+# llguidance's JSON options matching xgrammar's compact output (any_whitespace=False)
+LLG_JSON_OPTIONS: Any = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+
+
+def _ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1e3
+
+
+def _fill_figures(seconds: list[float]) -> dict[str, float]:
+    return {"fill_us_median": statistics.median(seconds) * 1e6, "fill_us_mean": statistics.mean(seconds) * 1e6,
+            "fill_us_max": max(seconds) * 1e6, "positions": len(seconds)}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - started, value
+
+
+def llguidance_version() -> str | None:
+    """llguidance's version, or None where it is not installed."""
+    try:
+        import importlib.metadata
+
+        import llguidance  # noqa: F401
+
+        return importlib.metadata.version("llguidance")
+    except ImportError:
+        return None
+
+
+def _xgrammar_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[dict[str, Any], Any]], repeats: int
+                   ) -> tuple[dict[str, Any], list[list[torch.Tensor]]]:
+    import xgrammar as xgr
+
+    from appliance.engine.grammar import GrammarCompiler
+
+    setup = [_timed(lambda: GrammarCompiler(tok, vocab))[0] for _ in range(repeats)]
+    compiler = GrammarCompiler(tok, vocab)._compiler  # xgrammar's own, its cache off: every compile is cold
+    compile_ms: dict[str, float] = {}
+    fills: list[float] = []
+    per_schema: dict[str, dict[str, float]] = {}
+    masks: list[list[torch.Tensor]] = []
+    for name, (schema, doc) in schemas.items():
+        text = json.dumps(schema)
+
+        def build(t: str = text) -> Any:
+            return compiler.compile_json_schema(t, any_whitespace=False)
+
+        times = []
+        for _ in range(repeats):
+            seconds, compiled = _timed(build)
+            times.append(seconds)
+        compile_ms[name] = _ms(times)
+        matcher = xgr.GrammarMatcher(compiled)
+        bitmask = xgr.allocate_token_bitmask(1, vocab)
+        walk = []
+        for token in tok.encode(json.dumps(doc)):
+            started = time.perf_counter()
+            matcher.fill_next_token_bitmask(bitmask, 0)
+            fills.append(time.perf_counter() - started)
+            walk.append(bitmask[0].clone())
+            if not matcher.accept_token(token):
+                raise RuntimeError(f"xgrammar refused token {token} of the {name} document")
+        masks.append(walk)
+        per_schema[name] = _fill_figures(fills[len(fills) - len(walk):])
+    return {"setup_s": statistics.median(setup), "compile_ms": compile_ms, "fill": per_schema,
+            **_fill_figures(fills)}, masks
+
+
+def _llguidance_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[dict[str, Any], Any]],
+                     repeats: int) -> tuple[dict[str, Any], list[list[torch.Tensor]]]:
+    import llguidance
+    import llguidance.torch as llt
+
+    source = tok._tok.to_str()  # the tokenizer's JSON (llguidance reads Hugging Face tokenizers)
+    eos = sorted(tok.stop_token_ids)
+
+    def tokenizer() -> Any:
+        return llguidance.LLTokenizer(source, n_vocab=vocab, eos_token=eos)
+
+    setup = [_timed(tokenizer)[0] for _ in range(repeats)]
+    lltok = tokenizer()
+    compile_ms: dict[str, float] = {}
+    fills: list[float] = []
+    per_schema: dict[str, dict[str, float]] = {}
+    masks: list[list[torch.Tensor]] = []
+    for name, (schema, doc) in schemas.items():
+        text = json.dumps(schema)
+
+        def build(t: str = text) -> Any:
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(t, defaults=LLG_JSON_OPTIONS)
+            return llguidance.LLMatcher(lltok, grammar)
+
+        times = []
+        for _ in range(repeats):
+            seconds, matcher = _timed(build)
+            times.append(seconds)
+        compile_ms[name] = _ms(times)
+        if matcher.is_error():
+            raise RuntimeError(f"llguidance refused the {name} schema: {matcher.get_error()}")
+        bitmask = llt.allocate_token_bitmask(1, vocab)
+        walk = []
+        for token in tok.encode(json.dumps(doc)):
+            started = time.perf_counter()
+            llt.fill_next_token_bitmask(matcher, bitmask, 0)
+            fills.append(time.perf_counter() - started)
+            walk.append(bitmask[0].clone())
+            if not matcher.consume_token(token):
+                raise RuntimeError(f"llguidance refused token {token} of the {name} document: {matcher.get_error()}")
+        masks.append(walk)
+        per_schema[name] = _fill_figures(fills[len(fills) - len(walk):])
+    return {"setup_s": statistics.median(setup), "compile_ms": compile_ms, "fill": per_schema,
+            **_fill_figures(fills)}, masks
+
+
+def _apply_us(apply: Callable[[torch.Tensor, torch.Tensor], None], bitmask: torch.Tensor, vocab: int,
+              repeats: int) -> float:
+    logits = torch.randn(bitmask.shape[0], vocab, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):  # a first call may build something (llguidance's apply is torch.compile'd)
+        apply(logits.clone(), bitmask)
+    times = []
+    for _ in range(repeats):
+        target = logits.clone()
+        started = time.perf_counter()
+        apply(target, bitmask)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times) * 1e6
+
+
+def _spread(walks: list[list[torch.Tensor]], rows: int) -> torch.Tensor:
+    """`rows` masks taken at evenly spread positions of all walks, stacked: what a step of as many streams meets."""
+    flat = [mask for walk in walks for mask in walk]
+    return torch.stack([flat[i * len(flat) // rows] for i in range(rows)])
+
+
+def _allowed(mask: torch.Tensor, vocab: int) -> torch.Tensor:
+    bits = (mask[:, None] >> torch.arange(32, dtype=torch.int32)) & 1  # [W, 32]
+    return bits.flatten()[:vocab].bool()
+
+
+def compare_libraries(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[dict[str, Any], Any]],
+                      repeats: int = 5, apply_repeats: int = 50) -> dict[str, Any]:
+    """The side-by-side: per library its setup, compiles, mask fills and the apply on [16, V] (see the module doc);
+    `llguidance` is {"available": False} where it is not installed. `schemas`: name -> (schema, a valid document)."""
+    import xgrammar as xgr
+
+    x, x_masks = _xgrammar_side(tok, vocab, schemas, repeats)
+    x_bitmask = _spread(x_masks, APPLY_ROWS)
+    indices = list(range(APPLY_ROWS))
+    x["apply_us"] = _apply_us(lambda lg, bm: xgr.apply_token_bitmask_inplace(lg, bm, vocab_size=vocab,
+                                                                             indices=indices),
+                              x_bitmask, vocab, apply_repeats)
+    result: dict[str, Any] = {"vocab": vocab, "allowed_per_row": statistics.median(
+        int(_allowed(row, vocab).sum()) for row in x_bitmask), "xgrammar": {
+        "available": True, "version": _version("xgrammar"), **x}}
+    version = llguidance_version()
+    if version is None:
+        result["llguidance"] = {"available": False, "reason": "not installed"}
+        return result
+    import llguidance.torch as llt
+
+    g, g_masks = _llguidance_side(tok, vocab, schemas, repeats)
+    g["apply_us"] = _apply_us(llt.apply_token_bitmask_inplace, x_bitmask, vocab, apply_repeats)  # the same masks
+    same = sum(bool(torch.equal(_allowed(a, vocab), _allowed(b, vocab)))
+               for xa, ga in zip(x_masks, g_masks, strict=True) for a, b in zip(xa, ga, strict=True))
+    result["llguidance"] = {"available": True, "version": version, **g}
+    result["same_masks"] = same
+    return result
+
+
+def _version(dist: str) -> str:
+    import importlib.metadata
+
+    return importlib.metadata.version(dist)
