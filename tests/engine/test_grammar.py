@@ -275,3 +275,25 @@ def test_a_seeded_draw_never_leaves_the_grammar(seed: int, step: int) -> None:
     logits[0, :10] = torch.randn(10)  # what a grammar's mask leaves
     drawn = Sampler()(logits, [SamplingParams(temperature=0.7, seed=seed)], [[0] * step]).tokens.item()
     assert drawn < 10
+
+
+def test_the_cpu_mask_equals_xgrammars_on_any_rows() -> None:
+    """The CPU path adds a byte table's 0 / -inf; xgrammar's kernel is the reference (every bit, the sign bit
+    and a vocabulary that does not fill its last word included), on all rows and on some."""
+    import xgrammar as xgr
+
+    from appliance.engine.grammar import _apply_on_cpu
+
+    vocab = 1000  # 32 words, the last one partly outside the vocabulary
+    generator = torch.Generator().manual_seed(5)
+    bitmask = torch.randint(-2**31, 2**31 - 1, (4, (vocab + 31) // 32), dtype=torch.int32, generator=generator)
+    bitmask[1] = -1  # all allowed
+    bitmask[2] = 0  # none allowed
+    logits = torch.randn(4, vocab, generator=generator)
+    for rows in ([0, 1, 2, 3], [0, 2], [3]):
+        ours, theirs = logits.clone(), logits.clone()
+        _apply_on_cpu(ours, bitmask, rows)
+        xgr.apply_token_bitmask_inplace(theirs, bitmask, vocab_size=vocab, indices=rows)
+        assert torch.equal(ours, theirs)
+        assert torch.isinf(ours[rows]).any() and torch.equal(ours[[r for r in range(4) if r not in rows]],
+                                                              logits[[r for r in range(4) if r not in rows]])
