@@ -12,6 +12,7 @@ engine uses), so they walk the same token ids.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -41,6 +42,15 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     value = fn()
     return time.perf_counter() - started, value
+
+
+def _built(build: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """`build` run `repeats` times -> (median ms, the last one built)."""
+    times, built = [], None
+    for _ in range(repeats):
+        seconds, built = _timed(build)
+        times.append(seconds)
+    return _ms(times), built
 
 
 def llguidance_version() -> str | None:
@@ -73,21 +83,10 @@ def _xgrammar_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[dict
         def build(t: str = text) -> Any:
             return compiler.compile_json_schema(t, any_whitespace=False)
 
-        times = []
-        for _ in range(repeats):
-            seconds, compiled = _timed(build)
-            times.append(seconds)
-        compile_ms[name] = _ms(times)
+        compile_ms[name], compiled = _built(build, repeats)
         matcher = xgr.GrammarMatcher(compiled)
-        bitmask = xgr.allocate_token_bitmask(1, vocab)
-        walk = []
-        for token in tok.encode(json.dumps(doc)):
-            started = time.perf_counter()
-            matcher.fill_next_token_bitmask(bitmask, 0)
-            fills.append(time.perf_counter() - started)
-            walk.append(bitmask[0].clone())
-            if not matcher.accept_token(token):
-                raise RuntimeError(f"xgrammar refused token {token} of the {name} document")
+        walk = _walk(tok.encode(json.dumps(doc)), vocab, fills, matcher.fill_next_token_bitmask,
+                     matcher.accept_token, f"xgrammar refused a token of the {name} document")
         masks.append(walk)
         per_schema[name] = _fill_figures(fills[len(fills) - len(walk):])
     return {"setup_s": statistics.median(setup), "compile_ms": compile_ms, "fill": per_schema,
@@ -118,26 +117,31 @@ def _llguidance_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[di
             grammar = llguidance.LLMatcher.grammar_from_json_schema(t, defaults=LLG_JSON_OPTIONS)
             return llguidance.LLMatcher(lltok, grammar)
 
-        times = []
-        for _ in range(repeats):
-            seconds, matcher = _timed(build)
-            times.append(seconds)
-        compile_ms[name] = _ms(times)
+        compile_ms[name], matcher = _built(build, repeats)
         if matcher.is_error():
             raise RuntimeError(f"llguidance refused the {name} schema: {matcher.get_error()}")
-        bitmask = llt.allocate_token_bitmask(1, vocab)
-        walk = []
-        for token in tok.encode(json.dumps(doc)):
-            started = time.perf_counter()
-            llt.fill_next_token_bitmask(matcher, bitmask, 0)
-            fills.append(time.perf_counter() - started)
-            walk.append(bitmask[0].clone())
-            if not matcher.consume_token(token):
-                raise RuntimeError(f"llguidance refused token {token} of the {name} document: {matcher.get_error()}")
+        walk = _walk(tok.encode(json.dumps(doc)), vocab, fills, functools.partial(llt.fill_next_token_bitmask, matcher),
+                     matcher.consume_token, f"llguidance refused a token of the {name} document")
         masks.append(walk)
         per_schema[name] = _fill_figures(fills[len(fills) - len(walk):])
     return {"setup_s": statistics.median(setup), "compile_ms": compile_ms, "fill": per_schema,
             **_fill_figures(fills)}, masks
+
+
+def _walk(tokens: list[int], vocab: int, fills: list[float], fill: Callable[[torch.Tensor], object],
+          accept: Callable[[int], bool], refused: str) -> list[torch.Tensor]:
+    """Walk a valid document token by token: each position's mask filled into row 0 of a [1, ceil(V/32)] bitmask
+    (its time appended to `fills`), then the token accepted (else RuntimeError(`refused`)) -> the masks."""
+    bitmask = torch.full((1, (vocab + 31) // 32), -1, dtype=torch.int32)
+    walk = []
+    for token in tokens:
+        started = time.perf_counter()
+        fill(bitmask)
+        fills.append(time.perf_counter() - started)
+        walk.append(bitmask[0].clone())
+        if not accept(token):
+            raise RuntimeError(f"{refused}: {token}")
+    return walk
 
 
 def _apply_us(apply: Callable[[torch.Tensor, torch.Tensor], None], bitmask: torch.Tensor, vocab: int,

@@ -16,7 +16,7 @@ from appliance.engine.logprobs import TokenLogprobs
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.tokenizer import ChatMessage
 from appliance.errors import RequestError
-from kernels.base import AttentionBatch
+from tests.engine.plain_forward import plain_logits
 
 TOLERANCE = 2e-4  # float32: a decode step and a whole-prompt pass sum in different orders
 
@@ -57,20 +57,6 @@ def collect(engine, prompt: list[int], params: SamplingParams, request_id: str =
     return got
 
 
-def forward_log_softmax(engine, ids: list[int]) -> torch.Tensor:
-    """The model's log_softmax at every position of `ids` by one plain forward pass through `engine`'s model
-    and cache (blocks 0..: use an engine that serves nothing else) -> [T, V]."""
-    runner = engine.runner
-    bs = runner.block_size
-    blocks = torch.arange(-(-len(ids) // bs))
-    batch = AttentionBatch([0, len(ids)], [len(ids)], torch.arange(len(ids)), torch.arange(len(ids)),
-                           blocks[None], bs)
-    with torch.inference_mode():
-        hidden = engine.model.forward(torch.tensor(ids), batch.positions, runner.kv_caches, runner.backend,
-                                      runner.backend.plan(batch))
-        return engine.model.logits(hidden).log_softmax(dim=-1)
-
-
 def check_top(entry: TokenLogprobs, width: int) -> None:
     """The alternatives: `width` of them, distinct, descending, probabilities summing to at most 1."""
     values = [lp for _, lp in entry.top]
@@ -107,7 +93,8 @@ def test_greedy_chosen_token_is_the_top_one(greedy: Collected) -> None:
 def test_greedy_logprobs_are_the_models_log_softmax(make_engine, prompt, greedy: Collected) -> None:
     """Against a plain forward pass over prompt + output: the chosen token's log-probability and the best five
     (ids and values) at every step."""
-    reference = forward_log_softmax(make_engine(), prompt + greedy.token_ids)[len(prompt) - 1:-1]  # [12, V]
+    logits = plain_logits(make_engine(), prompt + greedy.token_ids)  # [T, V]
+    reference = logits.log_softmax(dim=-1)[len(prompt) - 1:-1]  # [12, V]: the positions that chose an output
     for row, entry in zip(reference, greedy.logprobs, strict=True):
         assert abs(row[entry.token_id].item() - entry.logprob) < TOLERANCE
         values, ids = row.topk(5)

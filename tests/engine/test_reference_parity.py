@@ -7,7 +7,7 @@ import torch
 
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.tokenizer import ChatMessage
-from kernels.base import AttentionBatch
+from tests.engine.plain_forward import plain_logits
 from tests.engine.prompts import QUESTIONS
 from tests.engine.reference import load_reference_model, reference_greedy
 
@@ -22,19 +22,6 @@ def engine(make_engine):
     return make_engine()
 
 
-def _our_logits(engine, ids: list[int]) -> torch.Tensor:
-    """Full-prompt forward pass through our model and paged cache -> logits [T, V]."""
-    runner = engine.runner
-    bs = runner.block_size
-    blocks = torch.arange(-(-len(ids) // bs))
-    batch = AttentionBatch([0, len(ids)], [len(ids)], torch.arange(len(ids)), torch.arange(len(ids)),
-                           blocks[None], bs)
-    with torch.inference_mode():
-        hidden = engine.model.forward(torch.tensor(ids), batch.positions, runner.kv_caches, runner.backend,
-                                      runner.backend.plan(batch))
-        return engine.model.logits(hidden)
-
-
 @pytest.mark.parametrize("text", [
     "The capital of France is",
     "def fibonacci(n):\n    if n < 2:\n        return n\n",
@@ -44,7 +31,7 @@ def _our_logits(engine, ids: list[int]) -> torch.Tensor:
 ])
 def test_logits_match_transformers(engine, reference, text: str) -> None:
     ids = engine.tokenizer.encode(text)
-    ours = _our_logits(engine, ids)
+    ours = plain_logits(engine, ids)
     with torch.no_grad():
         ref = reference(torch.tensor([ids])).logits[0]
     rel = ((ours - ref).abs().max() / ref.abs().max()).item()
