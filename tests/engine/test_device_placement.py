@@ -32,7 +32,8 @@ def _request(rid: str, length: int, params: SamplingParams, first_block: int) ->
 def test_a_step_keeps_every_tensor_on_the_model_device(loaded_model, dtype: torch.dtype) -> None:
     model = CausalLM(loaded_model.config, loaded_model.weights, dtype, META)
     runner = ModelRunner(model, TorchAttention(), num_blocks=64, block_size=16)
-    long_greedy = _request("a", 300, SamplingParams(temperature=0.0), 0)  # past one attention block in bf16
+    # past one attention block in bf16; its log-probabilities (and its prompt's) on the device too
+    long_greedy = _request("a", 300, SamplingParams(temperature=0.0, logprobs=3, prompt_logprobs=2), 0)
     tokenizer = loaded_model.tokenizer
     citing = CitationConstraint(tokenizer, range(1, 4))  # masks the logits where an answer opens a citation marker
     # top-k beside top-p: a top-p row without one asks the device whether 1024 candidates hold top_p (no data here)
@@ -44,12 +45,15 @@ def test_a_step_keeps_every_tensor_on_the_model_device(loaded_model, dtype: torc
     if dtype == torch.float32:  # a prompt's second chunk (its mask over cached keys); bf16 reads the mask's data
         runner.compute([items.pop()])
         items.append(WorkItem(unseeded, list(range(24, 40)), samples=True))
-    tokens = runner.compute(items)
-    assert tokens.device == META and tokens.shape == (sum(item.samples for item in items),)
+    sampled = runner.compute(items)
+    assert sampled.tokens.device == META and sampled.tokens.shape == (sum(item.samples for item in items),)
+    assert sampled.logprobs is not None and sampled.logprobs.device == META and sampled.logprobs.shape == (1, 4)
+    values, ids = sampled.prompt_logprobs[0]  # the greedy request scores its prompt's positions 1..299
+    assert values.device == ids.device == META and values.shape == (299, 3)
     for req in (long_greedy, unseeded):
         req.token_ids.append(7)
     seeded.token_ids.extend(tokenizer.encode("It is new in 3.11 ["))
     assert citing.open_marker(seeded.output_token_ids) is not None  # the constraint acts
     decode = [WorkItem(req, [req.num_tokens - 1], samples=True) for req in (long_greedy, seeded, unseeded)]
-    tokens = runner.compute(decode)
+    tokens = runner.compute(decode).tokens
     assert tokens.device == META and tokens.shape == (3,)
