@@ -233,7 +233,9 @@ class LLMEngine:
         outputs = []
         for i, (item, token) in enumerate(zip(batch.items, sampled.tokens, strict=True)):
             req = item.request
-            req.prompt_logprobs.extend(sampled.prompt_logprobs.get(i, ()))
+            scored = sampled.prompt_logprobs.get(i)
+            if scored:  # scored[j] is of prompt token positions[0] + j + 1; a recompute after preemption rescores
+                req.prompt_logprobs.extend(scored[len(req.prompt_logprobs) - item.positions[0]:])
             if req.prefill_only:
                 if req.num_computed_tokens == req.num_tokens:
                     self.scheduler.finish(req, "encoded")

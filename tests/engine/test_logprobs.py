@@ -189,6 +189,25 @@ def test_prompt_logprobs_do_not_depend_on_chunked_prefill(make_engine, engine, p
         assert abs(a.logprob - b.logprob) < TOLERANCE and [t for t, _ in a.top] == [t for t, _ in b.top]
 
 
+def test_prompt_logprobs_after_a_preemption_are_not_repeated(make_engine, engine, prompt) -> None:
+    """A request preempted mid-prompt recomputes (and rescores) from its start: each position once."""
+    whole = collect(engine, prompt, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=3), "once")
+    chunked = make_engine(max_num_batched_tokens=7)
+    chunked.add_request("pre", prompt, SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=3))
+    chunked.step()
+    chunked.step()  # 14 prompt positions scored
+    req = chunked.requests["pre"]
+    assert len(req.prompt_logprobs) == 14
+    chunked.scheduler.running.remove(req)  # what the scheduler does to its newest request when the pool is full
+    chunked.scheduler._preempt(req)
+    scored = None
+    while chunked.has_unfinished():
+        for out in chunked.step():
+            scored = out.prompt_logprobs or scored
+    assert req.num_preemptions == 1 and scored is not None
+    assert [e.token_id for e in scored] == [e.token_id for e in whole.prompt_logprobs] == prompt[1:]
+
+
 def test_a_prompt_logprobs_request_skips_the_prefix_cache(make_engine) -> None:
     engine = make_engine()
     prompt = engine.tokenizer.apply_chat_template([ChatMessage("user", "Tell me about the history of printing.")])
