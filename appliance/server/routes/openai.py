@@ -11,6 +11,7 @@ from dataclasses import replace
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
+from appliance.engine.logprobs import TokenLogprobs
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.rag.answer_json import collect
@@ -132,31 +133,29 @@ async def completions(body: CompletionRequest, state: AppState = Depends(get_sta
     first, rest = await start(state, principal, prompt, params)
     echoed = (body.prompt if isinstance(body.prompt, str) else tokenizer.decode(prompt)) if body.echo else ""
 
-    def logprobs_of(out: RequestOutput, offset: int) -> dict | None:
+    def logprobs_of(scored_prompt: list[TokenLogprobs] | None, generated: list[TokenLogprobs], offset: int
+                    ) -> dict | None:
+        """The choice's logprobs: the echoed prompt's (when scored) then the generated tokens' from `offset`."""
         if body.logprobs is None:
             return None
-        if out.prompt_logprobs is None:
-            return completion_logprobs(out.logprobs or [], tokenizer, offset)
-        echo = completion_logprobs(out.prompt_logprobs, tokenizer, 0, first_token=prompt[0])
-        generated = completion_logprobs(out.logprobs or [], tokenizer, offset)
-        return {key: echo[key] + generated[key] for key in echo}
+        listed = completion_logprobs(generated, tokenizer, offset)
+        if scored_prompt is None:
+            return listed
+        echo = completion_logprobs(scored_prompt, tokenizer, 0, first_token=prompt[0])
+        return {key: echo[key] + listed[key] for key in echo}
 
     if body.stream:
         sent = {"chars": len(echoed)}
 
         def chunk(out: RequestOutput) -> dict:
-            entry = {"text": (echoed if out is first else "") + out.text, "logprobs": logprobs_of(out, sent["chars"])}
+            entry = {"text": (echoed if out is first else "") + out.text,
+                     "logprobs": logprobs_of(out.prompt_logprobs, out.logprobs or [], sent["chars"])}
             sent["chars"] += len(out.text)
             return entry
 
         return StreamingResponse(output_sse(env, first, rest, [], chunk, body.include_usage),
                                  media_type="text/event-stream")
     joined = await join(first, rest)
-    logprobs = None
-    if body.logprobs is not None:
-        echo = completion_logprobs(first.prompt_logprobs or [], tokenizer, 0, first_token=prompt[0]) \
-            if body.echo else None
-        generated = completion_logprobs(joined.logprobs, tokenizer, len(echoed))
-        logprobs = {key: echo[key] + generated[key] for key in generated} if echo else generated
+    logprobs = logprobs_of(first.prompt_logprobs, joined.logprobs, len(echoed))
     return env.body([{"index": 0, "text": echoed + joined.text, "logprobs": logprobs,
                       "finish_reason": joined.last.finish_reason}], usage=output_usage(joined.last))
