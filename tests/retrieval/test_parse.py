@@ -71,8 +71,11 @@ def test_type_detection() -> None:
     assert detect_kind("x.PDF", b"%PDF-1.7") == "pdf"
     assert detect_kind("noext", b"<!DOCTYPE html><html>") == "html"
     assert detect_kind("README", b"plain words") == "txt"
-    with pytest.raises(UnsupportedTypeError, match="unsupported file type .png"):
-        detect_kind("photo.png", b"\x89PNG\r\n")
+    assert detect_kind("scan", b"\x89PNG\r\n\x1a\n....") == "image"
+    with pytest.raises(UnsupportedTypeError, match="unsupported file type .mp4"):
+        detect_kind("clip.mp4", b"\x00\x00\x00\x18ftypmp42")
+    with pytest.raises(CorruptFileError, match="not an image"):
+        detect_kind("photo.png", b"GIF89a")
     with pytest.raises(CorruptFileError, match="not a PDF"):
         detect_kind("fake.pdf", b"hello")
     with pytest.raises(UnsupportedTypeError):
