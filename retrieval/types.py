@@ -25,7 +25,8 @@ class ParsedDocument:
 
     title: str
     sections: list[Section]
-    kind: str  # "pdf" | "html" | "md" | "txt" | "docx"
+    kind: str  # "pdf" | "html" | "md" | "txt" | "docx" | ...
+    metadata: dict[str, str] = field(default_factory=dict)  # e.g. an email's from/to/date/subject
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class Chunk:
     source: str
     page: int | None
     heading_path: tuple[str, ...]
+    # the document's metadata (store.chunks fills them; None/() where a chunk is made without its document)
+    modified: float | None = None  # epoch seconds: the file's mtime at ingest, or the upload time
+    content_type: str | None = None  # the parser kind: "pdf", "html", "md", "txt", "docx", "csv", ...
+    tags: tuple[tuple[str, str], ...] = ()  # (key, value), sorted by key
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,9 @@ class Document:
     chunks: int
     state: Literal["pending", "ready"]
     created_at: float
+    modified: float | None = None  # epoch seconds: the file's mtime at ingest, or the upload time
+    content_type: str | None = None  # the parser kind (see retrieval.filters.CONTENT_TYPES)
+    tags: tuple[tuple[str, str], ...] = ()  # (key, value), sorted by key
 
 
 @dataclass(frozen=True)
