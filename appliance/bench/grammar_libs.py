@@ -1,5 +1,6 @@
 """Two grammar libraries side by side on the embedded model's vocabulary: xgrammar (what the engine uses,
-`appliance/engine/grammar.py`) and llguidance (not a dependency: imported here only, if installed).
+`appliance/engine/grammar.py`) and llguidance (what it uses for JSON schemas that bound a string's length,
+`appliance/engine/grammar_llguidance.py`).
 
 For each: the tokenizer's setup (xgrammar: the engine's own `GrammarCompiler`; llguidance: `LLTokenizer` from the
 tokenizer's JSON), a schema's compile (xgrammar: `compile_json_schema`; llguidance: the grammar and an `LLMatcher`
@@ -21,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from appliance.engine.grammar_llguidance import JSON_OPTIONS
+
 if TYPE_CHECKING:
     from appliance.engine.tokenizer import TextTokenizer
 
 APPLY_ROWS = 16
-# llguidance's JSON options matching xgrammar's compact output (any_whitespace=False)
-LLG_JSON_OPTIONS: Any = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def _ms(samples: list[float]) -> float:
@@ -51,18 +52,6 @@ def _built(build: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         seconds, built = _timed(build)
         times.append(seconds)
     return _ms(times), built
-
-
-def llguidance_version() -> str | None:
-    """llguidance's version, or None where it is not installed."""
-    try:
-        import importlib.metadata
-
-        import llguidance  # noqa: F401
-
-        return importlib.metadata.version("llguidance")
-    except ImportError:
-        return None
 
 
 def _xgrammar_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[dict[str, Any], Any]], repeats: int
@@ -98,7 +87,7 @@ def _llguidance_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[di
     import llguidance
     import llguidance.torch as llt
 
-    source = tok._tok.to_str()  # the tokenizer's JSON (llguidance reads Hugging Face tokenizers)
+    source = tok.tokenizer_json()
     eos = sorted(tok.stop_token_ids)
 
     def tokenizer() -> Any:
@@ -114,7 +103,7 @@ def _llguidance_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[di
         text = json.dumps(schema)
 
         def build(t: str = text) -> Any:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(t, defaults=LLG_JSON_OPTIONS)
+            grammar = llguidance.LLMatcher.grammar_from_json_schema(t, defaults=JSON_OPTIONS)
             return llguidance.LLMatcher(lltok, grammar)
 
         compile_ms[name], matcher = _built(build, repeats)
@@ -171,8 +160,8 @@ def _allowed(mask: torch.Tensor, vocab: int) -> torch.Tensor:
 
 def compare_libraries(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[dict[str, Any], Any]],
                       repeats: int = 5, apply_repeats: int = 50) -> dict[str, Any]:
-    """The side-by-side: per library its setup, compiles, mask fills and the apply on [16, V] (see the module doc);
-    `llguidance` is {"available": False} where it is not installed. `schemas`: name -> (schema, a valid document)."""
+    """The side-by-side: per library its setup, compiles, mask fills and the apply on [16, V] (see the module doc).
+    `schemas`: name -> (schema, a valid document)."""
     import xgrammar as xgr
 
     x, x_masks = _xgrammar_side(tok, vocab, schemas, repeats)
@@ -183,18 +172,14 @@ def compare_libraries(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[d
                               x_bitmask, vocab, apply_repeats)
     result: dict[str, Any] = {"vocab": vocab, "allowed_per_row": statistics.median(
         int(_allowed(row, vocab).sum()) for row in x_bitmask), "xgrammar": {
-        "available": True, "version": _version("xgrammar"), **x}}
-    version = llguidance_version()
-    if version is None:
-        result["llguidance"] = {"available": False, "reason": "not installed"}
-        return result
+        "version": _version("xgrammar"), **x}}
     import llguidance.torch as llt
 
     g, g_masks = _llguidance_side(tok, vocab, schemas, repeats)
     g["apply_us"] = _apply_us(llt.apply_token_bitmask_inplace, x_bitmask, vocab, apply_repeats)  # the same masks
     same = sum(bool(torch.equal(_allowed(a, vocab), _allowed(b, vocab)))
                for xa, ga in zip(x_masks, g_masks, strict=True) for a, b in zip(xa, ga, strict=True))
-    result["llguidance"] = {"available": True, "version": version, **g}
+    result["llguidance"] = {"version": _version("llguidance"), **g}
     result["same_masks"] = same
     return result
 

@@ -336,9 +336,6 @@ def _valid(text: str, max_length: int | None) -> bool:
 def _lib_lines(libs: dict[str, Any]) -> list[str]:
     x, g = libs["xgrammar"], libs["llguidance"]
     names = list(x["compile_ms"])
-    if not g.get("available"):
-        g = {"version": g.get("reason", "not installed"), "setup_s": None, "compile_ms": {}, "fill": {},
-             "apply_us": None}
 
     def num(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"

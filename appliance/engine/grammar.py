@@ -1,10 +1,12 @@
-"""Grammar-constrained decoding: what a request's output must match, compiled once per grammar with xgrammar.
+"""Grammar-constrained decoding: what a request's output must match, compiled once per grammar.
 
 A `GrammarSpec` is plain data (it crosses to the engine process inside `SamplingParams`); the engine's
-`GrammarCompiler` turns it into a compiled grammar (cached: a schema is compiled once, ~10 ms) and gives each
+`GrammarCompiler` turns it into a compiled grammar (cached: a schema is compiled once, ~5 ms) and gives each
 request its own `GrammarState`. Each step `GrammarMasks` fills the rows of the step's constrained requests into
 one bitmask and applies it on the logits' device in one call; after sampling the engine advances each state by
-the token drawn. xgrammar is imported on first use: a server that never sees a grammar never loads it.
+the token drawn. The library is xgrammar, except for JSON schemas that bound a string's length, which llguidance
+handles far faster (`grammar_llguidance.py`); both are imported on first use: a server that never sees a
+grammar never loads them.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
+from appliance.engine.grammar_llguidance import LlguidanceGrammars, bounds_string_length
 from appliance.errors import RequestError
 
 if TYPE_CHECKING:
@@ -46,9 +49,30 @@ class GrammarSpec:
         return cls("choice", json.dumps(options))
 
 
+class GrammarState(Protocol):
+    """One request's position in its grammar."""
+
+    def fill(self, bitmask: torch.Tensor, row: int) -> None:
+        """bitmask: [N, ceil(V/32)] int32 on the CPU; row `row` set to the tokens the grammar allows next."""
+
+    def accept(self, token_id: int) -> bool:
+        """Advance by the token drawn; False if the grammar does not allow it (it cannot, when drawn under the
+        mask, except where a request ignores end-of-sequence past the grammar's end)."""
+
+    @property
+    def finished(self) -> bool:
+        """The output is complete: the grammar has reached its end."""
+
+
+class CompiledGrammar(Protocol):
+    def new_state(self) -> GrammarState:
+        """A fresh state at the grammar's start, for one request."""
+
+
 class GrammarCompiler:
     """Compiles `GrammarSpec`s for one tokenizer and vocabulary (the logits' width); keeps the last
-    `cache_size` compiled grammars. A grammar xgrammar refuses raises `RequestError` (HTTP 400) with its reason."""
+    `cache_size` compiled grammars. A grammar the library refuses raises `RequestError` (HTTP 400) with its
+    reason. A JSON schema with `minLength`/`maxLength` anywhere goes to llguidance, everything else to xgrammar."""
 
     def __init__(self, tokenizer: TextTokenizer, vocab_size: int, cache_size: int = 64) -> None:
         import xgrammar as xgr
@@ -59,19 +83,23 @@ class GrammarCompiler:
         info = xgr.TokenizerInfo(vocab, encoding, vocab_size=vocab_size,
                                  stop_token_ids=sorted(tokenizer.stop_token_ids))
         self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
-        self._cache: OrderedDict[GrammarSpec, xgrammar.CompiledGrammar] = OrderedDict()
+        self._llguidance = LlguidanceGrammars(tokenizer, vocab_size)
+        self._cache: OrderedDict[GrammarSpec, CompiledGrammar] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()  # a server checks grammars on worker threads
         self.vocab_size = vocab_size
 
-    def compile(self, spec: GrammarSpec) -> xgrammar.CompiledGrammar:
+    def compile(self, spec: GrammarSpec) -> CompiledGrammar:
         with self._lock:
             compiled = self._cache.get(spec)
             if compiled is None:
-                try:
-                    compiled = self._compile(spec)
-                except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's errors for a bad grammar
-                    raise RequestError(f"cannot use this {spec.kind.replace('_', ' ')}: {_reason(exc)}") from exc
+                if spec.kind == "json_schema" and bounds_string_length(_parsed_schema(spec.source)):
+                    compiled = self._llguidance.compile_json_schema(spec.source)
+                else:
+                    try:
+                        compiled = _XgrammarGrammar(self._compile(spec))
+                    except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's errors for a bad grammar
+                        raise RequestError(f"cannot use this {spec.kind.replace('_', ' ')}: {_reason(exc)}") from exc
                 self._cache[spec] = compiled
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
@@ -79,10 +107,8 @@ class GrammarCompiler:
             return compiled
 
     def state(self, spec: GrammarSpec) -> GrammarState:
-        """A fresh matcher of `spec` for one request."""
-        import xgrammar as xgr
-
-        return GrammarState(xgr.GrammarMatcher(self.compile(spec)))
+        """A fresh state of `spec` for one request."""
+        return self.compile(spec).new_state()
 
     def _compile(self, spec: GrammarSpec) -> xgrammar.CompiledGrammar:
         if spec.kind == "json_object":
@@ -100,26 +126,44 @@ class GrammarCompiler:
         return self._compiler.compile_grammar(spec.source)
 
 
+def _parsed_schema(source: str) -> Any:
+    try:
+        return json.loads(source)
+    except ValueError as exc:
+        raise RequestError(f"cannot use this json schema: it is not JSON ({exc})") from exc
+
+
 def _reason(exc: Exception) -> str:
     """xgrammar's message without its source location prefix (`[time] path/file.cc:123: `)."""
     text = str(exc).strip()
     return re.sub(r"^(\[[^\]]*\]\s*)?\S+\.(cc|h|py):\d+:\s*", "", text).splitlines()[0][:500] if text else repr(exc)
 
 
-class GrammarState:
-    """One request's position in its grammar."""
+@dataclass(frozen=True)
+class _XgrammarGrammar:
+    compiled: xgrammar.CompiledGrammar
+
+    def new_state(self) -> _XgrammarState:
+        import xgrammar as xgr
+
+        return _XgrammarState(xgr.GrammarMatcher(self.compiled))
+
+
+class _XgrammarState:
+    """One request's position in an xgrammar grammar (the `GrammarState` contract)."""
 
     def __init__(self, matcher: xgrammar.GrammarMatcher) -> None:
         self.matcher = matcher
 
+    def fill(self, bitmask: torch.Tensor, row: int) -> None:
+        self.matcher.fill_next_token_bitmask(bitmask, row)
+
     def accept(self, token_id: int) -> bool:
-        """Advance by the token drawn; False if the grammar does not allow it (it cannot, when drawn under the
-        mask, except where a request ignores end-of-sequence past the grammar's end)."""
         return bool(self.matcher.accept_token(token_id))
 
     @property
     def finished(self) -> bool:
-        """The output is complete: the grammar has accepted its end (the stop token)."""
+        """The grammar has accepted its end (the stop token)."""
         return bool(self.matcher.is_terminated())
 
 
@@ -146,7 +190,7 @@ class GrammarMasks:
         for i in rows:
             state = states[i]
             assert state is not None
-            state.matcher.fill_next_token_bitmask(bitmask, i)
+            state.fill(bitmask, i)
         if logits.device.type == "cpu":
             _apply_on_cpu(logits, bitmask, rows)
             return

@@ -100,6 +100,10 @@ class TextTokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self._tok.id_to_token(token_id)
 
+    def tokenizer_json(self) -> str:
+        """The Hugging Face `tokenizer.json` of this tokenizer (what llguidance reads)."""
+        return self._tok.to_str()
+
     @property
     def renders_tools(self) -> bool:
         """The chat template lists a request's `tools` itself (else the caller describes them in a message)."""
@@ -109,7 +113,7 @@ class TextTokenizer:
     def vocabulary_encoding(self) -> str:
         """How the vocabulary's token strings spell bytes: `byte_level` (GPT-2's byte-to-character table),
         `byte_fallback` (SentencePiece: `<0xAB>` tokens and `▁` for a space) or `raw` (the text itself)."""
-        decoder = json.loads(self._tok.to_str()).get("decoder") or {}
+        decoder = json.loads(self.tokenizer_json()).get("decoder") or {}
         kinds = {d.get("type") for d in decoder.get("decoders", [decoder])}
         if "ByteLevel" in kinds:
             return "byte_level"

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from appliance.engine.grammar import GrammarCompiler, GrammarSpec
+from appliance.engine.grammar_llguidance import LlguidanceGrammar, bounds_string_length
 from appliance.engine.sampler import Sampler
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.tokenizer import ChatMessage
@@ -243,6 +244,44 @@ def test_the_engines_compiler_compiles_a_grammar_once(engine) -> None:
     compiled = engine.grammars.compile(spec)
     engine.generate([chat(engine, "hi")], SamplingParams(max_tokens=4, temperature=0.0, grammar=spec))
     assert engine.grammars.compile(spec) is compiled
+
+
+def test_only_schemas_that_bound_a_strings_length_go_to_llguidance(engine) -> None:
+    assert bounds_string_length(PERSON) and bounds_string_length(ORDER)  # maxLength, nested in ORDER
+    assert not bounds_string_length(READING) and not bounds_string_length({"minItems": 3, "maximum": 4})
+    assert bounds_string_length({"anyOf": [{"type": "null"}, {"type": "string", "minLength": 2}]})
+    assert isinstance(engine.grammars.compile(GrammarSpec.json_schema(PERSON)), LlguidanceGrammar)
+    for spec in (GrammarSpec.json_schema(READING), GrammarSpec("regex", "a{1,3}"), GrammarSpec("json_object")):
+        assert not isinstance(engine.grammars.compile(spec), LlguidanceGrammar)
+
+
+BOUNDED = {"type": "array", "minItems": 3, "maxItems": 3,
+           "items": {"type": "string", "minLength": 2, "maxLength": 5}}
+
+
+def test_bounded_strings_keep_their_bounds_in_a_batch_with_xgrammar_rows(engine) -> None:
+    """Draws at temperature 1 (which would run past a bound if the mask let them), batched with rows that
+    xgrammar constrains in the same steps: every string holds 2-5 characters, every xgrammar row its grammar."""
+    bounded = GrammarSpec.json_schema(BOUNDED)
+    params = [SamplingParams(max_tokens=60, temperature=1.0, seed=s, grammar=bounded) for s in range(6)] + \
+        [SamplingParams(max_tokens=60, temperature=1.0, seed=s, grammar=GrammarSpec.json_schema(READING))
+         for s in range(2)]
+    results = engine.generate([chat(engine, "List three city names as a JSON array.")] * len(params), params)
+    for r in results[:6]:
+        value = json.loads(r.text)
+        assert r.finish_reason == "stop" and len(value) == 3, r.text
+        assert all(isinstance(v, str) and 2 <= len(v) <= 5 for v in value), r.text
+    assert len({r.text for r in results[:6]}) > 2  # the draws really differ
+    for r in results[6:]:
+        assert violations(json.loads(r.text), READING) == [], r.text
+
+
+def test_a_bounded_schema_llguidance_refuses_is_a_request_error_with_its_reason(engine) -> None:
+    spec = GrammarSpec.json_schema({"type": "string", "maxLength": 4, "pattern": "(["})
+    with pytest.raises(RequestError, match=r"^cannot use this json schema: \S") as caught:
+        engine.add_request("bad-bounded", chat(engine, "hi"), SamplingParams(max_tokens=4, grammar=spec))
+    assert "regex" in str(caught.value).lower() or "pattern" in str(caught.value).lower(), caught.value
+    assert "bad-bounded" not in engine.requests
 
 
 def test_token_bytes_of_the_byte_level_vocabulary(engine) -> None:
