@@ -24,6 +24,7 @@ from appliance.commands.demo import demo
 from appliance.commands.eval import eval_command
 from appliance.commands.keys import keys_app
 from appliance.commands.retrieval import ingest, search
+from appliance.commands.sync import sync
 from appliance.commands.warm import warm
 from appliance.config import Settings
 from appliance.errors import ApplianceError
@@ -44,6 +45,7 @@ app.command("warm")(warm)
 app.command("ask")(ask)
 app.command("demo")(demo)
 app.command("eval")(eval_command)
+app.command("sync")(sync)
 bench_app.command("engine")(bench_engine)
 bench_app.command("rag")(bench_rag)
 bench_app.command("blend")(bench_blend)
