@@ -1,5 +1,5 @@
-"""DOCX via python-docx: paragraphs and tables in body order; 'Heading N' styles give the heading path.
-The package is checked first like any zip, and XML parts with a DTD are refused."""
+"""DOCX via python-docx: paragraphs and tables (as Markdown tables) in body order; 'Heading N' styles give
+the heading path. The package is checked first (`retrieval.parse.ooxml`): zip rules, no DTD in XML parts."""
 
 from __future__ import annotations
 
@@ -12,40 +12,32 @@ from docx.opc.exceptions import PackageNotFoundError
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 
-from retrieval.errors import CorruptFileError, UnsafeArchiveError
+from retrieval.errors import CorruptFileError
+from retrieval.parse.ooxml import check_xml_package
+from retrieval.parse.tables import markdown_table
 from retrieval.parse.text import stem_title
-from retrieval.parse.zip import ArchiveLimits, checked_entries
 from retrieval.types import ParsedDocument, Section
 
 _HEADING_STYLE = re.compile(r"^Heading (\d)$")
 
 
-def _declares_dtd(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bool:
-    """Whether the part holds `<!DOCTYPE` or `<!ENTITY` anywhere (read in pieces that overlap by 8 bytes)."""
-    tail = b""
-    with archive.open(info) as part:
-        while piece := part.read(1024 * 1024):
-            window = tail + piece
-            if b"<!DOCTYPE" in window or b"<!ENTITY" in window:
-                return True
-            tail = window[-8:]
-    return False
-
-
-def _check_package(data: bytes, name: str) -> None:
-    """A DOCX is a zip of XML parts: the archive rules apply (no zip bombs), and no part may declare a DTD
-    (external entities, entity expansion bombs), which Word never writes."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            for info, _ in checked_entries(archive, name, ArchiveLimits()):
-                if info.filename.endswith((".xml", ".rels")) and _declares_dtd(archive, info):
-                    raise UnsafeArchiveError(f"{name}: part {info.filename!r} declares an XML DTD or entity")
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as exc:
-        raise CorruptFileError(f"{name}: not a readable DOCX file ({exc})") from exc
+def _table_rows(table: Table) -> list[list[str]]:
+    """One list per row with one cell per grid column, so merged cells never shift the columns: python-docx
+    repeats a merged cell in every grid column it spans (kept once, the rest blank) and in every row of a
+    vertical merge (kept: each row reads whole); rows that start late or end early are padded."""
+    rows = []
+    for row in table.rows:
+        cells: list[str] = [""] * row.grid_cols_before
+        previous = None
+        for cell in row.cells:
+            cells.append("" if previous is not None and cell._tc is previous._tc else cell.text)
+            previous = cell
+        rows.append(cells + [""] * row.grid_cols_after)
+    return rows
 
 
 def parse_docx(data: bytes, name: str) -> ParsedDocument:
-    _check_package(data, name)
+    check_xml_package(data, name, "DOCX")
     try:
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
@@ -63,8 +55,9 @@ def parse_docx(data: bytes, name: str) -> ParsedDocument:
 
     for block in document.iter_inner_content():
         if isinstance(block, Table):
-            rows = (" | ".join(cell.text.strip() for cell in row.cells) for row in block.rows)
-            lines.append("\n".join(rows))
+            table = markdown_table(_table_rows(block))
+            if table:
+                lines.append(table)
             continue
         assert isinstance(block, Paragraph)
         text = block.text.strip()
