@@ -14,9 +14,13 @@ from typing import Any
 import faiss
 import numpy as np
 
+from retrieval.filters import AllowedIds
+
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 64
+EXACT_FILTER_MAX = 4096  # a filter allowing at most this many vectors is searched exactly over them
+HNSW_FILTER_EF_MAX = 2048
 
 
 @functools.cache
@@ -102,12 +106,15 @@ class VectorIndex:
             index.add_with_ids(np.ascontiguousarray(add_vectors, dtype=np.float32), np.asarray(add_ids, dtype=np.int64))
         return VectorIndex(index, tombstones, self.use_gpu)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) of shape (len(queries), k); missing results have id -1."""
-        if self.index.ntotal == 0:
+    def search(self, queries: np.ndarray, k: int, allowed: AllowedIds | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of shape (len(queries), k); missing results have id -1. With `allowed`, only those
+        ids are candidates (filtered inside the search, so up to `k` allowed results come back)."""
+        if self.index.ntotal == 0 or (allowed is not None and not len(allowed)):
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         k = min(k, int(self.index.ntotal))
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if allowed is not None:
+            return self._search_allowed(queries, k, allowed)
         if self._gpu is not None:
             return self._gpu.search(queries, k)
         params = None
@@ -115,6 +122,45 @@ class VectorIndex:
             hnsw_params: Any = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing from faiss's stubs
             params = hnsw_params(efSearch=max(HNSW_EF_SEARCH, k), sel=self._selector)
         return self.index.search(queries, k, params=params)
+
+    def _search_allowed(self, queries: np.ndarray, k: int, allowed: AllowedIds) -> tuple[np.ndarray, np.ndarray]:
+        """A few allowed vectors: exact scores over them; more: the index searched through a bitmap selector
+        (CPU; HNSW with its candidate list widened by the filter's selectivity, and exact over the allowed
+        vectors for a query that still comes back short)."""
+        if len(allowed) <= EXACT_FILTER_MAX:
+            return self._exact_over(queries, k, allowed)
+        bitmap = allowed.bitmap  # referenced until the search returns: the selector only points at it
+        selector: Any = faiss.IDSelectorBitmap(allowed.bound, faiss.swig_ptr(bitmap))
+        if self._selector is not None:
+            selector = faiss.IDSelectorAnd(selector, self._selector)
+        if self.is_exact:
+            params: Any = faiss.SearchParameters
+            return self.index.search(queries, k, params=params(sel=selector))
+        share = len(allowed) / max(1, int(self.index.ntotal))
+        ef = int(min(HNSW_FILTER_EF_MAX, max(HNSW_EF_SEARCH, k, 2 * k / share)))
+        hnsw_params: Any = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing from faiss's stubs
+        scores, ids = self.index.search(queries, k, params=hnsw_params(efSearch=ef, sel=selector))
+        short = (ids >= 0).sum(axis=1) < k
+        if short.any():
+            scores[short], ids[short] = self._exact_over(queries[short], k, allowed)
+        return scores, ids
+
+    def _exact_over(self, queries: np.ndarray, k: int, allowed: AllowedIds) -> tuple[np.ndarray, np.ndarray]:
+        """Inner products with every allowed live vector; (scores, ids) padded with -1 to `k` columns."""
+        ids = allowed.ids[np.isin(allowed.ids, self._live_ids)]
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        found = np.full((len(queries), k), -1, dtype=np.int64)
+        if len(ids):
+            sims = queries @ self.index.reconstruct_batch(ids).T  # (queries, allowed)
+            top = min(k, len(ids))
+            best = np.argsort(-sims, axis=1, kind="stable")[:, :top]
+            scores[:, :top] = np.take_along_axis(sims, best, axis=1)
+            found[:, :top] = ids[best]
+        return scores, found
+
+    @functools.cached_property
+    def _live_ids(self) -> np.ndarray:
+        return self.ids()
 
     def to_bytes(self) -> bytes:
         return faiss.serialize_index(self.index).tobytes()

@@ -36,11 +36,14 @@ EMBED_BATCH_CHUNKS = 256  # chunks of several small files are embedded together
 @dataclass(frozen=True)
 class IngestItem:
     """One input file: `source` is the name documents record; `path` holds the bytes. `staged` files
-    (uploads copied under the data dir) are removed once the job has read them."""
+    (uploads copied under the data dir) are removed once the job has read them. Its documents (an archive's
+    entries too) get `tags` and `modified` (epoch seconds; None: the time they are stored)."""
 
     source: str
     path: Path
     staged: bool = False
+    tags: tuple[tuple[str, str], ...] = ()
+    modified: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class _Work:
     content_hash: str
     size: int
     in_archive: bool
+    item: IngestItem
 
 
 class Ingestor:
@@ -115,25 +119,29 @@ class Ingestor:
             if progress is not None:
                 progress(FileEvent(source, state, error, chunks, counts["done"], counts["total"]))
 
-        def prepare(seq: int, source: str, data: bytes, in_archive: bool) -> Iterator[tuple[_Work, str, bytes]]:
+        def prepare(seq: int, source: str, data: bytes, item: IngestItem,
+                    in_archive: bool) -> Iterator[tuple[_Work, str, bytes]]:
             digest = hashlib.sha256(data).hexdigest()
             same = self.store.find_document(collection, digest)
             if same is not None:
                 reason = "unchanged" if same.source == source else f"same content as {same.source}"
+                if same.source == source and item.tags and same.tags != item.tags and same.state == "ready":
+                    self.store.set_tags(same.doc_id, dict(item.tags))  # new tags on unchanged content
+                    reason = "unchanged (tags updated)"
                 settle(seq, source, "skipped", reason, same.doc_id, same.chunks)
                 return
-            yield _Work(seq, source, digest, len(data), in_archive), source, data
+            yield _Work(seq, source, digest, len(data), in_archive, item), source, data
 
         def work() -> Iterator[tuple[_Work, str, bytes]]:
             for seq, item in enumerate(items):
                 try:
                     data = self._read(item)
                     if detect_kind(item.source, data[:1024]) != "zip":
-                        yield from prepare(seq, item.source, data, False)
+                        yield from prepare(seq, item.source, data, item, False)
                         continue
                     for name, entry in iter_archive(data, item.source, self.limits.archive):
                         counts["total"] += 1
-                        yield from prepare(self.records.add_file(job_id, name), name, entry, True)
+                        yield from prepare(self.records.add_file(job_id, name), name, entry, item, True)
                     settle(seq, item.source, "expanded")
                 except FileError as exc:
                     settle(seq, item.source, "failed", str(exc))
@@ -158,6 +166,9 @@ class Ingestor:
                         work_item.size,
                         drafts,
                         part,
+                        modified=work_item.item.modified,
+                        content_type=doc.kind,
+                        tags=dict(work_item.item.tags),
                     )
                 except sqlite3.IntegrityError:  # the same content arrived meanwhile (this job or another)
                     settle(work_item.seq, work_item.source, "skipped", "same content ingested meanwhile")

@@ -9,6 +9,8 @@ from pathlib import Path
 import bm25s
 import numpy as np
 
+from retrieval.filters import AllowedIds
+
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
@@ -31,17 +33,19 @@ class LexicalIndex:
         retriever.index(_tokenize(texts), show_progress=False)
         return cls(np.asarray(ids, dtype=np.int64), retriever)
 
-    def search(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, chunk ids), best first; only documents with a positive score."""
+    def search(self, query: str, k: int, allowed: AllowedIds | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, chunk ids), best first; only documents with a positive score (and, with `allowed`, only
+        those chunk ids: the others' scores are masked to zero inside the ranking)."""
         empty = (np.zeros(0, np.float32), np.zeros(0, np.int64))
-        if self.retriever is None:
+        if self.retriever is None or (allowed is not None and not len(allowed)):
             return empty
         vocab = self.retriever.vocab_dict
         tokens = [t for t in _tokenize([query])[0] if t in vocab]
         if not tokens:
             return empty
         k = min(k, len(self.ids))
-        rows, scores = self.retriever.retrieve([tokens], k=k, show_progress=False, n_threads=1)
+        mask = None if allowed is None else allowed.contains(self.ids).astype(np.float32)
+        rows, scores = self.retriever.retrieve([tokens], k=k, show_progress=False, n_threads=1, weight_mask=mask)
         rows, scores = rows[0], scores[0]
         keep = scores > 0
         return scores[keep].astype(np.float32), self.ids[rows[keep]]

@@ -12,15 +12,19 @@ import hashlib
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
+
+import numpy as np
 
 from retrieval.chunk import Chunker, Tokenizer
 from retrieval.embed import Embedder, shared_embedder
 from retrieval.errors import NotFoundError, TooLargeError
+from retrieval.filters import AllowedIds, SearchFilters, check_tags
 from retrieval.indexes import IndexManager
 from retrieval.jobs import IngestItem, IngestLimits, Ingestor, JobRunner, ProgressFn
 from retrieval.jobstore import JobRecords
@@ -70,6 +74,8 @@ class RetrievalService:
         self._removed_callback: Callable[[list[str]], None] | None = None
         self.retrievals = RetrievalCounter(store)
         self.uploads = data_dir / "uploads" / current_owner()
+        self._chunk_docs: dict[str, tuple[tuple[int, float], np.ndarray, np.ndarray, dict[str, int]]] = {}
+        self._chunk_docs_lock = threading.Lock()
 
     @classmethod
     def open(
@@ -148,20 +154,25 @@ class RetrievalService:
 
     # --- ingestion ---------------------------------------------------------------------------------
     def ingest_paths(
-        self, collection: str, paths: Sequence[Path], progress: ProgressFn | None = None, create: bool = True
+        self, collection: str, paths: Sequence[Path], progress: ProgressFn | None = None, create: bool = True,
+        tags: Mapping[str, str] | None = None,
     ) -> JobStatus:
         """Ingest files, folders (recursively: files with a supported extension) and zips, in this process,
-        and return the finished job. Creates the collection when `create` and it does not exist."""
+        and return the finished job. Creates the collection when `create` and it does not exist. Every
+        document gets `tags` (checked first: FilterError) and its file's mtime as `modified`."""
+        tag_pairs = tuple(sorted(check_tags(tags or {}).items()))
         if create and not any(c.name == collection for c in self.store.list_collections()):
             self.store.create_collection(collection)
         self.store.require_collection(collection)
-        items = [IngestItem(str(p), p) for p in _expand(paths)]
+        items = [IngestItem(str(p), p, tags=tag_pairs, modified=_mtime(p)) for p in _expand(paths)]
         job_id = self.jobs.create(collection, [i.source for i in items])
         return self.ingestor.run(job_id, collection, items, progress)
 
-    def stage_upload(self, filename: str, stream: BinaryIO) -> IngestItem:
+    def stage_upload(self, filename: str, stream: BinaryIO, tags: Mapping[str, str] | None = None) -> IngestItem:
         """Copy an uploaded file under `uploads/` (named by its content hash), checking its type from its
-        name and first bytes and its size while copying. Raises UnsupportedTypeError, TooLargeError."""
+        name and first bytes and its size while copying; its documents get `tags` and the upload time as
+        `modified`. Raises UnsupportedTypeError, TooLargeError, FilterError (bad tags)."""
+        tag_pairs = tuple(sorted(check_tags(tags or {}).items()))
         name = safe_upload_name(filename)
         head = stream.read(1024)
         detect_kind(name, head)
@@ -182,7 +193,7 @@ class RetrievalService:
             os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        return IngestItem(name, final, staged=True)
+        return IngestItem(name, final, staged=True, tags=tag_pairs, modified=time.time())
 
     def submit(self, collection: str, items: list[IngestItem]) -> str:
         """Queue a background job over staged items; returns its id at once."""
@@ -208,11 +219,14 @@ class RetrievalService:
 
     # --- search ------------------------------------------------------------------------------------
     def search(self, query: str, collections: Iterable[str], k: int = 10, mode: SearchMode = "hybrid", *,
-               count: bool = True) -> list[Hit]:
-        """The top `k` chunks of ready documents in `collections` for `query`, best first; each is counted as
-        retrieved once (`retrieval_counts`) unless `count` is False.
+               count: bool = True, filters: SearchFilters | None = None) -> list[Hit]:
+        """The top `k` chunks of ready documents in `collections` (and passing `filters`) for `query`, best
+        first; each is counted as retrieved once (`retrieval_counts`) unless `count` is False.
 
-        Raises NotFoundError for an unknown collection. Sees other processes' changes at once.
+        Filters are resolved in the store to the allowed chunk ids of each collection, which restrict both
+        indexes' candidates inside the search (before the top-k cut); every hit is checked again on its stored
+        row, as its collection is. Raises NotFoundError for an unknown collection. Sees other processes'
+        changes at once.
         """
         names = list(dict.fromkeys(collections))
         versions = self.store.versions(names)
@@ -221,22 +235,53 @@ class RetrievalService:
             raise NotFoundError(f"collection {missing[0]!r} does not exist")
         if not query.strip() or k <= 0:
             return []
+        only: list[AllowedIds | None] | None = None
+        if filters is not None and not filters.empty:
+            only = [self._allowed(n, versions[n], filters) for n in names]
+            if not any(len(a or ()) for a in only):
+                return []
         indexes = [self.indexes.get(name, versions[name]) for name in names]
         vector = self.embedder.encode_queries([query])[0] if mode != "bm25" else None
-        ranked = fuse(indexes, vector, query, k + 4, mode)
+        ranked = fuse(indexes, vector, query, k + 4, mode, only)
         chunks = self.store.chunks([cid for cid, _ in ranked])
         allowed = set(names)  # the caller's collections, checked again on the stored rows (defence in depth)
         hits = [Hit(chunks[cid], score) for cid, score in ranked if cid in chunks]
-        found = [hit for hit in hits if hit.chunk.collection in allowed][:k]
+        found = [hit for hit in hits if hit.chunk.collection in allowed
+                 and (filters is None or filters.admits(hit.chunk))][:k]
         if count:
             self.retrievals.record(hit.chunk.chunk_id for hit in found)
         return found
 
-    def search_phrasings(self, queries: Sequence[str], collections: Iterable[str], k: int = 10) -> list[Hit]:
+    def _allowed(self, collection: str, version: int, filters: SearchFilters) -> AllowedIds:
+        """The chunk ids of `collection`'s ready documents that pass `filters`: the documents are chosen in the
+        store, their chunks through a chunk -> document map kept per index version."""
+        docs = self.store.filtered_documents(collection, filters)
+        if not docs:
+            return AllowedIds(np.zeros(0, dtype=np.int64))
+        # a collection deleted and made again restarts its versions: its creation time tells them apart
+        created = self.store.query("SELECT created_at FROM collections WHERE name = ?", (collection,))
+        if not created:
+            raise NotFoundError(f"collection {collection!r} does not exist")
+        mark = (version, float(created[0][0]))
+        with self._chunk_docs_lock:
+            cached = self._chunk_docs.get(collection)
+            if cached is None or cached[0] != mark:
+                ids, doc_of = self.store.ready_chunk_documents(collection)  # read after `version`: as new or newer
+                names, codes = np.unique(np.asarray(doc_of, dtype=object), return_inverse=True)
+                cached = (mark, ids, codes, {str(d): i for i, d in enumerate(names)})
+                self._chunk_docs[collection] = cached
+        _, ids, codes, code_of = cached
+        wanted = np.asarray([code_of[d] for d in docs if d in code_of], dtype=np.int64)
+        return AllowedIds(ids[np.isin(codes, wanted)])
+
+    def search_phrasings(self, queries: Sequence[str], collections: Iterable[str], k: int = 10,
+                         filters: SearchFilters | None = None) -> list[Hit]:
         """The top `k` chunks for several phrasings of one need (a follow-up joined with its conversation's
         earlier questions, and as asked: whichever the conversation turns out to be about), each searched
-        (hybrid) and their rankings fused by reciprocal rank; counted as retrieved once. Raises as `search`."""
-        rankings = [self.search(q, collections, k, "hybrid", count=False) for q in dict.fromkeys(queries)]
+        (hybrid, within `filters`) and their rankings fused by reciprocal rank; counted as retrieved once.
+        Raises as `search`."""
+        rankings = [self.search(q, collections, k, "hybrid", count=False, filters=filters)
+                    for q in dict.fromkeys(queries)]
         fused: dict[int, float] = {}
         chunks = {}
         for ranking in rankings:
@@ -269,6 +314,13 @@ def _remove_dead_uploads(root: Path) -> None:
         for folder in root.iterdir():
             if folder.is_dir() and not owner_alive(folder.name):
                 shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None  # unreadable: the job records why
 
 
 def _expand(paths: Sequence[Path]) -> list[Path]:

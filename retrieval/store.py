@@ -16,12 +16,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from retrieval.errors import ConflictError, InvalidNameError, NotFoundError
+from retrieval.filters import SearchFilters, check_tags
 from retrieval.types import Chunk, ChunkDraft, Collection, Document
 
 COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -32,7 +33,8 @@ CREATE TABLE IF NOT EXISTS collections(
 CREATE TABLE IF NOT EXISTS documents(
     doc_id TEXT PRIMARY KEY, collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
     source TEXT NOT NULL, title TEXT NOT NULL, content_hash TEXT NOT NULL, size INTEGER NOT NULL,
-    chunks INTEGER NOT NULL, state TEXT NOT NULL, job_id TEXT, created_at REAL NOT NULL);
+    chunks INTEGER NOT NULL, state TEXT NOT NULL, job_id TEXT, created_at REAL NOT NULL,
+    modified REAL, content_type TEXT);
 CREATE INDEX IF NOT EXISTS documents_by_hash ON documents(collection, content_hash);
 CREATE INDEX IF NOT EXISTS documents_by_source ON documents(collection, source);
 CREATE INDEX IF NOT EXISTS documents_by_job ON documents(job_id);
@@ -42,6 +44,10 @@ CREATE TABLE IF NOT EXISTS chunks(
     text TEXT NOT NULL, token_ids BLOB NOT NULL, page INTEGER, heading_path TEXT NOT NULL,
     embedding BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks(doc_id);
+CREATE TABLE IF NOT EXISTS document_tags(
+    doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY(doc_id, key));
+CREATE INDEX IF NOT EXISTS document_tags_by_value ON document_tags(key, value);
 CREATE TABLE IF NOT EXISTS chunk_retrievals(
     chunk_id INTEGER PRIMARY KEY REFERENCES chunks(chunk_id) ON DELETE CASCADE, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS jobs(
@@ -54,7 +60,11 @@ CREATE TABLE IF NOT EXISTS job_files(
 """
 _LOCK_WAIT_S = 60.0  # how long a write waits for another process's transaction
 _CHUNK_COLUMNS = (
-    "c.chunk_id, c.doc_id, d.collection, c.ordinal, c.text, c.token_ids, d.title, d.source, c.page, c.heading_path"
+    "c.chunk_id, c.doc_id, d.collection, c.ordinal, c.text, c.token_ids, d.title, d.source, c.page, c.heading_path, "
+    "d.modified, d.content_type"
+)
+_DOC_COLUMNS = (
+    "doc_id, collection, source, title, content_hash, size, chunks, state, created_at, modified, content_type"
 )
 
 
@@ -82,7 +92,7 @@ class Published:
     removed_docs: list[str] = field(default_factory=list)  # ready doc ids that are gone (replaced or deleted)
 
 
-def _chunk(row: tuple) -> Chunk:
+def _chunk(row: tuple, tags: dict[str, tuple[tuple[str, str], ...]]) -> Chunk:
     return Chunk(
         chunk_id=row[0],
         doc_id=row[1],
@@ -94,11 +104,17 @@ def _chunk(row: tuple) -> Chunk:
         source=row[7],
         page=row[8],
         heading_path=tuple(json.loads(row[9])),
+        modified=row[10],
+        content_type=row[11],
+        tags=tags.get(row[1], ()),
     )
 
 
-def _document(row: tuple) -> Document:
-    return Document(*row)
+def _kind_of(source: str) -> str | None:
+    """The parser kind a stored source name implies (for stores made before `content_type` was recorded)."""
+    from retrieval.parse import EXTENSIONS
+
+    return EXTENSIONS.get(Path(source.split("#")[0]).suffix.lower())
 
 
 class Store:
@@ -111,6 +127,21 @@ class Store:
         conn.executescript(_SCHEMA)
         if "owner" not in {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}:  # stores made before it
             conn.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+        if "modified" not in {row[1] for row in conn.execute("PRAGMA table_info(documents)")}:
+            self._add_metadata_columns()
+
+    def _add_metadata_columns(self) -> None:
+        """Stores made before documents carried metadata: `modified` becomes the ingestion time, `content_type`
+        the kind the source's extension names (doc ids and chunk ids stay as they are)."""
+        with self.transaction() as db:
+            if "modified" in {row[1] for row in db.execute("PRAGMA table_info(documents)")}:
+                return  # another process migrated it meanwhile
+            db.execute("ALTER TABLE documents ADD COLUMN modified REAL")
+            db.execute("ALTER TABLE documents ADD COLUMN content_type TEXT")
+            db.execute("UPDATE documents SET modified = created_at")
+            rows = db.execute("SELECT doc_id, source FROM documents").fetchall()
+            db.executemany("UPDATE documents SET content_type = ? WHERE doc_id = ?",
+                           [(_kind_of(source), doc_id) for doc_id, source in rows])
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -179,23 +210,62 @@ class Store:
                 raise NotFoundError(f"collection {name!r} does not exist")
 
     # --- documents ---------------------------------------------------------------------------------
+    def _tags(self, doc_ids: list[str]) -> dict[str, tuple[tuple[str, str], ...]]:
+        """Each document's tags, (key, value) sorted by key (documents without tags are absent)."""
+        found: dict[str, list[tuple[str, str]]] = {}
+        for start in range(0, len(doc_ids), 900):
+            part = list(dict.fromkeys(doc_ids[start : start + 900]))
+            marks = ",".join("?" * len(part))
+            for doc_id, key, value in self.query(
+                f"SELECT doc_id, key, value FROM document_tags WHERE doc_id IN ({marks}) ORDER BY doc_id, key", part
+            ):
+                found.setdefault(doc_id, []).append((key, value))
+        return {doc_id: tuple(pairs) for doc_id, pairs in found.items()}
+
+    def _documents(self, rows: list[tuple]) -> list[Document]:
+        tags = self._tags([row[0] for row in rows])
+        return [replace(Document(*row), tags=tags.get(row[0], ())) for row in rows]
+
     def list_documents(self, collection: str) -> list[Document]:
         self.require_collection(collection)
         rows = self.query(
-            "SELECT doc_id, collection, source, title, content_hash, size, chunks, state, created_at "
-            "FROM documents WHERE collection = ? AND state = 'ready' ORDER BY source",
+            f"SELECT {_DOC_COLUMNS} FROM documents WHERE collection = ? AND state = 'ready' ORDER BY source",
             (collection,),
         )
-        return [_document(row) for row in rows]
+        return self._documents(rows)
+
+    def set_tags(self, doc_id: str, tags: dict[str, str]) -> None:
+        """Replace a document's tags (they decide filters at the next search; indexes are not involved)."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM document_tags WHERE doc_id = ?", (doc_id,))
+            db.executemany("INSERT INTO document_tags(doc_id, key, value) VALUES (?, ?, ?)",
+                           [(doc_id, k, v) for k, v in tags.items()])
+
+    def filtered_documents(self, collection: str, filters: SearchFilters) -> list[str]:
+        """Ids of the collection's ready documents that pass `filters`."""
+        where, params = filters.sql()
+        rows = self.query(
+            f"SELECT d.doc_id FROM documents d WHERE d.collection = ? AND d.state = 'ready' AND {where}",
+            [collection, *params],
+        )
+        return [r[0] for r in rows]
+
+    def ready_chunk_documents(self, collection: str) -> tuple[np.ndarray, list[str]]:
+        """(chunk ids of the collection's ready chunks, sorted; the document id of each)."""
+        rows = self.query(
+            "SELECT c.chunk_id, c.doc_id FROM chunks c JOIN documents d USING (doc_id) "
+            "WHERE d.collection = ? AND d.state = 'ready' ORDER BY c.chunk_id",
+            (collection,),
+        )
+        return np.asarray([r[0] for r in rows], dtype=np.int64), [r[1] for r in rows]
 
     def find_document(self, collection: str, content_hash: str) -> Document | None:
         """A document of the collection (ready, or pending in any job) with this content hash."""
         rows = self.query(
-            "SELECT doc_id, collection, source, title, content_hash, size, chunks, state, created_at "
-            "FROM documents WHERE collection = ? AND content_hash = ? LIMIT 1",
+            f"SELECT {_DOC_COLUMNS} FROM documents WHERE collection = ? AND content_hash = ? LIMIT 1",
             (collection, content_hash),
         )
-        return _document(rows[0]) if rows else None
+        return self._documents(rows)[0] if rows else None
 
     def add_pending_document(
         self,
@@ -207,14 +277,25 @@ class Store:
         size: int,
         drafts: list[ChunkDraft],
         embeddings: np.ndarray,
+        *,
+        modified: float | None = None,
+        content_type: str | None = None,
+        tags: dict[str, str] | None = None,
     ) -> str:
-        """Store a parsed document and its chunks as `pending` (invisible to search) in one transaction."""
+        """Store a parsed document and its chunks as `pending` (invisible to search) in one transaction.
+        `modified` defaults to now; `tags` are checked (`retrieval.filters.check_tags`)."""
         doc_id = document_id(collection, content_hash)
+        now = time.time()
+        checked = check_tags(tags or {})
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                (doc_id, collection, source, title, content_hash, size, len(drafts), job_id, time.time()),
+                "INSERT INTO documents(doc_id, collection, source, title, content_hash, size, chunks, state, job_id, "
+                "created_at, modified, content_type) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)",
+                (doc_id, collection, source, title, content_hash, size, len(drafts), job_id, now,
+                 now if modified is None else modified, content_type),
             )
+            db.executemany("INSERT INTO document_tags(doc_id, key, value) VALUES (?, ?, ?)",
+                           [(doc_id, k, v) for k, v in checked.items()])
             db.executemany(
                 "INSERT INTO chunks(doc_id, ordinal, text, token_ids, page, heading_path, embedding) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -319,7 +400,8 @@ class Store:
             f"WHERE c.chunk_id IN ({marks}) AND d.state = 'ready'",
             list(chunk_ids),
         )
-        return {row[0]: _chunk(row) for row in rows}
+        tags = self._tags([row[1] for row in rows])
+        return {row[0]: _chunk(row, tags) for row in rows}
 
     def document_chunks(self, doc_id: str) -> list[Chunk]:
         rows = self.query(
@@ -327,7 +409,8 @@ class Store:
             "WHERE c.doc_id = ? ORDER BY c.ordinal",
             (doc_id,),
         )
-        return [_chunk(row) for row in rows]
+        tags = self._tags([doc_id])
+        return [_chunk(row, tags) for row in rows]
 
     def add_retrievals(self, counts: dict[int, int], lock_wait_s: float) -> None:
         """Add `counts` (chunk id -> times retrieved) to the stored counts, in one transaction; chunks deleted
