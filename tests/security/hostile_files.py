@@ -83,3 +83,32 @@ def corpus(marker: str, secret_file: Path) -> list[Hostile]:
         Hostile("absolute.zip", make_zip({f"/tmp/{marker}.txt": b"pwned"}), "failed", "absolute path"),
         Hostile("xxe.docx", xxe_docx(secret_file), "failed", "XML DTD or entity"),
     ]
+
+
+def with_dtd(package: bytes, part: str) -> bytes:
+    """A copy of a zip package (XLSX, PPTX, DOCX, EPUB) whose XML `part` declares an entity-expansion DTD."""
+    source = zipfile.ZipFile(io.BytesIO(package))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == part:
+                head, _, rest = data.partition(b"?>")
+                doctype = b'<!DOCTYPE lol [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">]>'
+                data = head + b"?>" + doctype + rest
+            out.writestr(info, data)
+    return buf.getvalue()
+
+
+def bomb_epub(epub: bytes, size: int = 16 * 1024 * 1024) -> bytes:
+    """A copy of an EPUB with one more entry: `size` zero bytes deflated about a thousand times."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as out:
+        source = zipfile.ZipFile(io.BytesIO(epub))
+        for info in source.infolist():
+            out.writestr(info, source.read(info))
+        with out.open("OEBPS/images/zeros.xhtml", "w") as entry:
+            block = bytes(1024 * 1024)
+            for _ in range(size // len(block)):
+                entry.write(block)
+    return buf.getvalue()
