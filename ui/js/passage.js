@@ -1,9 +1,11 @@
 // The Q&A page's passage panel: one passage beside the thread, opened from a citation marker or a source, with
-// the sentences that back the citing text highlighted, a note when the passage is inferred, does not clearly
-// support the sentence, or its document was deleted since, and a link to the passage in its whole document.
+// the sentences that back the citing text highlighted (its tables shown as tables, a backing row's cells
+// marked), a note when the passage is inferred, does not clearly support the sentence, or its document was
+// deleted since, and a link to the passage in its whole document.
 // Close (or Escape) gives the focus back to what opened it.
 
-import { docLink, fill, highlighted, supportRanges, whereOf } from "./dom.js";
+import { docLink, fill, supportRanges, whereOf } from "./dom.js";
+import { richText } from "./table.js";
 
 export class PassagePanel {
   /**
@@ -25,7 +27,7 @@ export class PassagePanel {
     this.opener = from;
     fill(this.title, `[${source.n}] ${source.title}`);
     fill(this.meta, whereOf(source) || source.source);
-    highlighted(this.text, source.text, supportRanges(source.text, citing));
+    richText(this.text, source.text, supportRanges(source.text, citing));  // tables as tables, marks kept
     fill(this.note, source.gone
       ? "Its document has been deleted since: this is the text the answer was given."
       : kind === "inferred"

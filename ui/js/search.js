@@ -3,8 +3,9 @@
 // filters.
 
 import { call } from "./api.js";
-import { contentWords, docLink, el, fill, formatMs, highlighted, termRanges, whereOf } from "./dom.js";
+import { contentWords, docLink, el, fill, formatMs, termRanges, whereOf } from "./dom.js";
 import { boot, fillCollectionSelect, readableCollections, showError } from "./page.js";
+import { richText } from "./table.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -13,7 +14,7 @@ function hitNode(hit, rank, terms) {
   return el("li", { class: "hit card", value: rank },
     el("h2", { class: "hit-title" }, el("a", { href: docLink(hit.doc_id, hit.chunk_id) }, hit.title || hit.source)),
     el("p", { class: "meta" }, [hit.source, where, `score ${hit.score.toFixed(4)}`].filter(Boolean).join(" · ")),
-    highlighted(el("p", { class: "hit-text" }), hit.text, termRanges(hit.text, terms)));
+    richText(el("div", { class: "hit-text" }), hit.text, termRanges(hit.text, terms)));  // tables as tables
 }
 
 async function search(event) {
