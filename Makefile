@@ -7,7 +7,9 @@ PYTHON ?= python3
 
 .PHONY: setup run demo test test-system-deps lint typecheck deploy-check unit bench-engine bench-retrieval reliability clean
 
+# OCR (scanned PDFs, images) needs Tesseract; without root it stays off, and such files fail saying so.
 setup: $(STAMP)
+	@scripts/system_deps.sh $(OCR_SYSTEM_PACKAGES) || echo "OCR stays unavailable until those are installed"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,10 +39,14 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 
 # Debian packages as PACKAGE=WITNESS (a file it ships or a command it provides); scripts/system_deps.sh installs
 # the missing ones when run as root, else says what to install and stops. The suite needs a compose client
-# (deploy-check), Chromium (tests/ui drive it through Playwright; a browser is never downloaded) and the
-# python3.11-doc pages (the gold-answer set is checked against them; also the demo and retrieval corpus).
+# (deploy-check), Chromium (tests/ui drive it through Playwright; a browser is never downloaded), the
+# python3.11-doc pages (the gold-answer set is checked against them; also the demo and retrieval corpus) and
+# Tesseract (tests/retrieval OCR rendered pages).
 DEMO_SYSTEM_PACKAGES := python3.11-doc=/usr/share/doc/python3.11/html/library/index.html
-TEST_SYSTEM_PACKAGES := chromium=/usr/bin/chromium $(DEMO_SYSTEM_PACKAGES) \
+# Tesseract and its English data (tessdata's folder is named by Tesseract's major version) for OCR.
+OCR_SYSTEM_PACKAGES := tesseract-ocr=tesseract tesseract-ocr-eng=$(firstword \
+	$(wildcard /usr/share/tesseract-ocr/*/tessdata/eng.traineddata) /usr/share/tesseract-ocr/5/tessdata/eng.traineddata)
+TEST_SYSTEM_PACKAGES := chromium=/usr/bin/chromium $(DEMO_SYSTEM_PACKAGES) $(OCR_SYSTEM_PACKAGES) \
 	$(if $(filter docker-compose,$(COMPOSE)),docker-compose=docker-compose)
 
 test-system-deps:

@@ -2,9 +2,10 @@
 -> chunk -> embed -> store as pending; then one publish transaction makes the whole job's documents
 searchable (the job's commit point; it is then marked `done`).
 
-Per-file failures are recorded and the job goes on. A job that dies half-way (even by `kill -9`) leaves
-only pending rows, which `JobRecords.recover_interrupted` drops at the next open, failing the job with a
-reason; nothing of it was ever visible to search.
+Per-file failures are recorded and the job goes on; a file ingested with parts its parser could not read
+(`ParsedDocument.warnings`) is `done` with those sentences as its error text. A job that dies half-way (even
+by `kill -9`) leaves only pending rows, which `JobRecords.recover_interrupted` drops at the next open,
+failing the job with a reason; nothing of it was ever visible to search.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ class Ingestor:
                 except sqlite3.IntegrityError:  # the same content arrived meanwhile (this job or another)
                     settle(work_item.seq, work_item.source, "skipped", "same content ingested meanwhile")
                     continue
-                settle(work_item.seq, work_item.source, "done", None, doc_id, len(drafts))
+                # a file ingested with parts unreadable (a page OCR found no text on) says so in its error text
+                settle(work_item.seq, work_item.source, "done", " ".join(doc.warnings) or None, doc_id, len(drafts))
             pending.clear()
 
         published = False

@@ -27,6 +27,9 @@ class ParsedDocument:
     sections: list[Section]
     kind: str  # "pdf" | "html" | "md" | "txt" | "docx" | ...
     metadata: dict[str, str] = field(default_factory=dict)  # e.g. an email's from/to/date/subject
+    # parts that could not be read while the rest was (a page OCR found no text on), each a sentence naming the
+    # file; the job records them as the file's error text, and the file is still ingested
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
