@@ -17,6 +17,7 @@ from appliance.bench.first_question import bench_first_question
 from appliance.bench.followups import bench_followups
 from appliance.bench.gold_sets import bench_gold_set
 from appliance.bench.itl import bench_itl
+from appliance.bench.ocr import bench_ocr
 from appliance.bench.rag import bench_rag
 from appliance.bench.structured import bench_structured
 from appliance.commands.ask import ask
@@ -56,6 +57,7 @@ bench_app.command("gold-set")(bench_gold_set)
 bench_app.command("itl")(bench_itl)
 bench_app.command("api")(bench_api)
 bench_app.command("structured")(bench_structured)
+bench_app.command("ocr")(bench_ocr)
 err = Console(stderr=True)
 
 
