@@ -11,11 +11,13 @@ one checked against what Tesseract has installed (Debian: `tesseract-ocr-<lang>`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 from PIL import Image
 
@@ -90,11 +92,25 @@ def ocr_image(image: Image.Image, languages: str | None = None) -> str:
     TesseractError, RuntimeError on its timeout): callers turn them into FileErrors."""
     import pytesseract
 
-    # One OpenMP thread: a second one made a page 3-6x slower on a busy 2-core machine (threads spinning).
-    os.environ.setdefault("OMP_THREAD_LIMIT", "1")
-    text = pytesseract.image_to_string(flatten(image), lang=languages or configured_languages(),
-                                       timeout=PAGE_TIMEOUT_S)
+    with _one_omp_thread():
+        text = pytesseract.image_to_string(flatten(image), lang=languages or configured_languages(),
+                                           timeout=PAGE_TIMEOUT_S)
     return str(text).strip()
+
+
+@contextlib.contextmanager
+def _one_omp_thread() -> Iterator[None]:
+    """Tesseract started meanwhile gets one OpenMP thread (a second one made a page 3-6x slower on a busy 2-core
+    machine: threads spinning); the variable is put back after, so no other child process inherits it."""
+    before = os.environ.get("OMP_THREAD_LIMIT")
+    os.environ["OMP_THREAD_LIMIT"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("OMP_THREAD_LIMIT", None)
+        else:
+            os.environ["OMP_THREAD_LIMIT"] = before
 
 
 def pages_phrase(pages: list[int]) -> str:
