@@ -109,9 +109,15 @@ def _inside(obj: dict[str, Any], box: tuple[float, float, float, float]) -> bool
     return box[0] <= x <= box[2] and box[1] <= y <= box[3]
 
 
+def _is_grid(rows: list[list[str | None]]) -> bool:
+    """At least two rows and two columns with text: one ruled cell is a frame around text, not a table."""
+    filled = [row for row in rows if any(cell and cell.strip() for cell in row)]
+    return len(filled) >= 2 and max(sum(bool(cell and cell.strip()) for cell in row) for row in filled) >= 2
+
+
 def _text_with_tables(page: Any) -> str | None:
     """The page's text with each ruled table as a Markdown table in reading position; None without tables."""
-    tables = [t for t in page.find_tables() if markdown_table(t.extract())]
+    tables = [t for t in page.find_tables() if _is_grid(t.extract())]
     if not tables:
         return None
     boxes = [t.bbox for t in tables]

@@ -55,3 +55,15 @@ def test_a_ruled_table_becomes_a_markdown_table_in_reading_position() -> None:
     assert lines[: start] == ["Three metals compared by density.", ""]
     assert lines[start + len(table):] == ["", "Tungsten melts at the highest temperature."]
     assert doc.sections[1].text.count("Tungsten") == 2  # once in its cell, once in the closing paragraph
+
+
+def test_a_ruled_box_of_one_column_stays_text() -> None:
+    """A boxed note (a title cell over a body cell) is a frame around text, not a table of data."""
+    styles = getSampleStyleSheet()
+    frame = Table([["Boxed note:"], [Paragraph("keep the lid closed.", styles["Normal"])]])
+    frame.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 1, colors.black)]))
+    buf = io.BytesIO()
+    SimpleDocTemplate(buf, pagesize=letter).build([Paragraph("Before the box.", styles["Normal"]), frame])
+    doc = parse_bytes(buf.getvalue(), "boxed.pdf")
+    lines = [line.strip() for line in doc.sections[0].text.split("\n")]
+    assert lines == ["Before the box.", "Boxed note:", "keep the lid closed."]
