@@ -280,14 +280,16 @@ def watch(sync: FolderSync, collection: str, folder: Path, on_pass: Callable[[Sy
             if not changes and not first:
                 continue
             try:
-                on_pass(sync.run(collection, folder, cache=cache))
+                report = sync.run(collection, folder, cache=cache)
             except Exception as exc:  # noqa: BLE001 - reported; the next change retries
                 if first:
                     raise
                 on_error(exc)
+                continue
             if first:
                 sync.set_watching(collection, True)
                 first = False
+            on_pass(report)
     finally:
         try:
             sync.set_watching(collection, False)
