@@ -20,6 +20,7 @@ from rich.table import Table
 from appliance.commands.service import open_service
 from appliance.config import Settings
 from appliance.errors import ApplianceError
+from retrieval.filters import FilterError, SearchFilters, parse_tag_args
 from retrieval.service import RetrievalService
 from retrieval.types import JobStatus
 
@@ -51,9 +52,10 @@ def _summary(status: JobStatus) -> None:
             )
 
 
-def ingest_with_progress(service: RetrievalService, collection: str, paths: list[Path]) -> JobStatus:
-    """Ingest `paths` into `collection` (created if missing) in this process, with a progress bar and a summary
-    of what was ingested, skipped and failed."""
+def ingest_with_progress(service: RetrievalService, collection: str, paths: list[Path],
+                         tags: dict[str, str] | None = None) -> JobStatus:
+    """Ingest `paths` into `collection` (created if missing) in this process, every document tagged with
+    `tags`, with a progress bar and a summary of what was ingested, skipped and failed."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -67,6 +69,7 @@ def ingest_with_progress(service: RetrievalService, collection: str, paths: list
             collection,
             paths,
             progress=lambda e: progress.update(task, completed=e.done, total=e.total, current=e.source[-60:]),
+            tags=tags,
         )
     _summary(status)
     return status
@@ -78,6 +81,15 @@ Embedder = Annotated[
     str | None, typer.Option(envvar="APPLIANCE_EMBEDDER", help="'default' or a local sentence-transformers folder")
 ]
 ChunkTokens = Annotated[int, typer.Option(envvar="APPLIANCE_CHUNK_TOKENS", help="Tokens per chunk", min=16)]
+Tags = Annotated[list[str] | None, typer.Option("--tag", help="key=value; repeatable")]
+
+
+def _tags(pairs: list[str] | None) -> dict[str, str]:
+    try:
+        return parse_tag_args(pairs or [])
+    except FilterError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
 
 
 def ingest(
@@ -86,19 +98,22 @@ def ingest(
         str, typer.Option("--collection", "-c", envvar="APPLIANCE_COLLECTION", help="Collection (created if missing)")
     ],
     warm: Annotated[bool, typer.Option(envvar="APPLIANCE_WARM", help="Pre-encode the chunks' KV")] = False,
+    tag: Tags = None,
     data_dir: DataDir = None,
     model: Model = None,
     embedder: Embedder = None,
     chunk_tokens: ChunkTokens = 256,
 ) -> None:
-    """Ingest documents into a collection: parse, chunk, embed and index them (progress bar + summary)."""
+    """Ingest documents into a collection: parse, chunk, embed and index them (progress bar + summary); every
+    document gets the `--tag key=value` tags (filters select on them)."""
+    tags = _tags(tag)
     try:
         service = open_service(data_dir, model, embedder, chunk_tokens)
     except ApplianceError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc
     try:
-        status = ingest_with_progress(service, collection, paths)
+        status = ingest_with_progress(service, collection, paths, tags)
         if warm and status.state == "done":
             from appliance.commands.warm import report_warm, warm_collection
 
@@ -119,15 +134,24 @@ def search(
     k: Annotated[int, typer.Option(min=1, max=100, help="Number of results")] = 10,
     json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
     mode: Annotated[Mode, typer.Option(help="hybrid | vector | bm25")] = Mode.hybrid,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="only documents with tag key=value")] = None,
+    content_type: Annotated[list[str] | None, typer.Option("--content-type", help="only these kinds (pdf, md, ...)")
+                            ] = None,
+    modified_after: Annotated[str | None, typer.Option(help="only documents modified at or after (ISO 8601)")] = None,
     data_dir: DataDir = None,
     model: Model = None,
     embedder: Embedder = None,
 ) -> None:
-    """Search a collection and print the best chunks."""
+    """Search a collection and print the best chunks (within the filters given)."""
+    try:
+        filters = SearchFilters.of(_tags(tag), modified_after, content_type)
+    except FilterError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from exc
     try:
         service = open_service(data_dir, model, embedder, 256)
         try:
-            hits = service.search(query, [collection], k=k, mode=mode.value)
+            hits = service.search(query, [collection], k=k, mode=mode.value, filters=filters)
         finally:
             service.close()
     except ApplianceError as exc:
@@ -144,6 +168,9 @@ def search(
                 "heading_path": list(h.chunk.heading_path),
                 "text": h.chunk.text,
                 "score": h.score,
+                "modified": h.chunk.modified,
+                "content_type": h.chunk.content_type,
+                "tags": dict(h.chunk.tags),
             }
             for h in hits
         ]

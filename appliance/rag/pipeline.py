@@ -16,6 +16,7 @@ from appliance.rag.grounding import FieldGrounding, ground_fields
 from appliance.rag.history import History, not_shown, number_passages, recent_turns
 from appliance.rag.prompt import PromptBuilder
 from appliance.rag.rewrite import DEFAULT_POLICY, FollowUpRewriter, Policy, PriorTurn, phrasings
+from retrieval.filters import SearchFilters
 from retrieval.service import RetrievalService
 from retrieval.types import Chunk
 
@@ -107,18 +108,21 @@ class AskPipeline:
         self.rewriter = FollowUpRewriter(engine, policy=rewrite)
 
     async def ask(self, question: str, collections: list[str], k: int, params: SamplingParams,
-                  doc_cache: str | None = None, history: History | None = None) -> AsyncIterator[AskEvent]:
+                  doc_cache: str | None = None, history: History | None = None,
+                  filters: SearchFilters | None = None) -> AsyncIterator[AskEvent]:
         """Yield sources, then token deltas, then citations, then the done summary. `doc_cache` picks the
         document-cache mode for this question (default: the engine's); `history` makes it a follow-up in a
         conversation (retrieval searches for the question rewritten with the earlier turns; the prompt
-        carries the recent turns as they were, so the prefix cache serves them). With a grammar in `params`
+        carries the recent turns as they were, so the prefix cache serves them); retrieval keeps to the
+        documents that pass `filters`. With a grammar in `params`
         (a JSON schema: grounded extraction) the answer is JSON without citation markers, and a
         `GroundingEvent` (each value's passages) takes the place of the `CitationsEvent`."""
         history = history or History()
         started = time.perf_counter()
         rewrite = await self.rewriter.rewrite([PriorTurn(t.question, t.answer) for t in history.turns], question)
         searched = time.perf_counter()
-        hits = await asyncio.to_thread(self.retrieval.search_phrasings, phrasings(rewrite, question), collections, k)
+        hits = await asyncio.to_thread(self.retrieval.search_phrasings, phrasings(rewrite, question), collections, k,
+                                       filters)
         retrieval_ms = (time.perf_counter() - searched) * 1000
         sources = number_passages([hit.chunk for hit in hits], history.numbers)
         # the earlier turns get the budget, within what the context leaves beside this turn and its answer

@@ -17,6 +17,7 @@ from appliance.server.deps import AppState, Principal, admission_of, engine_of, 
 from appliance.server.errors import ApiError
 from appliance.server.schemas_retrieval import retrieval_of, service_errors
 from appliance.server.usage import RequestUsage, UsageBook
+from retrieval.filters import SearchFilters
 
 
 def _pipeline(state: AppState) -> AskPipeline:
@@ -28,11 +29,11 @@ def _pipeline(state: AppState) -> AskPipeline:
 
 
 async def open_answer(state: AppState, principal: Principal, question: str, collection: str, k: int,
-                      params: SamplingParams, doc_cache: str | None = None, history: History | None = None
-                      ) -> Answer:
-    """Check that the caller may read `collection`, retrieve, and return the answer to stream (a follow-up
-    of `history`'s turns when given). Its `done` event is charged to the caller's key and the collection
-    (usage book, rag_* metrics) as it passes.
+                      params: SamplingParams, doc_cache: str | None = None, history: History | None = None,
+                      filters: SearchFilters | None = None) -> Answer:
+    """Check that the caller may read `collection`, retrieve (within `filters`), and return the answer to
+    stream (a follow-up of `history`'s turns when given). Its `done` event is charged to the caller's key and
+    the collection (usage book, rag_* metrics) as it passes.
 
     Raises ApiError 403 (not the caller's collection), 404 (no such collection), 503 (still loading);
     QueueFullError (503) when the engine queue is full (`admission.py`).
@@ -41,7 +42,7 @@ async def open_answer(state: AppState, principal: Principal, question: str, coll
         raise ApiError(403, "forbidden", f"this key cannot read collection {collection!r}")
     pipeline = _pipeline(state)
     asked = cast(AsyncGenerator[AskEvent, None], pipeline.ask(question, [collection], k, params, doc_cache,
-                                                                           history))
+                                                                           history, filters))
     events = await admission_of(state).hold(asked)  # fail fast when full, before retrieval
     with service_errors():
         sources = await anext(events)  # retrieval errors (unknown collection, ...) become JSON errors here

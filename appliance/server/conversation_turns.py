@@ -32,6 +32,7 @@ from appliance.server.answers import open_answer
 from appliance.server.deps import AppState, Principal, conversations_of
 from appliance.server.errors import ApiError
 from appliance.server.schemas_retrieval import retrieval_of
+from retrieval.filters import SearchFilters
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,8 @@ async def visible_conversation(state: AppState, principal: Principal, conversati
 
 
 async def open_turn(state: AppState, principal: Principal, question: str, collection: str, k: int,
-                    params: SamplingParams, doc_cache: str | None, conversation_id: str | None) -> Answer:
+                    params: SamplingParams, doc_cache: str | None, conversation_id: str | None,
+                    filters: SearchFilters | None = None) -> Answer:
     """The answer to a question in conversation `conversation_id` (None: a new conversation, whose id the
     answer carries), saved as its next turn once complete. Raises ApiError 404/403 (see
     `visible_conversation`), 409 (the conversation is over another collection), and `open_answer`'s errors."""
@@ -65,7 +67,7 @@ async def open_turn(state: AppState, principal: Principal, question: str, collec
             raise ApiError(409, "conflict", f"conversation {conversation_id!r} is over collection "
                                             f"{conversation.collection!r}, not {collection!r}")
         owner, history = conversation.owner, await asyncio.to_thread(_history, state, store, conversation_id, budget)
-    answer = await open_answer(state, principal, question, collection, k, params, doc_cache, history)
+    answer = await open_answer(state, principal, question, collection, k, params, doc_cache, history, filters)
     saved = _saved(answer, store, conversation_id, owner, collection, question)
     return Answer(answer.sources, saved, conversation_id)
 

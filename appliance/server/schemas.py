@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from appliance.config import DocCacheMode
 from appliance.engine.sampling import MAX_LOGPROBS, SamplingParams
 from appliance.server.schemas_base import RequestModel
+from appliance.server.schemas_filters import FiltersIn
 from appliance.server.schemas_structured import StructuredOutputFields, Tool, ToolCall, ToolChoice
 
 __all__ = ["RequestModel", "SSE_RESPONSE", "ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest"]
@@ -54,11 +55,13 @@ class StreamOptions(RequestModel):
 
 class RagOptions(RequestModel):
     """`"rag": {"collection": C, "k": N}`: answer from collection C's top-N passages, with citations;
-    `doc_cache` picks the document KV cache mode for this request (default: the server's)."""
+    `doc_cache` picks the document KV cache mode for this request (default: the server's); `filters` keeps
+    retrieval to the documents that pass them."""
 
     collection: str = Field(min_length=1, max_length=64)
     k: int = Field(default=5, ge=1, le=20)
     doc_cache: DocCacheMode | None = None
+    filters: FiltersIn | None = None
 
 
 class _GenerationRequest(StructuredOutputFields):

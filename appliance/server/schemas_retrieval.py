@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 from appliance.server.deps import AppState
 from appliance.server.errors import ApiError
 from appliance.server.schemas import RequestModel
+from appliance.server.schemas_filters import FiltersIn
 from retrieval.errors import ConflictError, FileError, InvalidNameError, NotFoundError
 from retrieval.store import COLLECTION_NAME_PATTERN
 from retrieval.types import Collection, Document, Hit, JobStatus
@@ -46,6 +47,7 @@ class SearchRequest(RequestModel):
     collection: str = Field(min_length=1, max_length=64)
     k: int = Field(10, ge=1, le=100)
     mode: Literal["hybrid", "vector", "bm25"] = "hybrid"
+    filters: FiltersIn | None = None
 
 
 class SearchHit(BaseModel):
@@ -57,6 +59,9 @@ class SearchHit(BaseModel):
     heading_path: list[str]
     text: str
     score: float
+    modified: float | None = None  # epoch seconds: the file's mtime at ingest, or the upload time
+    content_type: str | None = None  # the parser kind (pdf, html, md, txt, docx, ...)
+    tags: dict[str, str] = {}
 
     @classmethod
     def of(cls, hit: Hit) -> SearchHit:
@@ -70,6 +75,9 @@ class SearchHit(BaseModel):
             heading_path=list(c.heading_path),
             text=c.text,
             score=hit.score,
+            modified=c.modified,
+            content_type=c.content_type,
+            tags=dict(c.tags),
         )
 
 
@@ -105,10 +113,15 @@ class DocumentOut(BaseModel):
     size: int
     chunks: int
     created_at: float
+    modified: float | None = None
+    content_type: str | None = None
+    tags: dict[str, str] = {}
 
     @classmethod
     def of(cls, d: Document) -> DocumentOut:
-        return cls.model_validate(d, from_attributes=True)
+        return cls(doc_id=d.doc_id, source=d.source, title=d.title, content_hash=d.content_hash, size=d.size,
+                   chunks=d.chunks, created_at=d.created_at, modified=d.modified, content_type=d.content_type,
+                   tags=dict(d.tags))
 
 
 class FileOut(BaseModel):

@@ -7,6 +7,7 @@
 import { ApiError, errorOf, request, sseEvents } from "./api.js";
 import { ConversationList, conversationInUrl, fetchConversation, showInUrl } from "./conversations.js";
 import { el, fill } from "./dom.js";
+import { readFilters } from "./filters.js";
 import { boot, fillCollectionSelect, readableCollections, showError } from "./page.js";
 import { PassagePanel } from "./passage.js";
 import { Turn } from "./turn.js";
@@ -54,7 +55,7 @@ async function ask(event) {
   try {
     const response = await request("/api/ask", { method: "POST", signal: asked.signal, json: {
       question, collection, stream: true, conversation_id: current.id ?? undefined,
-      k: Number($("k").value) || 5, max_tokens: Number($("max-tokens").value) || 256 } });
+      k: Number($("k").value) || 5, max_tokens: Number($("max-tokens").value) || 256, filters: readFilters() } });
     if (!response.ok) throw await errorOf(response);
     for await (const { event: name, data } of sseEvents(response)) {
       turn.on(name, data);

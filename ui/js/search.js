@@ -4,6 +4,7 @@
 
 import { call } from "./api.js";
 import { contentWords, docLink, el, fill, formatMs, termRanges, whereOf } from "./dom.js";
+import { readFilters } from "./filters.js";
 import { boot, fillCollectionSelect, readableCollections, showError } from "./page.js";
 import { richText } from "./table.js";
 
@@ -25,7 +26,8 @@ async function search(event) {
   fill($("summary"), "Searching…");
   try {
     const body = await call("/api/search", { method: "POST", json: {
-      query, collection: $("collection").value, mode: $("mode").value, k: Number($("k").value) || 10 } });
+      query, collection: $("collection").value, mode: $("mode").value, k: Number($("k").value) || 10,
+      filters: readFilters() } });
     const terms = contentWords(query);
     fill($("results"), ...body.hits.map((hit, i) => hitNode(hit, i + 1, terms)));
     fill($("summary"), body.hits.length

@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from appliance.server.deps import AppState, get_state, require_admin
 from appliance.server.errors import ApiError
+from appliance.server.schemas_filters import upload_tags
 from appliance.server.schemas_retrieval import (
     CollectionOut,
     CreateCollection,
@@ -23,7 +24,10 @@ from retrieval.jobs import IngestItem
 router = APIRouter(prefix="/api/admin", dependencies=[Depends(require_admin)])
 _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["files"],
-    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                   "tags": {"type": "string", "description": 'a JSON object of tags, e.g. {"team": "hr"}'},
+                   "tag": {"type": "array", "items": {"type": "string"}, "description": "key=value, repeatable"}},
+}}}}}
 
 
 @router.post("/collections", status_code=201, response_model=CollectionOut)
@@ -65,7 +69,9 @@ def get_job(job_id: str, state: AppState = Depends(get_state)) -> JobOut:
 
 @router.post("/collections/{name}/documents", status_code=202, openapi_extra=_UPLOAD_BODY)
 async def upload_documents(name: str, request: Request, state: AppState = Depends(get_state)) -> dict[str, str]:
-    """Multipart field(s) `files` -> 202 {job_id}. The request is size-limited (APPLIANCE_MAX_UPLOAD_MB) and
+    """Multipart field(s) `files` -> 202 {job_id}; every document of the upload gets the tags of the fields
+    `tags` (a JSON object) and `tag` (`key=value`, repeatable), 422 when invalid. The request is size-limited
+    (APPLIANCE_MAX_UPLOAD_MB) and
     holds at most APPLIANCE_MAX_UPLOAD_FILES files (413); every file is type-checked (415) and size-checked
     (413) before the job starts; the job then parses, chunks and indexes them in the background."""
     service = retrieval_of(state)
@@ -79,13 +85,20 @@ async def upload_documents(name: str, request: Request, state: AppState = Depend
             raise ApiError(413, "too_large", f"more than {max_files} files in one upload") from exc
         raise
     files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-    if not files:
-        raise ApiError(422, "invalid_request", "no files in the multipart body (use field name 'files')")
+    try:
+        if not files:
+            raise ApiError(422, "invalid_request", "no files in the multipart body (use field name 'files')")
+        tags = upload_tags([v for v in form.getlist("tags") if isinstance(v, str)],
+                           [v for v in form.getlist("tag") if isinstance(v, str)])
+    except ApiError:
+        await form.close()
+        raise
     staged: list[IngestItem] = []
     try:
         with service_errors():
             for upload in files:
-                staged.append(await run_in_threadpool(service.stage_upload, upload.filename or "upload", upload.file))
+                staged.append(await run_in_threadpool(service.stage_upload, upload.filename or "upload", upload.file,
+                                                      tags))
             job_id = await run_in_threadpool(service.submit, name, staged)
     except ApiError:
         for item in staged:

@@ -24,6 +24,7 @@ from appliance.server.conversation_turns import open_turn
 from appliance.server.deps import AppState, Principal, current_principal, get_state
 from appliance.server.limits import bounded_max_tokens
 from appliance.server.schemas import SSE_RESPONSE, DocCacheMode, RequestModel
+from appliance.server.schemas_filters import FiltersIn, search_filters
 
 router = APIRouter()
 
@@ -38,6 +39,8 @@ class AskRequest(RequestModel):
     doc_cache: DocCacheMode | None = Field(None, description="document KV cache mode; default APPLIANCE_DOC_CACHE")
     conversation_id: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$",
                                         description="continue this saved conversation (omitted: start a new one)")
+    filters: FiltersIn | None = Field(None, description="only documents passing these may be retrieved (this "
+                                      "question only; a follow-up gives its own)")
 
 
 @router.post("/api/ask", response_model=None, responses=SSE_RESPONSE)
@@ -45,7 +48,7 @@ async def ask(body: AskRequest, state: AppState = Depends(get_state),
               principal: Principal = Depends(current_principal)) -> dict | StreamingResponse:
     params = SamplingParams(max_tokens=bounded_max_tokens(state, body.max_tokens, 256), temperature=body.temperature)
     answer = await open_turn(state, principal, body.question, body.collection, body.k, params, body.doc_cache,
-                             body.conversation_id)
+                             body.conversation_id, search_filters(body.filters))
     if body.stream:
         return StreamingResponse(_sse(answer), media_type="text/event-stream")
     return await collect(answer)

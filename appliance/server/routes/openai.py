@@ -32,6 +32,7 @@ from appliance.server.openai_streams import (
     whole_sse,
 )
 from appliance.server.schemas import SSE_RESPONSE, ChatCompletionRequest, CompletionRequest
+from appliance.server.schemas_filters import search_filters
 from appliance.server.tool_calls import chat_messages, parse_calls, plan_tools
 
 router = APIRouter(prefix="/v1")
@@ -107,7 +108,7 @@ async def _rag_chat(body: ChatCompletionRequest, env: Envelope, params: Sampling
     history = text_history(body.earlier_turns(), engine_of(state).tokenizer,
                            state.settings.conversation_history_tokens)
     answer = await open_answer(state, principal, question, body.rag.collection, body.rag.k, params,
-                               body.rag.doc_cache, history)
+                               body.rag.doc_cache, history, search_filters(body.rag.filters))
     if body.stream:
         return StreamingResponse(rag_sse(env, answer, body.include_usage), media_type="text/event-stream")
     result = await collect(answer)
