@@ -31,6 +31,7 @@ from appliance.server.routes import (
     openai,
     openai_embeddings,
     search,
+    syncs,
     tokenize,
     ui,
     usage,
@@ -100,7 +101,7 @@ def create_app(settings: Settings, engine: EngineFront, model_name: str = "defau
     install_error_handlers(app)
     app.include_router(metrics_router)
     for module in (health, openai, openai_embeddings, tokenize, search, ask, conversations, admin, usage, keys,
-                   library, ui):
+                   syncs, library, ui):
         app.include_router(module.router)
     return app
 
