@@ -7,6 +7,7 @@ Corpus: Debian's `python3.11-doc` HTML library pages (`apt-get install python3.1
   `SentenceTransformer.encode` loop (one call per document, default batch size, float32) over that sample;
 - hybrid search latency p50/p99 through `RetrievalService.search` (query embedding included) at 10k and
   100k chunks: collections made by replicating the corpus's stored chunks (vectors slightly jittered);
+  the same queries with a metadata filter (a tag carried by 10% and by 1% of the documents) beside them;
 - recall@5 of vector, BM25 and hybrid search on the hand-written questions in `data/pydoc_questions.json`
   (a question counts as found when a top-5 chunk comes from its page).
 
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from appliance.bench.machine import describe_machine
+from retrieval.filters import SearchFilters
 from retrieval.service import RetrievalService
 from retrieval.store import context_text
 from retrieval.types import ChunkDraft, SearchMode
@@ -33,6 +35,13 @@ from retrieval.types import ChunkDraft, SearchMode
 CORPUS = Path("/usr/share/doc/python3.11/html/library")
 QUESTIONS = Path(__file__).with_name("data") / "pydoc_questions.json"
 MODES: tuple[SearchMode, ...] = ("vector", "bm25", "hybrid")
+FILTERS = {"tag on 10% of documents": SearchFilters.of(tags={"share10": "yes"}),
+           "tag on 1% of documents": SearchFilters.of(tags={"share1": "yes"})}
+
+
+def _share_tags(n: int) -> dict[str, str]:
+    """The bench's tags of the n-th replicated document: share10 on 10% of them, share1 on 1%."""
+    return {**({"share10": "yes"} if n % 10 == 0 else {}), **({"share1": "yes"} if n % 100 == 0 else {})}
 
 
 def _sample_texts(service: RetrievalService, collection: str, limit: int) -> list[list[str]]:
@@ -76,7 +85,7 @@ def _replicate(service: RetrievalService, source: str, target: str, chunks: int,
     service.create_collection(target)
     docs = [(d, service.document_chunks(d.doc_id)) for d in service.list_documents(source)]
     job_id = service.jobs.create(target, [])
-    total, copy = 0, 0
+    total, copy, n = 0, 0, 0
     while total < chunks:
         for doc, stored in docs:
             drafts = [ChunkDraft(c.text, c.token_ids, c.heading_path, c.page) for c in stored]
@@ -92,7 +101,9 @@ def _replicate(service: RetrievalService, source: str, target: str, chunks: int,
                 doc.size,
                 drafts,
                 vectors,
+                tags=_share_tags(n),
             )
+            n += 1
             total += len(drafts)
             if total >= chunks:
                 break
@@ -101,19 +112,23 @@ def _replicate(service: RetrievalService, source: str, target: str, chunks: int,
     return total
 
 
-def _latency(service: RetrievalService, collection: str, queries: list[str], repeats: int) -> dict[str, float]:
+def _latency(service: RetrievalService, collection: str, queries: list[str], repeats: int,
+             filters: SearchFilters | None = None) -> dict[str, float]:
+    """p50/p99 of hybrid k=5 searches (medians over `repeats`), and the mean number of hits a query got (a
+    filtered search still fills k when enough chunks pass)."""
     for q in queries[:5]:
-        service.search(q, [collection], k=5)
-    p50, p99 = [], []
+        service.search(q, [collection], k=5, filters=filters)
+    p50, p99, hits = [], [], []
     for _ in range(repeats):
         times = []
         for q in queries:
             start = time.perf_counter()
-            service.search(q, [collection], k=5, mode="hybrid")
+            found = service.search(q, [collection], k=5, mode="hybrid", filters=filters)
             times.append((time.perf_counter() - start) * 1000)
+            hits.append(len(found))
         p50.append(float(np.percentile(times, 50)))
         p99.append(float(np.percentile(times, 99)))
-    return {"p50_ms": statistics.median(p50), "p99_ms": statistics.median(p99)}
+    return {"p50_ms": statistics.median(p50), "p99_ms": statistics.median(p99), "mean_hits": float(np.mean(hits))}
 
 
 def _recall(
@@ -177,6 +192,8 @@ def run_retrieval_bench(
                 name = f"scale{scale}"
                 size = _replicate(service, "pydoc", name, scale)
                 result["latency"][str(scale)] = {"chunks": size, **_latency(service, name, queries, repeats)}
+                result.setdefault("filtered_latency", {})[str(scale)] = {
+                    label: _latency(service, name, queries, repeats, filters) for label, filters in FILTERS.items()}
                 service.delete_collection(name)
         finally:
             service.close()
@@ -211,6 +228,16 @@ def retrieval_markdown(result: dict[str, Any]) -> str:
             f"| {lat['chunks']} chunks ({index}; corpus replicated, vectors jittered) | "
             f"{lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} |"
         )
+    if result.get("filtered_latency"):
+        lines += ["", "| Filtered hybrid search (k=5; filter resolved in SQLite, applied inside FAISS and BM25) | "
+                  "p50 ms | p99 ms | vs unfiltered p50 | hits per query |", "| --- | ---: | ---: | ---: | ---: |"]
+        for scale, rows in result["filtered_latency"].items():
+            plain = result["latency"][scale]
+            lines.append(f"| {plain['chunks']} chunks, no filter | {plain['p50_ms']:.2f} | {plain['p99_ms']:.2f} | "
+                         f"1.00x | {plain.get('mean_hits', 5):.1f} |")
+            for label, lat in rows.items():
+                lines.append(f"| {plain['chunks']} chunks, {label} | {lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} | "
+                             f"{lat['p50_ms'] / plain['p50_ms']:.2f}x | {lat['mean_hits']:.1f} |")
     r = result["recall_at_5"]
     worst_p99 = max(lat["p99_ms"] for lat in result["latency"].values())
     best = max(r.values())
