@@ -2,7 +2,7 @@
 
 Every parser is `(data: bytes, name: str) -> ParsedDocument` and raises a `FileError` subclass with a
 message naming the file. Parsers are imported when first used (`parser_for`), so a format's library costs
-nothing until a file of that format arrives.
+nothing until a file of that format arrives (the parse worker imports them all up front: `load_parsers`).
 Archives are not parsed here: see `retrieval.parse.zip.iter_archive`.
 """
 
@@ -106,6 +106,12 @@ def parser_for(kind: str) -> Parser:
     module, function = PARSERS[kind].split(":")
     parser: Parser = getattr(importlib.import_module(module), function)
     return parser
+
+
+def load_parsers() -> None:
+    """Import every parser now (the parse worker does, so that no file's time limit pays for an import)."""
+    for kind in PARSERS:
+        parser_for(kind)
 
 
 def parse_bytes(data: bytes, name: str) -> ParsedDocument:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
 from retrieval.errors import CorruptFileError, FileError, ParseTimeoutError
-from retrieval.parse import parse_bytes  # imported here, so the worker has the parsers loaded by `_ready`
+from retrieval.parse import load_parsers, parse_bytes
 from retrieval.types import ParsedDocument
 
 T = TypeVar("T")
@@ -27,6 +27,7 @@ def _init_worker(memory_bytes: int) -> None:
 
 def _ready() -> None:
     """Runs once in a fresh worker so that its imports are done before the first timed file."""
+    load_parsers()
 
 
 def _parse_in_worker(data: bytes, name: str) -> ParsedDocument:
