@@ -1,10 +1,12 @@
 // The admin page (admin keys only): collections (list, create, delete), uploads by drag-and-drop or file choice
-// with a progress card per job, the documents of a collection (size, chunks, date, delete), and the API keys
-// that exist (never their secrets). A reader key gets a message and none of the controls.
+// with a progress card per job, the documents of a collection (size, chunks, date, delete), the API keys
+// that exist (never their secrets), and the synced folders (syncs.js). A reader key gets a message and none
+// of the controls.
 
 import { call } from "./api.js";
 import { docLink, el, fill, formatBytes, formatDate } from "./dom.js";
 import { boot, fillCollectionSelect, showError } from "./page.js";
+import { refreshSyncs } from "./syncs.js";
 import { uploadJob } from "./upload.js";
 
 const $ = (id) => document.getElementById(id);
@@ -152,6 +154,7 @@ async function start() {
   wireDropzone();
   await guarded($("collections-status"), refreshCollections);
   await guarded($("keys-status"), refreshKeys);
+  await guarded($("syncs-status"), () => refreshSyncs($("syncs-table"), $("syncs-status")));
 }
 
 start();
