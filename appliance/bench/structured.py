@@ -4,7 +4,8 @@ llguidance (issue 21).
 Decode: the engine in-process, configured as `appliance serve` configures it (`Settings().engine_config()`; the
 compiled decode layers waited for), greedy, the same chat prompts with and without a grammar, at 1 and 16 streams
 submitted together. The schemas (`decode_schema`) are an array of strings, and one of strings of at most 24
-characters (xgrammar handles a bounded repetition far more slowly), with `minItems` = the token budget, so neither
+characters (the engine gives that one to llguidance: xgrammar handles a bounded repetition far more slowly), with
+`minItems` = the token budget, so neither
 can close before `max_tokens`; the unconstrained run ignores end-of-sequence: all generate exactly `tokens` tokens
 a stream. A run's decode rate counts the tokens after every stream has its first one, over the
 time from that step to the last (prefill excluded). The systems take turns (the order rotated each repeat:
@@ -367,7 +368,8 @@ def structured_markdown(result: dict[str, Any]) -> str:
         f"`appliance bench structured --repeats {result['repeats']} --tokens {tokens}`: the embedded model "
         f"in-process, configured as served ({cfg['dtype']} on {cfg['device']}, compiled decode "
         f"{'on' if cfg['compiled_decode'] else 'off'}), greedy, the same chat prompts with no grammar (`plain`, "
-        f"end-of-sequence ignored) and with each schema ({schemas}: neither can close before `max_tokens`), "
+        f"end-of-sequence ignored) and with each schema ({schemas}: neither can close before `max_tokens`; the "
+        "engine constrains the one with `maxLength` with llguidance, the other with xgrammar), "
         f"{tokens} tokens a stream. Decode rate: the tokens after every stream has its first one, over the time from "
         "that step to the last. The systems take turns, the order rotated each repeat; medians of "
         f"{result['repeats']} repeats (a round that other processes disturbed, using more than {BUSY_CORES} cores, "
@@ -399,10 +401,10 @@ def structured_markdown(result: dict[str, Any]) -> str:
                   "array of strings (within the bound), cut at `max_tokens`. Other processes' CPU use during the "
                   f"runs (cores; near 0 = undisturbed): median {statistics.median(others):.2f}, the busiest run "
                   f"{others_max:.2f}.",
-              "", "Schema compile, the engine's `GrammarCompiler` (xgrammar, its own cache off; ours keeps the last 64 "
-                  f"grammars): a fresh compiler's setup (the vocabulary read) {c['setup_ms']:.0f} ms; medians of "
-                  f"{c['repeats']} fresh "
-                  "compilers:",
+              "", "Schema compile, the engine's `GrammarCompiler` (xgrammar with its own cache off, or llguidance "
+                  "for a schema with `minLength`/`maxLength`; ours keeps the last 64 grammars): a fresh compiler's "
+                  f"setup (both libraries read the vocabulary) {c['setup_ms']:.0f} ms; medians of {c['repeats']} "
+                  "fresh compilers:",
               "", "| schema | first compile (cold) ms | cached ms |", "| --- | ---: | ---: |"]
     lines += [f"| {n} | {f['cold_ms']:.1f} | {f['cached_ms']:.3f} |" for n, f in c["schemas"].items()]
     same_masks = (f" The two allowed the same tokens at {libs['same_masks']} of the {libs['xgrammar']['positions']} "

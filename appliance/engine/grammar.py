@@ -93,8 +93,9 @@ class GrammarCompiler:
         with self._lock:
             compiled = self._cache.get(spec)
             if compiled is None:
-                if spec.kind == "json_schema" and bounds_string_length(_parsed_schema(spec.source)):
-                    compiled = self._llguidance.compile_json_schema(spec.source)
+                schema = _parsed_schema(spec.source) if spec.kind == "json_schema" else None
+                if bounds_string_length(schema):
+                    compiled = self._llguidance.compile_json_schema(schema)
                 else:
                     try:
                         compiled = _XgrammarGrammar(self._compile(spec))

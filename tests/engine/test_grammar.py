@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from appliance.engine.grammar import GrammarCompiler, GrammarSpec
-from appliance.engine.grammar_llguidance import LlguidanceGrammar, bounds_string_length
+from appliance.engine.grammar_llguidance import LlguidanceGrammar, bounds_string_length, closed_schema
 from appliance.engine.sampler import Sampler
 from appliance.engine.sampling import SamplingParams
 from appliance.engine.tokenizer import ChatMessage
@@ -274,6 +274,33 @@ def test_bounded_strings_keep_their_bounds_in_a_batch_with_xgrammar_rows(engine)
     assert len({r.text for r in results[:6]}) > 2  # the draws really differ
     for r in results[6:]:
         assert violations(json.loads(r.text), READING) == [], r.text
+
+
+def test_closed_schema_closes_every_object_that_does_not_say_otherwise() -> None:
+    schema = {"type": "object", "properties": {"properties": {"type": "string"},
+                                               "inner": {"$ref": "#/$defs/Inner"}},
+              "$defs": {"Inner": {"properties": {"a": {"anyOf": [{"type": "object"}, {"type": "null"}]}}}},
+              "prefixItems": [{"type": "object", "additionalProperties": True}]}
+    closed = closed_schema(schema)
+    assert closed["additionalProperties"] is False and closed["items"] is False
+    assert closed["properties"]["properties"] == {"type": "string"}  # a property's name is not a keyword
+    assert closed["$defs"]["Inner"]["additionalProperties"] is False
+    assert closed["$defs"]["Inner"]["properties"]["a"]["anyOf"][0] == {"type": "object", "additionalProperties": False}
+    assert closed["prefixItems"][0]["additionalProperties"] is True  # said explicitly: kept
+    assert "additionalProperties" not in schema  # the caller's schema is left alone
+
+
+def test_a_bounded_schema_admits_no_undeclared_keys_as_xgrammar_would(engine) -> None:
+    """Pydantic's schemas do not say `additionalProperties`; xgrammar's strict mode then allows no other keys,
+    and so must llguidance's grammar, or a model adds keys of its own (seen: `"surface_mass_km³"`)."""
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                               "km": {"type": "integer", "minimum": 0, "maximum": 9999}},
+              "required": ["name", "km"]}
+    params = [SamplingParams(max_tokens=60, temperature=1.2, seed=s, grammar=GrammarSpec.json_schema(schema))
+              for s in range(6)]
+    results = engine.generate([chat(engine, "Describe a volcano in JSON with many fields.")] * 6, params)
+    for r in results:
+        assert r.finish_reason == "stop" and set(json.loads(r.text)) == {"name", "km"}, r.text
 
 
 def test_a_bounded_schema_llguidance_refuses_is_a_request_error_with_its_reason(engine) -> None:
