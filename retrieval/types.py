@@ -119,4 +119,10 @@ class JobStatus:
 
     @property
     def errors(self) -> list[JobFile]:
+        """The files that failed."""
         return [f for f in self.files if f.state == "failed"]
+
+    @property
+    def warnings(self) -> list[JobFile]:
+        """The files ingested with a problem said in their error text (e.g. a scanned page OCR read nothing from)."""
+        return [f for f in self.files if f.state == "done" and f.error]

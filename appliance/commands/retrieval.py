@@ -43,7 +43,7 @@ def _summary(status: JobStatus) -> None:
         f"[bold]{len(done)} ingested[/] ({chunks} chunks), {len(skipped)} skipped, "
         f"[{'red' if failed else 'green'}]{len(failed)} failed[/] — job {status.job_id}: {status.state}"
     )
-    for label, files in (("skipped", skipped), ("failed", failed)):
+    for label, files in (("skipped", skipped), ("failed", failed), ("ingested, but", status.warnings)):
         for f in files:
             console.print(
                 f"  [dim]{label}[/] {f.error}"

@@ -157,7 +157,7 @@ class JobOut(BaseModel):
             state=j.state,
             done=j.done,
             total=j.total,
-            errors=[FileErrorOut(file=f.source, error=f.error or "failed") for f in j.errors],
+            errors=[FileErrorOut(file=f.source, error=f.error or "failed") for f in j.errors + j.warnings],
             files=[
                 FileOut(file=f.source, state=f.state, error=f.error, doc_id=f.doc_id, chunks=f.chunks) for f in j.files
             ],

@@ -12,6 +12,7 @@ from PIL import Image
 from pypdf import PdfReader, PdfWriter
 
 from appliance.bench.ocr import render_page
+from appliance.server.schemas_retrieval import JobOut
 from retrieval.errors import CorruptFileError
 from retrieval.parse import parse_bytes
 from retrieval.parse.ocr import OcrUnavailableError
@@ -129,6 +130,9 @@ def test_scanned_pdf_ingested_is_searchable_and_its_blank_page_reported(
     assert status.state == "done"
     [file] = status.files
     assert file.state == "done" and file.error == f"{path}: OCR found no text on page 2."
+    assert status.errors == [] and status.warnings == [file]  # ingested: `appliance ingest` exits 0
+    job = JobOut.of(status)  # GET /api/admin/jobs/{id}: the page is in the job's errors
+    assert [(e.file, e.error) for e in job.errors] == [(str(path), file.error)]
     hit = service.search("granite", ["scans"], k=1, mode="bm25")[0].chunk
     assert hit.page == 1 and "granite" in hit.text.lower()
     assert service.search("lava", ["scans"], k=1, mode="bm25")[0].chunk.page == 3

@@ -1,5 +1,5 @@
 """A table chunk (a CSV file) reads as a table in Chromium: in the search results, with the query's words
-marked inside their cells, and in the passage panel opened from an answer's source."""
+marked inside their cells, in the passage panel opened from an answer's source, and on the document's page."""
 
 from __future__ import annotations
 
@@ -52,3 +52,7 @@ def test_a_table_passage_shows_as_a_table(moons: UiServer, open_page: Callable[.
     page.locator(".source-open").first.click()
     assert_table(page.locator("#passage-text table"))
     page.screenshot(path=artifacts / "passage-table.png")
+
+    [document] = moons.service.list_documents("moons")
+    page = open_page(f"/doc?id={document.doc_id}")
+    assert_table(page.locator(".doc-passage .passage-text table"))

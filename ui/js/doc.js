@@ -4,6 +4,7 @@
 import { call } from "./api.js";
 import { el, fill, whereOf } from "./dom.js";
 import { boot, showError } from "./page.js";
+import { richText } from "./table.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -22,7 +23,7 @@ async function start() {
       const isTarget = String(p.chunk_id) === target;
       return el("section", { id: `chunk-${p.chunk_id}`, class: `doc-passage${isTarget ? " target" : ""}`,
         tabindex: isTarget ? "-1" : null, "aria-label": isTarget ? "The cited passage" : null },
-        where && el("p", { class: "meta" }, where), el("p", { class: "passage-text" }, p.text));
+        where && el("p", { class: "meta" }, where), richText(el("div", { class: "passage-text" }), p.text));
     }));
     const chosen = target && $(`chunk-${target}`);
     if (chosen) {
