@@ -2,7 +2,7 @@
 `appliance/engine/grammar.py`) and llguidance (what it uses for JSON schemas that bound a string's length,
 `appliance/engine/grammar_llguidance.py`).
 
-For each: the tokenizer's setup (xgrammar: the engine's own `GrammarCompiler`; llguidance: `LLTokenizer` from the
+For each: the tokenizer's setup (xgrammar: the engine's `xgrammar_compiler`; llguidance: `LLTokenizer` from the
 tokenizer's JSON), a schema's compile (xgrammar: `compile_json_schema`; llguidance: the grammar and an `LLMatcher`
 over it, which is where it builds its parser, the rest being lazy), the fill of one row of the token bitmask at
 every position of a valid document walked token by token, and each library's apply of one bitmask to [16, V]
@@ -58,10 +58,10 @@ def _xgrammar_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[dict
                    ) -> tuple[dict[str, Any], list[list[torch.Tensor]]]:
     import xgrammar as xgr
 
-    from appliance.engine.grammar import GrammarCompiler
+    from appliance.engine.grammar import xgrammar_compiler
 
-    setup = [_timed(lambda: GrammarCompiler(tok, vocab))[0] for _ in range(repeats)]
-    compiler = GrammarCompiler(tok, vocab)._compiler  # xgrammar's own, its cache off: every compile is cold
+    setup = [_timed(lambda: xgrammar_compiler(tok, vocab))[0] for _ in range(repeats)]
+    compiler = xgrammar_compiler(tok, vocab)  # its cache off: every compile is cold
     compile_ms: dict[str, float] = {}
     fills: list[float] = []
     per_schema: dict[str, dict[str, float]] = {}

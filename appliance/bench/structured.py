@@ -410,7 +410,7 @@ def structured_markdown(result: dict[str, Any]) -> str:
     same_masks = (f" The two allowed the same tokens at {libs['same_masks']} of the {libs['xgrammar']['positions']} "
                   f"positions; {MASK_DIFFERENCES}" if "same_masks" in libs else "")
     lines += ["", "The libraries side by side (issue 21: \"measure both briefly and pick\"), on the model's "
-                  f"vocabulary (V = {libs['vocab']}): tokenizer setup (xgrammar: the engine's `GrammarCompiler`; "
+                  f"vocabulary (V = {libs['vocab']}): tokenizer setup (xgrammar: the engine's `xgrammar_compiler`; "
                   "llguidance: `LLTokenizer` from the tokenizer's JSON); each schema's compile (llguidance: the "
                   "grammar and an `LLMatcher`, which builds the rest lazily, during the fills); one mask row filled "
                   "at each position of a valid document of each schema, walked token by token; each library's "

@@ -69,20 +69,24 @@ class CompiledGrammar(Protocol):
         """A fresh state at the grammar's start, for one request."""
 
 
+def xgrammar_compiler(tokenizer: TextTokenizer, vocab_size: int) -> xgrammar.GrammarCompiler:
+    """xgrammar's compiler over the tokenizer's vocabulary (its own cache off: ours is `GrammarCompiler`'s)."""
+    import xgrammar as xgr
+
+    encoding = {"byte_level": xgr.VocabType.BYTE_LEVEL, "byte_fallback": xgr.VocabType.BYTE_FALLBACK,
+                "raw": xgr.VocabType.RAW}[tokenizer.vocabulary_encoding]
+    vocab = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.vocab_size)]
+    info = xgr.TokenizerInfo(vocab, encoding, vocab_size=vocab_size, stop_token_ids=sorted(tokenizer.stop_token_ids))
+    return xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+
+
 class GrammarCompiler:
     """Compiles `GrammarSpec`s for one tokenizer and vocabulary (the logits' width); keeps the last
     `cache_size` compiled grammars. A grammar the library refuses raises `RequestError` (HTTP 400) with its
     reason. A JSON schema with `minLength`/`maxLength` anywhere goes to llguidance, everything else to xgrammar."""
 
     def __init__(self, tokenizer: TextTokenizer, vocab_size: int, cache_size: int = 64) -> None:
-        import xgrammar as xgr
-
-        encoding = {"byte_level": xgr.VocabType.BYTE_LEVEL, "byte_fallback": xgr.VocabType.BYTE_FALLBACK,
-                    "raw": xgr.VocabType.RAW}[tokenizer.vocabulary_encoding]
-        vocab = [tokenizer.id_to_token(i) or "" for i in range(tokenizer.vocab_size)]
-        info = xgr.TokenizerInfo(vocab, encoding, vocab_size=vocab_size,
-                                 stop_token_ids=sorted(tokenizer.stop_token_ids))
-        self._compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
+        self._compiler = xgrammar_compiler(tokenizer, vocab_size)
         self._llguidance = LlguidanceGrammars(tokenizer, vocab_size)
         self._cache: OrderedDict[GrammarSpec, CompiledGrammar] = OrderedDict()
         self._cache_size = cache_size
