@@ -18,6 +18,7 @@ import httpx
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.security.bodies import sse_events, strings_under
 from tests.security.conftest import SecureServer
 from tests.security.figures import record
 
@@ -45,24 +46,9 @@ def _leaks(texts: list[str], visible: set[str]) -> list[str]:
     return [m for t in texts for m in _MARKER.findall(t) if _owner_of(m) not in visible]
 
 
-def _sse(response: httpx.Response) -> list[dict]:
-    return [json.loads(line[6:]) for line in response.text.splitlines()
-            if line.startswith("data: ") and line != "data: [DONE]"]
-
-
 def _passages(body: object) -> list[str]:
     """Every passage text and document title that a response body carries (hits, sources, citations)."""
-    found: list[str] = []
-    if isinstance(body, dict):
-        for key, value in body.items():
-            if key in ("text", "quote", "title") and isinstance(value, str):
-                found.append(value)
-            else:
-                found += _passages(value)
-    elif isinstance(body, list):
-        for item in body:
-            found += _passages(item)
-    return found
+    return strings_under(body, ("text", "quote", "title"))
 
 
 def _check(server: SecureServer, key: str, visible: set[str], target: str, query: str) -> list[str]:
@@ -88,7 +74,7 @@ def _check(server: SecureServer, key: str, visible: set[str], target: str, query
         expect_refusal_or(r, readable)
         if r.status_code == 200:
             _stats["answered"] += 1
-            bodies = _sse(r) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
+            bodies = sse_events(r) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
             leaks += _leaks(_passages(bodies), visible)
             answer = "".join(str(b.get("answer", "")) + json.dumps(b.get("choices", "")) for b in bodies)
             leaks += [m for m in _leaks([answer], visible) if m not in query]  # echoing the question is no leak

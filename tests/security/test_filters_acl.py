@@ -22,6 +22,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.security.bodies import sse_events, strings_under
 from tests.security.conftest import ADMIN, SecureServer
 from tests.security.figures import record
 
@@ -81,23 +82,9 @@ def _passes(doc: Doc, doc_id: str, filters: dict) -> bool:
             and ("doc_ids" not in filters or doc_id in filters["doc_ids"]))
 
 
-def _sse(response: httpx.Response) -> list[dict]:
-    return [json.loads(line[6:]) for line in response.text.splitlines()
-            if line.startswith("data: ") and line != "data: [DONE]"]
-
-
 def _passages(body: object) -> list[str]:
-    found: list[str] = []
-    if isinstance(body, dict):
-        for key, value in body.items():
-            if key in ("text", "quote") and isinstance(value, str):
-                found.append(value)
-            else:
-                found += _passages(value)
-    elif isinstance(body, list):
-        for item in body:
-            found += _passages(item)
-    return found
+    """Every passage text and quote that a response body carries (hits, sources, citations)."""
+    return strings_under(body, ("text", "quote"))
 
 
 def _leaks(texts: list[str], filters: dict, doc_ids: dict[str, str]) -> list[str]:
@@ -118,7 +105,7 @@ def _check(server: SecureServer, filters: dict, query: str, doc_ids: dict[str, s
     leaks: list[str] = []
     for r in responses:
         assert r.status_code == 200, r.text
-        bodies = _sse(r) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
+        bodies = sse_events(r) if r.headers["content-type"].startswith("text/event-stream") else [r.json()]
         if _passages(bodies):
             _stats["answered"] += 1
         leaks += _leaks(_passages(bodies), filters, doc_ids)

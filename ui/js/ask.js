@@ -7,7 +7,7 @@
 import { ApiError, errorOf, request, sseEvents } from "./api.js";
 import { ConversationList, conversationInUrl, fetchConversation, showInUrl } from "./conversations.js";
 import { el, fill } from "./dom.js";
-import { readFilters } from "./filters.js";
+import { mountFilterControls, readFilters } from "./filters.js";
 import { boot, fillCollectionSelect, readableCollections, showError } from "./page.js";
 import { PassagePanel } from "./passage.js";
 import { Turn } from "./turn.js";
@@ -158,6 +158,7 @@ function switchCollection() {
 }
 
 async function start() {
+  mountFilterControls($("filter-controls"));
   await boot();
   try {
     collections = fillCollectionSelect($("collection"), await readableCollections());

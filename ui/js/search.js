@@ -4,7 +4,7 @@
 
 import { call } from "./api.js";
 import { contentWords, docLink, el, fill, formatMs, termRanges, whereOf } from "./dom.js";
-import { readFilters } from "./filters.js";
+import { mountFilterControls, readFilters } from "./filters.js";
 import { boot, fillCollectionSelect, readableCollections, showError } from "./page.js";
 import { richText } from "./table.js";
 
@@ -41,6 +41,7 @@ async function search(event) {
 }
 
 async function start() {
+  mountFilterControls($("filter-controls"));
   await boot();
   try {
     const collections = fillCollectionSelect($("collection"), await readableCollections());
