@@ -1,4 +1,4 @@
-"""Real documents made in the tests: a tiny PDF writer (text pages + outline), HTML, DOCX, zips."""
+"""Real documents made in the tests: a tiny PDF writer (text pages + outline), HTML, DOCX, PPTX, XLSX, EPUB, zips."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import io
 import zipfile
 
 import docx
+import openpyxl
+import pptx
+from pptx.util import Inches
 
 
 def _pdf_string(text: str) -> str:
@@ -110,4 +113,67 @@ def make_zip(entries: dict[str, bytes], symlinks: dict[str, str] | None = None) 
             info = zipfile.ZipInfo(name)
             info.external_attr = 0o120777 << 16
             archive.writestr(info, target)
+    return buf.getvalue()
+
+
+def make_pptx() -> bytes:
+    deck = pptx.Presentation()
+    first = deck.slides.add_slide(deck.slide_layouts[1])  # title and content
+    first.shapes.title.text = "Launch plan"
+    first.placeholders[1].text = "Ship the widget in May."
+    table = first.shapes.add_table(3, 2, Inches(1), Inches(4), Inches(6), Inches(1.5)).table
+    for r, row in enumerate([["Market", "Date"], ["Norway", "May 3"], ["Chile", "June 9"]]):
+        for c, value in enumerate(row):
+            table.cell(r, c).text = value
+    first.notes_slide.notes_text_frame.text = "Mention the budget freeze."
+    deck.slides.add_slide(deck.slide_layouts[6])  # blank: no text, no section
+    third = deck.slides.add_slide(deck.slide_layouts[6])
+    third.shapes.add_textbox(Inches(1), Inches(1), Inches(5), Inches(1)).text_frame.text = "Questions welcome."
+    buf = io.BytesIO()
+    deck.save(buf)
+    return buf.getvalue()
+
+
+def make_xlsx() -> bytes:
+    book = openpyxl.Workbook()
+    sales = book.active
+    sales.title = "Sales"
+    sales.append([])  # the header is the first non-empty row
+    for row in [["Region", "Units", "Price"], ["North", 120, 9.5], ["South | East", None, 7], [None, None, None],
+                ["West", 40, 8]]:
+        sales.append(row)
+    book.create_sheet("Empty")
+    staff = book.create_sheet("Staff")
+    staff.append(["Name", "Role"])
+    staff.append(["Ada", "Engineer"])
+    buf = io.BytesIO()
+    book.save(buf)
+    return buf.getvalue()
+
+
+def make_epub(spine_hrefs: tuple[str, ...] = ("text/ch2.xhtml", "text/ch1.xhtml")) -> bytes:
+    chapter = """<?xml version="1.0" encoding="utf-8"?>
+<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.1//EN" "http://www.w3.org/TR/xhtml11/DTD/xhtml11.dtd">
+<html xmlns="http://www.w3.org/1999/xhtml"><head><title>{title}</title></head><body>
+<h1>{title}</h1><p>{text}</p></body></html>"""
+    container = """<?xml version="1.0"?>
+<container version="1.0" xmlns="urn:oasis:names:tc:opendocument:xmlns:container">
+<rootfiles><rootfile full-path="OEBPS/content.opf" media-type="application/oebps-package+xml"/></rootfiles>
+</container>"""
+    xhtml = "application/xhtml+xml"
+    items = "".join(f'<item id="c{i}" href="{h}" media-type="{xhtml}"/>' for i, h in enumerate(spine_hrefs))
+    refs = "".join(f'<itemref idref="c{i}"/>' for i in range(len(spine_hrefs)))
+    opf = f"""<?xml version="1.0" encoding="utf-8"?>
+<package xmlns="http://www.idpf.org/2007/opf" version="3.0" unique-identifier="id">
+<metadata xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:title>Tides of the North</dc:title></metadata>
+<manifest>{items}</manifest><spine>{refs}</spine></package>"""
+    body = "The harbour of Tromsø freezes only in the hardest winters, when the fjord ice reaches the quay. " * 3
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("mimetype", "application/epub+zip")
+        archive.writestr("META-INF/container.xml", container)
+        archive.writestr("OEBPS/content.opf", opf)
+        archive.writestr("OEBPS/text/ch1.xhtml", chapter.format(title="Harbours", text=body))
+        archive.writestr("OEBPS/text/ch2.xhtml", chapter.format(
+            title="Currents", text="The coastal current carries warm Atlantic water far past the Arctic circle. " * 3))
     return buf.getvalue()

@@ -1,5 +1,6 @@
 """Hostile files, built in the test: truncated, cyclic and slow PDFs, zip bombs (flat and nested), zip-slip
-and absolute entry names, a DOCX with an XML external entity. Each comes with the error it must get."""
+and absolute entry names, a DOCX with an XML external entity, XLSX and PPTX packages declaring a DTD, an EPUB
+carrying a zip bomb. Each comes with the error it must get."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.retrieval.files import make_docx, make_pdf, make_zip
+from tests.retrieval.files import make_docx, make_epub, make_pdf, make_pptx, make_xlsx, make_zip
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,9 @@ def corpus(marker: str, secret_file: Path) -> list[Hostile]:
         Hostile("slip.zip", make_zip({"ok.txt": b"fine", f"../../{marker}.txt": b"pwned"}), "failed", "outside"),
         Hostile("absolute.zip", make_zip({f"/tmp/{marker}.txt": b"pwned"}), "failed", "absolute path"),
         Hostile("xxe.docx", xxe_docx(secret_file), "failed", "XML DTD or entity"),
+        Hostile("dtd.xlsx", with_dtd(make_xlsx(), "xl/workbook.xml"), "failed", "XML DTD or entity"),
+        Hostile("dtd.pptx", with_dtd(make_pptx(), "ppt/presentation.xml"), "failed", "XML DTD or entity"),
+        Hostile("bomb.epub", bomb_epub(make_epub()), "failed", "zip bomb"),
     ]
 
 
