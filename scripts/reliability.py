@@ -51,12 +51,18 @@ NOTES = """Reading the figures:
 
 def _rows(figures: dict) -> list[tuple[str, str, str]]:
     acl, fuzz, hostile, crash = figures["acl"], figures["fuzz"], figures["hostile_files"], figures["crash"]
+    filters = figures["filters"]
     over, inj, bodies = figures["overload"], figures["injection"], figures["bad_bodies"]
     big = {k: v for k, v in figures.items() if k.startswith("body_100mb")}
     return [
         ("ACL property (hypothesis: random keys, grants, queries)", f"{acl['leaked_passages']} leaked passages",
          f"{acl['examples']} examples, {acl['requests']} requests over search, ask (JSON and SSE), chat with `rag` "
          f"(JSON and SSE), citations, documents, collections, metrics; {acl['answered_with_passages']} answered"),
+        ("search filters property (hypothesis: random tags, content types, times, doc ids)",
+         f"{filters['leaked_passages']} passages outside the filter",
+         f"{filters['examples']} examples, {filters['requests']} requests over search, ask (JSON and SSE), chat "
+         f"with `rag` (JSON and SSE): sources, citations and answer markers; {filters['answered_with_passages']} "
+         "answered"),
         ("schemathesis, reader key", f"{fuzz['reader']['failures']} failures (5xx or schema violations)",
          f"{fuzz['reader']['test_cases']} generated cases over {fuzz['reader']['operations']} operations"),
         ("schemathesis, admin key", f"{fuzz['admin']['failures']} failures (5xx or schema violations)",
@@ -66,7 +72,8 @@ def _rows(figures: dict) -> list[tuple[str, str, str]]:
         ("100 MB bodies (declared and chunked; JSON and upload)",
          f"{sum(v['status'] == 413 for v in big.values())}/{len(big)} refused with 413",
          f"slowest refusal {max(v['seconds'] for v in big.values()):.2f} s, never buffered"),
-        ("hostile files (truncated/cyclic/slow PDF, zip bombs, zip-slip, absolute names, XXE DOCX)",
+        ("hostile files (truncated/cyclic/slow PDF, zip bombs, zip-slip, absolute names, XXE DOCX, XLSX and PPTX "
+         "declaring a DTD, an EPUB carrying a zip bomb)",
          f"{hostile['clear_errors']}/{hostile['files']} clear errors",
          f"{hostile['written_outside_data_dir']} files written outside the data dir; server memory "
          f"+{hostile['rss_growth_mb']} MB"),
