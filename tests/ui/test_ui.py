@@ -149,6 +149,7 @@ def test_reader_key_cannot_reach_admin_actions(space: Page, open_page: OpenPage,
     page = open_page("/", key=reader)
     expect(page.locator("#account .who")).to_contain_text("Reader")
     expect(page.locator("nav a[href='/admin']")).to_be_hidden()
+    expect(page.locator("#collection option")).to_have_count(1)  # the list is loaded after sign-in
     options = page.locator("#collection option").all_inner_texts()
     assert [o.split(" — ")[0] for o in options] == ["space"]  # never the collection it was not granted
 
