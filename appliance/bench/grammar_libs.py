@@ -2,9 +2,10 @@
 `appliance/engine/grammar.py`) and llguidance (what it uses for JSON schemas that bound a string's length,
 `appliance/engine/grammar_llguidance.py`).
 
-For each: the tokenizer's setup (xgrammar: the engine's `xgrammar_compiler`; llguidance: `LLTokenizer` from the
-tokenizer's JSON), a schema's compile (xgrammar: `compile_json_schema`; llguidance: the grammar and an `LLMatcher`
-over it, which is where it builds its parser, the rest being lazy), the fill of one row of the token bitmask at
+For each, through the engine's own classes: the tokenizer's setup (xgrammar: `xgrammar_compiler`; llguidance:
+`LlguidanceGrammars`, its `LLTokenizer` from the tokenizer's JSON), a schema's compile and a fresh state on it
+(xgrammar: `compile_json_schema` and a `GrammarMatcher`; llguidance: the grammar and an `LLMatcher` over it, which
+is where it builds its parser, the rest being lazy), the fill of one row of the token bitmask at
 every position of a valid document walked token by token, and each library's apply of one bitmask to [16, V]
 logits (the same bitmask for both, the layout being the same: 16 of xgrammar's masks met on those walks). Both
 emit compact JSON with `", "` and `": "` between items (xgrammar's format without `any_whitespace`, which the
@@ -22,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from appliance.engine.grammar_llguidance import JSON_OPTIONS
-
 if TYPE_CHECKING:
+    from appliance.engine.grammar import GrammarState
     from appliance.engine.tokenizer import TextTokenizer
 
 APPLY_ROWS = 16
@@ -54,66 +54,40 @@ def _built(build: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return _ms(times), built
 
 
-def _xgrammar_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[dict[str, Any], Any]], repeats: int
-                   ) -> tuple[dict[str, Any], list[list[torch.Tensor]]]:
-    import xgrammar as xgr
+def _xgrammar_setup(tok: TextTokenizer, vocab: int) -> Callable[[str], GrammarState]:
+    """xgrammar's compiler (its cache off: every compile is cold) -> schema text -> a fresh state."""
+    from appliance.engine.grammar import XgrammarGrammar, xgrammar_compiler
 
-    from appliance.engine.grammar import xgrammar_compiler
+    compiler = xgrammar_compiler(tok, vocab)
+    return lambda text: XgrammarGrammar(compiler.compile_json_schema(text, any_whitespace=False)).new_state()
 
-    setup = [_timed(lambda: xgrammar_compiler(tok, vocab))[0] for _ in range(repeats)]
-    compiler = xgrammar_compiler(tok, vocab)  # its cache off: every compile is cold
+
+def _llguidance_setup(tok: TextTokenizer, vocab: int) -> Callable[[str], GrammarState]:
+    """llguidance's tokenizer view (the engine's `LlguidanceGrammars`) -> schema text -> a fresh state (the
+    grammar and its `LLMatcher`, which is where llguidance builds its parser)."""
+    from appliance.engine.grammar_llguidance import LlguidanceGrammars
+
+    grammars = LlguidanceGrammars(tok, vocab)
+    return lambda text: grammars.compile_json_schema(json.loads(text)).new_state()
+
+
+def _library_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[dict[str, Any], Any]], repeats: int,
+                  setup: Callable[[TextTokenizer, int], Callable[[str], GrammarState]], library: str
+                  ) -> tuple[dict[str, Any], list[list[torch.Tensor]]]:
+    """One library's setup, compiles and mask fills (see the module doc) -> (figures, each document's masks)."""
+    setup_s = [_timed(lambda: setup(tok, vocab))[0] for _ in range(repeats)]
+    start = setup(tok, vocab)
     compile_ms: dict[str, float] = {}
     fills: list[float] = []
     per_schema: dict[str, dict[str, float]] = {}
     masks: list[list[torch.Tensor]] = []
     for name, (schema, doc) in schemas.items():
-        text = json.dumps(schema)
-
-        def build(t: str = text) -> Any:
-            return compiler.compile_json_schema(t, any_whitespace=False)
-
-        compile_ms[name], compiled = _built(build, repeats)
-        matcher = xgr.GrammarMatcher(compiled)
-        walk = _walk(tok.encode(json.dumps(doc)), vocab, fills, matcher.fill_next_token_bitmask,
-                     matcher.accept_token, f"xgrammar refused a token of the {name} document")
+        compile_ms[name], state = _built(functools.partial(start, json.dumps(schema)), repeats)
+        walk = _walk(tok.encode(json.dumps(doc)), vocab, fills, functools.partial(state.fill, row=0), state.accept,
+                     f"{library} refused a token of the {name} document")
         masks.append(walk)
         per_schema[name] = _fill_figures(fills[len(fills) - len(walk):])
-    return {"setup_s": statistics.median(setup), "compile_ms": compile_ms, "fill": per_schema,
-            **_fill_figures(fills)}, masks
-
-
-def _llguidance_side(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[dict[str, Any], Any]],
-                     repeats: int) -> tuple[dict[str, Any], list[list[torch.Tensor]]]:
-    import llguidance
-    import llguidance.torch as llt
-
-    source = tok.tokenizer_json()
-    eos = sorted(tok.stop_token_ids)
-
-    def tokenizer() -> Any:
-        return llguidance.LLTokenizer(source, n_vocab=vocab, eos_token=eos)
-
-    setup = [_timed(tokenizer)[0] for _ in range(repeats)]
-    lltok = tokenizer()
-    compile_ms: dict[str, float] = {}
-    fills: list[float] = []
-    per_schema: dict[str, dict[str, float]] = {}
-    masks: list[list[torch.Tensor]] = []
-    for name, (schema, doc) in schemas.items():
-        text = json.dumps(schema)
-
-        def build(t: str = text) -> Any:
-            grammar = llguidance.LLMatcher.grammar_from_json_schema(t, defaults=JSON_OPTIONS)
-            return llguidance.LLMatcher(lltok, grammar)
-
-        compile_ms[name], matcher = _built(build, repeats)
-        if matcher.is_error():
-            raise RuntimeError(f"llguidance refused the {name} schema: {matcher.get_error()}")
-        walk = _walk(tok.encode(json.dumps(doc)), vocab, fills, functools.partial(llt.fill_next_token_bitmask, matcher),
-                     matcher.consume_token, f"llguidance refused a token of the {name} document")
-        masks.append(walk)
-        per_schema[name] = _fill_figures(fills[len(fills) - len(walk):])
-    return {"setup_s": statistics.median(setup), "compile_ms": compile_ms, "fill": per_schema,
+    return {"setup_s": statistics.median(setup_s), "compile_ms": compile_ms, "fill": per_schema,
             **_fill_figures(fills)}, masks
 
 
@@ -164,7 +138,7 @@ def compare_libraries(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[d
     `schemas`: name -> (schema, a valid document)."""
     import xgrammar as xgr
 
-    x, x_masks = _xgrammar_side(tok, vocab, schemas, repeats)
+    x, x_masks = _library_side(tok, vocab, schemas, repeats, _xgrammar_setup, "xgrammar")
     x_bitmask = _spread(x_masks, APPLY_ROWS)
     indices = list(range(APPLY_ROWS))
     x["apply_us"] = _apply_us(lambda lg, bm: xgr.apply_token_bitmask_inplace(lg, bm, vocab_size=vocab,
@@ -175,7 +149,7 @@ def compare_libraries(tok: TextTokenizer, vocab: int, schemas: dict[str, tuple[d
         "version": _version("xgrammar"), **x}}
     import llguidance.torch as llt
 
-    g, g_masks = _llguidance_side(tok, vocab, schemas, repeats)
+    g, g_masks = _library_side(tok, vocab, schemas, repeats, _llguidance_setup, "llguidance")
     g["apply_us"] = _apply_us(llt.apply_token_bitmask_inplace, x_bitmask, vocab, apply_repeats)  # the same masks
     same = sum(bool(torch.equal(_allowed(a, vocab), _allowed(b, vocab)))
                for xa, ga in zip(x_masks, g_masks, strict=True) for a, b in zip(xa, ga, strict=True))

@@ -102,7 +102,7 @@ class GrammarCompiler:
                     compiled = self._llguidance.compile_json_schema(schema)
                 else:
                     try:
-                        compiled = _XgrammarGrammar(self._compile(spec))
+                        compiled = XgrammarGrammar(self._compile(spec))
                     except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's errors for a bad grammar
                         raise RequestError(f"cannot use this {spec.kind.replace('_', ' ')}: {_reason(exc)}") from exc
                 self._cache[spec] = compiled
@@ -145,7 +145,7 @@ def _reason(exc: Exception) -> str:
 
 
 @dataclass(frozen=True)
-class _XgrammarGrammar:
+class XgrammarGrammar:
     compiled: xgrammar.CompiledGrammar
 
     def new_state(self) -> _XgrammarState:
