@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from appliance.config import Settings
 from appliance.engine.async_engine import AsyncEngine
@@ -96,3 +96,17 @@ def screenshots(page: Page, artifacts: Path, name: str) -> None:
         page.set_viewport_size(viewport)
         page.screenshot(path=artifacts / f"{name}-{label}.png", full_page=True)
     page.set_viewport_size(DESKTOP)
+
+
+def ask_briefly(page: Page, collection: str, question: str, **options: str) -> Locator:
+    """On the Q&A page: choose `collection`, open the options (an answer of 8 tokens; `options`: more option
+    inputs by element id, e.g. `**{"filter-tags": "team=hr"}`), ask, and wait for the turn's answer -> the turn."""
+    page.select_option("#collection", collection)
+    page.click(".options summary")
+    for element_id, value in {"max-tokens": "8", **options}.items():
+        page.fill(f"#{element_id}", value)
+    page.fill("#question", question)
+    page.press("#question", "Enter")
+    turn = page.locator(".turn")
+    expect(turn).to_have_attribute("data-state", "done", timeout=60_000)
+    return turn

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.ui.conftest import UiServer
+from tests.ui.conftest import UiServer, ask_briefly
 
 NOTES = {"hr": "# Leave\n\nStaff get thirty days of paid leave a year, booked with the HR portal.",
          "eng": "# Leave\n\nEngineers on call get two days of leave after each release weekend."}
@@ -39,12 +39,6 @@ def test_a_tag_filter_narrows_search_results_and_an_answers_sources(
     expect(page.locator(".hit .hit-text")).to_contain_text("thirty days")
 
     page = open_page("/")
-    page.select_option("#collection", "tagged")
-    page.click(".options summary")
-    page.fill("#max-tokens", "8")
-    page.fill("#filter-tags", "team=eng")
-    page.fill("#question", "How many days of leave do I get?")
-    page.press("#question", "Enter")
-    expect(page.locator(".turn")).to_have_attribute("data-state", "done", timeout=60_000)
-    expect(page.locator(".turn .source")).to_have_count(1)
-    expect(page.locator(".turn .source .snippet")).to_contain_text("Engineers on call")
+    turn = ask_briefly(page, "tagged", "How many days of leave do I get?", **{"filter-tags": "team=eng"})
+    expect(turn.locator(".source")).to_have_count(1)
+    expect(turn.locator(".source .snippet")).to_contain_text("Engineers on call")

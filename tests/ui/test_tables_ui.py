@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from tests.ui.conftest import UiServer, screenshots
+from tests.ui.conftest import UiServer, ask_briefly, screenshots
 
 CSV = "Planet,Moons,Ring system\nMars,2,none\nJupiter,95,faint\nSaturn,146,bright | icy\n"
 HEADER = ["Planet", "Moons", "Ring system"]
@@ -43,12 +43,7 @@ def test_a_table_passage_shows_as_a_table(moons: UiServer, open_page: Callable[.
     screenshots(page, artifacts, "search-table")
 
     page = open_page("/")
-    page.select_option("#collection", "moons")
-    page.click(".options summary")
-    page.fill("#max-tokens", "8")
-    page.fill("#question", "How many moons has Saturn?")
-    page.press("#question", "Enter")
-    expect(page.locator(".turn")).to_have_attribute("data-state", "done", timeout=60_000)
+    ask_briefly(page, "moons", "How many moons has Saturn?")
     page.locator(".source-open").first.click()
     assert_table(page.locator("#passage-text table"))
     page.screenshot(path=artifacts / "passage-table.png")

@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.server.conftest import DOCS
-from tests.ui.conftest import ADMIN_KEY, DESKTOP, UiServer, screenshots, sign_in
+from tests.ui.conftest import ADMIN_KEY, DESKTOP, UiServer, ask_briefly, screenshots, sign_in
 
 BROKEN_PDF = "%PDF-1.4\nthis is not really a PDF\n"
 UNTRUSTED = ('# Notes <script>window.__pwned = "title"</script>\n\nComets have long tails of dust and gas. '
@@ -205,12 +205,7 @@ def test_document_markup_renders_as_text_and_never_runs(space: Page, open_page: 
     assert_inert("#passages")
 
     page.goto(f"{ui_server.url}/")
-    page.select_option("#collection", "untrusted")
-    page.click(".options summary")
-    page.fill("#max-tokens", "8")
-    page.fill("#question", "What do comets have?")
-    page.press("#question", "Enter")
-    expect(page.locator(".turn")).to_have_attribute("data-state", "done", timeout=60_000)
+    ask_briefly(page, "untrusted", "What do comets have?")
     page.locator(".source-open").first.click()
     expect(page.locator("#passage-text")).to_contain_text("<script>window.__pwned = 1</script>")
     assert_inert("#main")
