@@ -1,0 +1,114 @@
+"""evidence_for: the passage sentences that best back an answer, quoted verbatim from the passage."""
+
+from __future__ import annotations
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from appliance.rag.citations import Citation, check_citations
+from appliance.rag.evidence import MAX_QUOTE, evidence_for, evidence_json, sentence_spans
+from retrieval.types import Chunk
+
+
+def _chunk(chunk_id: int, text: str) -> Chunk:
+    return Chunk(chunk_id, f"doc{chunk_id}", "c", 0, text, [], f"Doc {chunk_id}", f"doc{chunk_id}.md", 3, ())
+
+
+EXPAT = _chunk(7, "xml.parsers.expat.ErrorString(errno)\n"
+                  "Returns an explanatory string for a given error number errno.\n"
+                  "xml.parsers.expat.ExpatError\nThe exception raised when Expat reports an error.")
+WORDS = st.sampled_from(["expat", "error", "string", "the", "returns", "Mars", "moons", "a", "xml.parsers",
+                         "ErrorString()", "[1]", "é", "  ", "\n", ".", "!", "? ", "\t", "12", "x" * 40])
+TEXTS = st.lists(WORDS, max_size=80).map(" ".join) | st.text(max_size=400)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(TEXTS, min_size=1, max_size=4), answer=TEXTS, question=TEXTS, limit=st.integers(1, 4))
+@example(texts=["word " * 200], answer="word", question="", limit=3)  # a long span, cut into pieces
+def test_every_quote_is_verbatim_from_its_passage(texts: list[str], answer: str, question: str,
+                                                   limit: int) -> None:
+    passages = {n: _chunk(n, text) for n, text in enumerate(texts, start=1)}
+    evidence = evidence_for(answer, question, passages, check_citations(answer, passages), limit)
+    assert len(evidence) <= limit
+    assert len({e.quote for e in evidence}) == len(evidence)  # different sentences
+    assert [e.score for e in evidence] == sorted((e.score for e in evidence), reverse=True)
+    for e in evidence:
+        assert e.chunk is passages[e.n]
+        assert e.quote == passages[e.n].text[e.start:e.end] and e.quote == e.quote.strip() and e.quote
+        assert len(e.quote) <= MAX_QUOTE
+
+
+def test_the_sentence_naming_the_answer_wins_over_question_words() -> None:
+    evidence = evidence_for("xml.parsers.expat [1]", "What does ErrorString() return?", {1: EXPAT}, [])
+    assert [e.quote for e in evidence] == ["xml.parsers.expat.ErrorString(errno)"]  # scores on errorstring too
+
+
+def test_answer_words_weigh_more_than_question_words() -> None:
+    passages = {1: _chunk(1, "The message for an error number is returned by this function.\n"
+                             "See xml.parsers.expat for details.")}
+    evidence = evidence_for("xml.parsers.expat", "Which function gives the message for an error number?",
+                            passages, [], limit=2)
+    assert [(e.quote, e.score) for e in evidence] == [("See xml.parsers.expat for details.", 6.0),
+                                                      (passages[1].text.splitlines()[0], 4.0)]
+
+
+def test_a_question_only_match_still_gives_evidence() -> None:
+    evidence = evidence_for("I don't know.", "What does ErrorString() return?", {1: EXPAT}, [])
+    assert [(e.n, e.quote) for e in evidence] == [(1, "xml.parsers.expat.ErrorString(errno)")]
+
+
+def test_a_cited_supported_passage_is_preferred_over_an_uncited_one_with_equal_overlap() -> None:
+    passages = {1: _chunk(1, "Mars has two moons."), 2: _chunk(2, "Mars has two moons, Phobos and Deimos.")}
+    answer = "Mars has two moons [2]."
+    citations = check_citations(answer, passages)
+    assert [(c.n, c.kind, c.supported) for c in citations] == [(2, "cited", True)]
+    assert [e.n for e in evidence_for(answer, "", passages, citations, limit=2)] == [2, 1]
+    assert [e.n for e in evidence_for(answer, "", passages, [], limit=2)] == [1, 2]  # uncited: lower number first
+
+
+def test_an_inferred_passage_is_preferred_over_the_rest_but_not_over_a_cited_one() -> None:
+    passages = {n: _chunk(n, "Jupiter has ninety five moons.") for n in (1, 2, 3)}
+    sentence = "Jupiter has ninety five moons."
+    citations = [Citation(3, passages[3], sentence, "inferred", True, 1.0),
+                 Citation(2, passages[2], sentence, "cited", True, 1.0),
+                 Citation(1, passages[1], sentence, "cited", False, 0.2)]  # cited without support: no preference
+    evidence = evidence_for(sentence, "", passages, citations, limit=3)
+    assert [e.n for e in evidence] == [2]  # the same text in three passages is one piece of evidence
+    assert [e.n for e in evidence_for(sentence, "", passages, citations[:1])] == [3]
+
+
+def test_limit_and_order_best_first() -> None:
+    passages = {1: _chunk(1, "Expat parses XML. ErrorString returns an error string.\nUnrelated line here.")}
+    evidence = evidence_for("ErrorString returns a string for an error", "What is ErrorString?", passages, [],
+                            limit=5)
+    assert [e.quote for e in evidence] == ["ErrorString returns an error string."]  # the others share nothing
+    passages = {1: EXPAT}
+    evidence = evidence_for("Expat reports an error string", "", passages, [], limit=2)
+    assert [e.quote for e in evidence] == ["The exception raised when Expat reports an error.",
+                                           "Returns an explanatory string for a given error number errno."]
+    assert evidence[0].score > evidence[1].score
+    assert len(evidence_for("Expat reports an error string", "", passages, [], limit=10)) == 4
+
+
+def test_no_passages_or_no_shared_word_give_no_evidence() -> None:
+    assert evidence_for("Mars has moons", "How many moons?", {}, []) == []
+    assert evidence_for("Mars has moons", "How many moons?", {1: _chunk(1, "  \n. ! ")}, []) == []
+    assert evidence_for("Mars has moons", "How many?", {1: EXPAT}, []) == []
+
+
+def test_sentences_split_at_ends_and_newlines_and_long_ones_on_word_boundaries() -> None:
+    table = "| rows | cellar " * 40
+    text = f"  First one. Second one!\n\nThird?x. Fourth\n e.g. \n{table}\n"
+    spans = list(sentence_spans(text))
+    quotes = [text[s:e] for s, e in spans]
+    assert quotes[:4] == ["First one.", "Second one!", "Third?x.", "Fourth"]  # "e.g." has no content word
+    rows = quotes[4:]
+    assert len(rows) > 1 and "".join(rows).replace(" ", "") == table.replace(" ", "")
+    assert all(len(r) <= MAX_QUOTE for r in rows)
+    assert all(text[s - 1].isspace() and text[e].isspace() for s, e in spans[4:])  # cut between words
+
+
+def test_evidence_json_names_the_passage_and_the_quote() -> None:
+    [e] = evidence_for("xml.parsers.expat [1]", "What does ErrorString() return?", {1: EXPAT}, [])
+    assert evidence_json([e]) == [{"n": 1, "chunk_id": 7, "doc_id": "doc7", "title": "Doc 7", "page": 3,
+                                   "quote": "xml.parsers.expat.ErrorString(errno)", "start": 0, "end": 36}]
