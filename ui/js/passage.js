@@ -21,13 +21,14 @@ export class PassagePanel {
   /**
    * Show passage `source` ({n, title, text, doc_id, chunk_id, gone?, ...}), highlighting what backs `citing`
    * (a sentence or the question); `from`: the control that opened it, focused again on close; kind ("cited" or
-   * "inferred") and unsupported: how the answer cites it.
+   * "inferred") and unsupported: how the answer cites it; ranges: [start, end) ranges of source.text to highlight
+   * instead (an evidence quote).
    */
-  open(source, citing, from, { kind, unsupported } = {}) {
+  open(source, citing, from, { kind, unsupported, ranges } = {}) {
     this.opener = from;
     fill(this.title, `[${source.n}] ${source.title}`);
     fill(this.meta, whereOf(source) || source.source);
-    richText(this.text, source.text, supportRanges(source.text, citing));  // tables as tables, marks kept
+    richText(this.text, source.text, ranges ?? supportRanges(source.text, citing));  // tables as tables, marks kept
     fill(this.note, source.gone
       ? "Its document has been deleted since: this is the text the answer was given."
       : kind === "inferred"

@@ -1,7 +1,8 @@
 // One question/answer turn of the Q&A thread, live or saved: the question, "Searched for: …" when a follow-up's
-// retrieval query was rewritten, the answer as it streams (SSE events of POST /api/ask) with its citation
-// markers as buttons that open the cited passage (the model's own markers, and one after each sentence the
-// server's citation check matched to a passage afterwards), the sources, the answer's facts (time to first
+// retrieval query was rewritten, the evidence once the answer is checked (the passage sentences that best back
+// it, quoted above it, each opening its passage), the answer as it streams (SSE events of POST /api/ask) with its
+// citation markers as buttons that open the cited passage (the model's own markers, and one after each sentence
+// the server's citation check matched to a passage afterwards), the sources, the answer's facts (time to first
 // token, prompt tokens reused from the KV cache vs computed), copying, and the rating once the turn is saved.
 // A saved turn (GET /api/conversations/{id}) is rendered by the same code as a live answer.
 
@@ -13,14 +14,22 @@ import { showError } from "./page.js";
 const MARKER = /\[(\d{1,3})\]/g;
 const same = (a, b) => a.trim().replace(/\s+/g, " ").toLowerCase() === b.trim().replace(/\s+/g, " ").toLowerCase();
 
-/** The answer's sentences as {start, end, text} (trimmed), split as the server's citation check splits them. */
+/** The answer's sentences as {start, end, text} (trimmed), split as the server's citation check splits them: a
+ * segment of nothing but citation markers (the `[2]` of "It is os.path. [2]") ends the sentence before it. */
 function sentenceSpans(text) {
   const spans = [];
   let start = 0;
   const cut = (end) => {
     const raw = text.slice(start, end);
-    const lead = raw.length - raw.trimStart().length;
-    if (raw.trim()) spans.push({ start: start + lead, end: start + raw.trimEnd().length, text: raw.trim() });
+    const bare = raw.replace(MARKER, " ");
+    const last = spans.at(-1);
+    if (last && bare !== raw && !/[A-Za-z0-9_]/.test(bare)) {
+      last.end = start + raw.trimEnd().length;
+      last.text = text.slice(last.start, last.end);
+    } else if (raw.trim()) {
+      const lead = raw.length - raw.trimStart().length;
+      spans.push({ start: start + lead, end: start + raw.trimEnd().length, text: raw.trim() });
+    }
   };
   for (const m of text.matchAll(/(?<=[.!?])\s+|\n+/g)) {
     cut(m.index);
@@ -28,6 +37,13 @@ function sentenceSpans(text) {
   }
   cut(text.length);
   return spans;
+}
+
+/** Where evidence `e`'s quote is in `text` (its passage's): its offsets, or the quote found (the offsets count
+ * characters, not UTF-16 units) -> ranges for the panel's highlight, or undefined when it is not there. */
+function quoteRanges(text, e) {
+  const at = text.slice(e.start, e.end) === e.quote ? e.start : text.indexOf(e.quote);
+  return at < 0 ? undefined : [[at, at + e.quote.length]];
 }
 
 export class Turn {
@@ -43,6 +59,8 @@ export class Turn {
     this.citations = null;
     this.question = question;
     this.searched = el("p", { class: "searched meta", hidden: true });
+    this.evidence = el("div", { class: "evidence", role: "group", "aria-label": "Evidence from the sources",
+      hidden: true });
     this.answer = el("div", { class: "answer", "aria-busy": "true" });
     this.status = el("div", { class: "status", role: "status" }, `Searching ${collection}…`);
     this.facts = el("p", { class: "facts" });
@@ -54,7 +72,7 @@ export class Turn {
     this.node = el("li", { class: "turn", "data-state": "waiting" },
       el("p", { class: "question" }, el("span", { class: "who" }, "You asked "), el("q", {}, question),
         el("span", { class: "meta" }, ` in ${collection}`)),
-      this.searched, this.answer, this.status, this.facts, this.actions,
+      this.searched, this.evidence, this.answer, this.status, this.facts, this.actions,
       el("details", { class: "sources", open: true }, this.sourceSummary, this.sourceList));
   }
 
@@ -94,6 +112,7 @@ export class Turn {
       this.citations = data.citations;
       this.renderAnswer();
       this.renderSources();
+      this.renderEvidence(data.evidence);
     } else if (event === "done") {
       this.finish(data);
     } else if (event === "error") {
@@ -151,6 +170,24 @@ export class Turn {
       onclick: (event) => panel.open(source, sentence, event.currentTarget, { kind, unsupported }) }, `[${n}]`);
   }
 
+  /** The passage sentences that best back the answer ([{n, title, page, quote, start, end, ...}], best first),
+   * quoted above it, each opening its passage with the quote highlighted; none given (an older saved turn):
+   * nothing changes. */
+  renderEvidence(evidence) {
+    if (!evidence) return;
+    const { panel } = this.thread;
+    this.evidence.hidden = evidence.length === 0;
+    fill(this.evidence, ...evidence.map((e) => {
+      const source = this.passage(e.n) ?? { ...e, text: e.quote, source: "" };
+      return el("figure", { class: "evidence-item" },
+        el("blockquote", { class: "evidence-quote" }, e.quote),
+        el("figcaption", {}, el("button", { type: "button", class: "link evidence-open",
+          onclick: (event) => panel.open(source, e.quote, event.currentTarget,
+            { ranges: quoteRanges(source.text, e) }) }, `[${e.n}] ${e.title}`),
+        whereOf(source) ? el("span", { class: "meta" }, ` · ${whereOf(source)}`) : null));
+    }));
+  }
+
   renderSources() {
     // this turn's passages, then those of earlier turns that its answer cites
     const { panel } = this.thread;
@@ -172,6 +209,7 @@ export class Turn {
   /** The done event (or a saved turn): the facts, and the rating controls once the turn is saved. */
   finish(done) {
     this.setState("done");
+    this.renderEvidence(done.evidence);
     this.status.hidden = this.sources.length > 0; // without sources, keep saying the answer is not grounded
     this.copy.disabled = false;
     const { ttft_ms: ttft, total_ms: total, rewrite_ms: rewriteMs } = done.timings ?? {};
