@@ -36,7 +36,7 @@ from appliance.engine.outputs import OutputProcessor, RequestOutput
 from appliance.engine.quant import int4_kernel_available
 from appliance.engine.request import Request
 from appliance.engine.runner import ModelRunner, StepSamples
-from appliance.engine.sampling import SamplingParams
+from appliance.engine.sampling import SamplingParams, TokenizerAware
 from appliance.engine.scheduler import ScheduledBatch, Scheduler
 from appliance.engine.tokenizer import TextTokenizer
 from appliance.errors import RequestError
@@ -135,7 +135,8 @@ class LLMEngine:
 
         `layout` says where the passages are (RAG prompts); with `doc_cache` (default: the engine's mode)
         `blend` or `reuse`, their KV comes from the chunk tier. `off` skips the prefix cache as well (so does a
-        request that scores its prompt: `prompt_logprobs`). A grammar is compiled here, once per grammar.
+        request that scores its prompt: `prompt_logprobs`). A grammar is compiled here, once per grammar; each
+        `TokenizerAware` logits processor is bound to the engine's tokenizer here.
         """
         self.validate_prompt(prompt_token_ids)
         if request_id in self.requests:
@@ -146,6 +147,9 @@ class LLMEngine:
         if params.prompt_logprobs is not None:
             mode = "off"
         req = Request(request_id, list(prompt_token_ids), params, doc_mode=mode)
+        for proc in params.logits_processors:
+            if isinstance(proc, TokenizerAware):
+                proc.bind(self.tokenizer)
         if params.grammar is not None:
             req.grammar = self.grammars.state(params.grammar)
         if mode in ("blend", "reuse") and layout is not None and layout.chunks:

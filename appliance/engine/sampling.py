@@ -4,16 +4,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 
 from appliance.engine.grammar import GrammarSpec
 from appliance.errors import RequestError
 
+if TYPE_CHECKING:
+    from appliance.engine.tokenizer import TextTokenizer
+
 MAX_LOGPROBS = 20  # the most alternatives a request may ask for at each position (OpenAI's top_logprobs bound)
 
 # (generated token ids so far, logits [V]) -> logits [V]; used e.g. to constrain citation markers.
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
+
+
+@runtime_checkable
+class TokenizerAware(Protocol):
+    """A logits processor that reads token texts. `LLMEngine.add_request` calls `bind` once for each such processor
+    of the request, in the process that runs the step loop, before the request's first step. A processor crosses
+    to that process inside its `SamplingParams`: what `bind` keeps (the tokenizer) must stay out of its pickle."""
+
+    def bind(self, tokenizer: TextTokenizer) -> None: ...
 
 
 @dataclass(frozen=True)

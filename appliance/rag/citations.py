@@ -1,9 +1,10 @@
 """Citations users can trust: markers constrained to the passages given, then checked against them.
 
 During decoding, `CitationConstraint` masks the logits right after an opening `[` so that only the number
-of a passage in the prompt followed by `]` can be generated. After decoding,
-`check_citations` marks each cited sentence `supported` when its words are found in the cited passage,
-and attaches an `inferred` citation to uncited sentences that one passage clearly supports.
+of a passage in the prompt followed by `]` can be generated; given the passages' texts (and bound to the
+tokenizer by the engine), it also steers the model to cite a passage that supports the sentence it just ended.
+After decoding, `check_citations` marks each cited sentence `supported` when its words are found in the cited
+passage, and attaches an `inferred` citation to uncited sentences that one passage clearly supports.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ a an the and or but if of to in on at by for with from as is are was were be bee
 those there here which who whom what when where why how do does did not no can could should would will shall may
 might must you your we our they their he she his her i me my
 """.split())
+STEER_MARGIN = 4.0  # a steered token's logit: the row's best plus this
 
 
 class CitationConstraint:
@@ -34,11 +36,32 @@ class CitationConstraint:
     Works on the tokens' texts, so it is independent of how the tokenizer splits digits and brackets. It holds
     the few tokens a marker is made of (`MarkerVocabulary`), not the tokenizer: it is small to pickle, so it
     crosses to the engine process with its request.
+
+    Steering (with `passages`, their texts by number, once `bind` gave it the tokenizer): when the row's most
+    likely next token ends the current sentence (split as `check_citations` splits) — a stop token, a token
+    starting with a newline, or one starting with whitespace after `.`, `!` or `?` — and that sentence has no
+    marker yet and a passage supports it (`support` >= `supported_at`; ties: the lowest number), the opener ` [`
+    (`[` after whitespace) is made the most likely token; inside a marker opened after such a sentence, that
+    passage's digits, then `]`, are. A steered token is always one the plain constraint allows. Only each
+    passage's content words are kept, and the bound tokenizer stays out of pickles.
     """
 
-    def __init__(self, tokenizer: TextTokenizer, numbers: Iterable[int]) -> None:
+    def __init__(self, tokenizer: TextTokenizer, numbers: Iterable[int], passages: Mapping[int, str] | None = None,
+                 supported_at: float = 0.5) -> None:
         self.vocabulary = marker_vocabulary(tokenizer)
         self.valid = {str(n) for n in numbers}
+        self.passage_words = {n: frozenset(_content_words(text)) for n, text in sorted((passages or {}).items())
+                              if str(n) in self.valid}
+        self.supported_at = supported_at
+        self._bound: _TokenTexts | None = None
+
+    def bind(self, tokenizer: TextTokenizer) -> None:
+        """Read token texts from `tokenizer` from now on (steering needs them; without passages, a no-op)."""
+        if self.passage_words:
+            self._bound = _TokenTexts(tokenizer, self.vocabulary.openers)
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_bound": None}
 
     def open_marker(self, generated: list[int]) -> str | None:
         """The digits typed so far after an unclosed `[` within the last 8 generated tokens, else None."""
@@ -65,14 +88,81 @@ class CitationConstraint:
         """logits: [V] for the next token of a request whose output so far is `generated`."""
         partial = self.open_marker(generated)
         if partial is None:
-            return logits
+            return logits if self._bound is None else self._steer_open(self._bound, generated, logits)
         allowed = self.allowed(partial)
         if not allowed:
             return logits
         masked = torch.full_like(logits, float("-inf"))
         index = torch.tensor(allowed, device=logits.device)
         masked[index] = logits[index]
+        if self._bound is not None:
+            self._steer_inside(self._bound, generated, partial, masked)
         return masked
+
+    def _steer_open(self, bound: _TokenTexts, generated: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """`logits`, or a copy whose argmax is the opener when the most likely token ends a supported sentence."""
+        top = int(logits.argmax())
+        after = bound.text(top)
+        last = bound.text(generated[-1]) if generated else ""
+        if not (top in bound.stops or after.startswith("\n")
+                or (after[:1].isspace() and last.endswith((".", "!", "?")))):
+            return logits
+        text = bound.join(generated)
+        opener = bound.openers.get("[" if text[-1:].isspace() else " [")
+        if opener is None or self._best(text) is None or not bool(torch.isfinite(logits[opener])):
+            return logits
+        steered = logits.clone()
+        steered[opener] = logits.max() + STEER_MARGIN
+        return steered
+
+    def _steer_inside(self, bound: _TokenTexts, generated: list[int], partial: str, masked: torch.Tensor) -> None:
+        """Raise, in `masked` (in place), the token that types on toward the number of the passage supporting the
+        sentence before the marker's opener: its next digits, or `]` once typed."""
+        opener_at = len(generated) - 1
+        while generated[opener_at] not in self.vocabulary.openers:
+            opener_at -= 1
+        best = self._best(bound.join(generated[:opener_at]))
+        if best is None:
+            return
+        number, digits = str(best), self.vocabulary.digits
+        if partial == number:
+            toward = next((tid for tid, text in self.vocabulary.closers.items() if text == "]"), None)
+        else:  # the longest digits token that types on toward the number
+            toward = max((tid for tid, text in digits.items() if number.startswith(partial + text)),
+                         key=lambda tid: len(digits[tid]), default=None)
+        if toward is not None:
+            masked[toward] = masked.max() + STEER_MARGIN
+
+    def _best(self, text: str) -> int | None:
+        """The passage that supports the last sentence of `text` (the lowest number of the best), if that sentence
+        has no marker, has content words, and the support reaches `supported_at`."""
+        sentence = _SENTENCE_END.split(text)[-1]
+        words = _content_words(sentence)
+        if not words or _MARKER.search(sentence):
+            return None
+        scores = {n: len(words & passage) / len(words) for n, passage in self.passage_words.items()}
+        best = max(scores, key=scores.__getitem__)  # the first, lowest, of equals: passage_words is sorted
+        return best if scores[best] >= self.supported_at else None
+
+
+class _TokenTexts:
+    """What a bound constraint reads from its tokenizer: each token's text (decoded on first use), the stop
+    tokens, and the bare openers ` [` and `[` by their text."""
+
+    def __init__(self, tokenizer: TextTokenizer, openers: Iterable[int]) -> None:
+        self.tokenizer = tokenizer
+        self.texts: dict[int, str] = {}
+        self.stops = tokenizer.stop_token_ids
+        self.openers = {text: tid for tid in openers if (text := self.text(tid)) in (" [", "[")}
+
+    def text(self, tid: int) -> str:
+        text = self.texts.get(tid)
+        if text is None:
+            text = self.texts[tid] = self.tokenizer.decode([tid], skip_special_tokens=False)
+        return text
+
+    def join(self, ids: list[int]) -> str:
+        return "".join(self.text(tid) for tid in ids)
 
 
 @dataclass(frozen=True)
@@ -122,14 +212,27 @@ def support(sentence: str, passage: str) -> float:
     return len(words & _content_words(passage)) / len(words)
 
 
+def sentences(answer: str) -> list[str]:
+    """The answer's sentences, trimmed: split after `.`, `!` or `?` and whitespace, or at newlines; a segment
+    with no words besides its markers (e.g. the `[2]` of `"... is os.path. [2]"`) ends the sentence before it
+    (the answer's text from that sentence's start to the segment's end)."""
+    cuts = [(m.start(), m.end()) for m in _SENTENCE_END.finditer(answer)]
+    spans: list[tuple[int, int]] = []
+    for start, end in zip([0] + [b for _, b in cuts], [a for a, _ in cuts] + [len(answer)], strict=True):
+        segment = answer[start:end]
+        if spans and _MARKER.search(segment) and not _WORD.search(_MARKER.sub(" ", segment)):
+            spans[-1] = (spans[-1][0], end)
+        elif segment.strip():
+            spans.append((start, end))
+    return [answer[a:b].strip() for a, b in spans]
+
+
 def check_citations(answer: str, passages: Mapping[int, Chunk], supported_at: float = 0.5,
                     infer_at: float = 0.75) -> list[Citation]:
     """Citations of `answer`, one per (sentence, passage) pair; `passages` by number (markers naming no
     passage are dropped)."""
     out: list[Citation] = []
-    for sentence in (s.strip() for s in _SENTENCE_END.split(answer)):
-        if not sentence:
-            continue
+    for sentence in sentences(answer):
         numbers = [int(m) for m in _MARKER.findall(sentence) if int(m) in passages]
         for n in dict.fromkeys(numbers):
             score = support(sentence, passages[n].text)
