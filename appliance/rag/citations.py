@@ -21,7 +21,9 @@ from retrieval.types import Chunk
 
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 _WORD = re.compile(r"[A-Za-z0-9_]+")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+# a sentence ends after `.`, `!` or `?`, with the markers that follow on its line ("... fair. [1] The ..."), and
+# whitespace; or at newlines (a line starting with a marker, list-style, keeps it)
+_SENTENCE_END = re.compile(r"(?<=[.!?])((?:[ \t]*\[\d{1,3}\][.,;:!?]?)*)\s+|\n+")
 _STOPWORDS = frozenset("""
 a an the and or but if of to in on at by for with from as is are was were be been being it its this that these
 those there here which who whom what when where why how do does did not no can could should would will shall may
@@ -47,12 +49,13 @@ class CitationConstraint:
     """
 
     def __init__(self, tokenizer: TextTokenizer, numbers: Iterable[int], passages: Mapping[int, str] | None = None,
-                 supported_at: float = 0.5) -> None:
+                 supported_at: float = 0.5, question: str = "") -> None:
         self.vocabulary = marker_vocabulary(tokenizer)
         self.valid = {str(n) for n in numbers}
         self.passage_words = {n: frozenset(_content_words(text)) for n, text in sorted((passages or {}).items())
                               if str(n) in self.valid}
         self.supported_at = supported_at
+        self.given = frozenset(_content_words(question))  # the question's words: premises, not claims to support
         self._bound: _TokenTexts | None = None
 
     def bind(self, tokenizer: TextTokenizer) -> None:
@@ -136,8 +139,8 @@ class CitationConstraint:
     def _best(self, text: str) -> int | None:
         """The passage that supports the last sentence of `text` (the lowest number of the best), if that sentence
         has no marker, has content words, and the support reaches `supported_at`."""
-        sentence = _SENTENCE_END.split(text)[-1]
-        words = _content_words(sentence)
+        sentence = (sentences(text) or [""])[-1]
+        words = _content_words(sentence) - self.given
         if not words or _MARKER.search(sentence):
             return None
         scores = {n: len(words & passage) / len(words) for n, passage in self.passage_words.items()}
@@ -204,19 +207,22 @@ def _content_words(text: str) -> set[str]:
     return {w.lower() for w in _WORD.findall(text) if w.lower() not in _STOPWORDS and len(w) > 1}
 
 
-def support(sentence: str, passage: str) -> float:
-    """Share of the sentence's content words that occur in the passage (0..1)."""
-    words = _content_words(_MARKER.sub(" ", sentence))
+def support(sentence: str, passage: str, given: frozenset[str] = frozenset()) -> float:
+    """Share of the sentence's content words that occur in the passage (0..1), leaving out the `given` words (the
+    question's: "Which module provides cmp()?" answered "The module that provides cmp() is filecmp." claims
+    only "filecmp"); 0 when nothing is left."""
+    words = _content_words(_MARKER.sub(" ", sentence)) - given
     if not words:
         return 0.0
     return len(words & _content_words(passage)) / len(words)
 
 
 def sentences(answer: str) -> list[str]:
-    """The answer's sentences, trimmed: split after `.`, `!` or `?` and whitespace, or at newlines; a segment
-    with no words besides its markers (e.g. the `[2]` of `"... is os.path. [2]"`) ends the sentence before it
-    (the answer's text from that sentence's start to the segment's end)."""
-    cuts = [(m.start(), m.end()) for m in _SENTENCE_END.finditer(answer)]
+    """The answer's sentences, trimmed: split after `.`, `!` or `?` (and the markers that follow on the line)
+    and whitespace, or at newlines; a segment with no words besides its markers (e.g. the `[2]` that ends
+    `"... is os.path. [2]"`) ends the sentence before it (the answer's text from that sentence's start to the
+    segment's end)."""
+    cuts = [(m.start() + len(m.group(1) or ""), m.end()) for m in _SENTENCE_END.finditer(answer)]
     spans: list[tuple[int, int]] = []
     for start, end in zip([0] + [b for _, b in cuts], [a for a, _ in cuts] + [len(answer)], strict=True):
         segment = answer[start:end]
@@ -228,18 +234,20 @@ def sentences(answer: str) -> list[str]:
 
 
 def check_citations(answer: str, passages: Mapping[int, Chunk], supported_at: float = 0.5,
-                    infer_at: float = 0.75) -> list[Citation]:
+                    infer_at: float = 0.75, question: str = "") -> list[Citation]:
     """Citations of `answer`, one per (sentence, passage) pair; `passages` by number (markers naming no
-    passage are dropped)."""
+    passage are dropped). A cited sentence is supported when `support` (the `question`'s words left out)
+    reaches `supported_at`; an uncited one is inferred from a passage whose support reaches `infer_at`."""
+    given = frozenset(_content_words(question))
     out: list[Citation] = []
     for sentence in sentences(answer):
         numbers = [int(m) for m in _MARKER.findall(sentence) if int(m) in passages]
         for n in dict.fromkeys(numbers):
-            score = support(sentence, passages[n].text)
+            score = support(sentence, passages[n].text, given)
             out.append(Citation(n, passages[n], sentence, "cited", score >= supported_at, score))
         if numbers or len(_content_words(sentence)) < 4:
             continue
-        scores = {n: support(sentence, p.text) for n, p in passages.items()}
+        scores = {n: support(sentence, p.text, given) for n, p in passages.items()}
         best = max(scores, key=lambda n: (scores[n], -n), default=None)
         if best is not None and scores[best] >= infer_at:
             out.append(Citation(best, passages[best], sentence, "inferred", True, scores[best]))

@@ -186,6 +186,18 @@ def test_a_marker_only_segment_cites_the_sentence_before_it(tok: TextTokenizer) 
     assert sentences("[1] Alone first. Then more.") == ["[1] Alone first.", "Then more."]  # nothing before it
 
 
+def test_markers_after_a_full_stop_cite_that_sentence_when_the_answer_goes_on(tok: TextTokenizer) -> None:
+    """A steered marker comes after the full stop; the model may go on on the same line: the marker still cites
+    the sentence before it, not the next. A marker opening a new line (list-style) stays with its line."""
+    passages = {n: _chunk(tok, n, text) for n, text in PASSAGES.items()}
+    answer = "Paris is the capital of France. [2] The moon is cheese.\n[1] XML is read by xml.parsers.expat."
+    assert sentences(answer) == ["Paris is the capital of France. [2]", "The moon is cheese.",
+                                 "[1] XML is read by xml.parsers.expat."]
+    cites = {(c.n, c.sentence): c.supported for c in check_citations(answer, passages) if c.kind == "cited"}
+    assert cites == {(2, "Paris is the capital of France. [2]"): True,
+                     (1, "[1] XML is read by xml.parsers.expat."): True}
+
+
 class _RecordsBind:
     """A logits processor that records the tokenizers it was bound to."""
 
@@ -217,3 +229,24 @@ def test_steering_makes_the_model_cite_a_supporting_passage(tok: TextTokenizer,
     cited = [c for c in check_citations(steered.text, prompt.numbered()) if c.kind == "cited"]
     assert cited and all(c.supported for c in cited), steered.text
     assert recorder.bound == [engine.tokenizer]
+
+
+def test_the_questions_own_words_need_no_support(tok: TextTokenizer) -> None:
+    """A sentence restating the question around its answer is judged on the answer: supported when the passage
+    holds it, still unsupported when it does not. Steering reads support the same way."""
+    question = "Which standard library module should I use to read XML files?"
+    restated = "The standard library module to read XML files is expat."
+    wrong = "The standard library module to read XML files is lxml."
+    given = frozenset({"standard", "library", "module", "use", "read", "xml", "files"})
+    assert support(restated, PASSAGES[1]) < 0.5 and support(restated, PASSAGES[1], given) == 1.0
+    assert support(wrong, PASSAGES[1], given) == 0.0
+    passages = {n: _chunk(tok, n, text) for n, text in PASSAGES.items()}
+    cites = {c.sentence: c.supported for c in check_citations(f"{restated} [1] {wrong} [1]", passages,
+                                                              question=question)}
+    assert cites == {f"{restated} [1]": True, f"{wrong} [1]": False}
+    assert not check_citations(f"{restated} [1]", passages)[0].supported  # without the question: not supported
+    for asked, steered in ((question, True), ("", False)):
+        constraint = CitationConstraint(tok, PASSAGES, PASSAGES, question=asked)
+        constraint.bind(tok)
+        logits = _logits(tok, {"<|im_end|>": 9.0})
+        assert (_best(tok, constraint(tok.encode(restated), logits)) == " [") is steered

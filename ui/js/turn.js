@@ -31,8 +31,9 @@ function sentenceSpans(text) {
       spans.push({ start: start + lead, end: start + raw.trimEnd().length, text: raw.trim() });
     }
   };
-  for (const m of text.matchAll(/(?<=[.!?])\s+|\n+/g)) {
-    cut(m.index);
+  // after .!? (with the markers that follow on its line) and whitespace, or at newlines: as the server splits
+  for (const m of text.matchAll(/(?<=[.!?])((?:[ \t]*\[\d{1,3}\][.,;:!?]?)*)\s+|\n+/g)) {
+    cut(m.index + (m[1] ?? "").length);
     start = m.index + m[0].length;
   }
   cut(text.length);
