@@ -21,6 +21,7 @@ BLEND_SELECT: Literal["deviation", "query", "mixed"] = "query"  # how blend choo
 BLEND_QUERY_LAYER = 4  # the layer whose question attention scores passage tokens (query, mixed)
 
 if TYPE_CHECKING:
+    from appliance.rag.answering import AnswerOptions
     from retrieval.jobs import IngestLimits
 
 
@@ -95,6 +96,11 @@ class Settings(BaseSettings):
     compiled_decode: bool = EngineConfig.compiled_decode  # on a CPU, decode steps run compiled layers
     conversation_history_tokens: int = Field(default=4096, ge=0)  # earlier turns a follow-up's prompt carries
     followup_rewrite: Literal["fallback", "model", "model+terms"] = "fallback"  # how a follow-up is searched for
+    # how an answer is asked for (appliance/rag/answering.py; measured by `appliance bench answers`)
+    passage_order: Literal["auto", "canonical", "relevance"] = "auto"  # auto: canonical under exact, else relevance
+    answer_prompt: Literal["cite", "short", "short+examples"] = "cite"
+    steer_citations: bool = False  # at a sentence end a passage supports, the decoder is steered to cite it
+    evidence_quotes: int = Field(default=1, ge=0, le=5)  # passage sentences shown as an answer's evidence
     warmup_tokens: int = Field(default=1500, ge=0)  # warm-up prompt run before /ready (0: no warm-up)
     warmup_timeout_s: float = Field(default=120.0, gt=0)  # /ready turns 200 after this even if warm-up is not done
     # --- trust (issue 7): request and upload sizes, archives, parsers, generation bounds, rate limits ---
@@ -137,6 +143,12 @@ class Settings(BaseSettings):
         shared = {f.name: getattr(self, f.name) for f in fields(EngineConfig) if f.name in type(self).model_fields}
         return EngineConfig(**shared, enable_prefix_caching=self.doc_cache != "off",
                             decode_graphs="auto" if self.cuda_graphs else "off")
+
+    def answer_options(self) -> AnswerOptions:
+        """How the ask pipeline shows passages and asks for answers."""
+        from appliance.rag.answering import AnswerOptions
+
+        return AnswerOptions(self.passage_order, self.answer_prompt, self.steer_citations, self.evidence_quotes)
 
     def one_shot_engine_config(self) -> EngineConfig:
         """The engine of a command that runs once (`ask`, `eval`, `warm`): eager decode, since a compiled-decode

@@ -58,6 +58,9 @@ def _print_sources(sources: list[dict], citations: list[dict], done: dict) -> No
     for c in citations:
         mark = "[green]supported[/]" if c["supported"] else "[yellow]not supported[/]"
         console.print(f"[bold][{c['n']}][/] {c['title']} ({c['kind']}, {mark})")
+    for e in done["evidence"]:
+        console.print(f"[bold]evidence [{e['n']}][/] {e['title']}: ", end="")
+        console.print(f"“{e['quote']}”", markup=False, highlight=False)
     kv, timings = done["kv"], done["timings"]
     console.print(f"[dim]{done['usage']['completion_tokens']} tokens; ttft {timings['ttft_ms']:.0f} ms, "
                   f"total {timings['total_ms']:.0f} ms; prompt tokens computed {kv['tokens_computed']}, "
@@ -99,7 +102,8 @@ def ask(
         from appliance.rag.pipeline import AskPipeline
 
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
-        asyncio.run(_answer(AskPipeline(engine, service), question, collection, k, params, json))
+        pipeline = AskPipeline(engine, service, options=settings.answer_options())
+        asyncio.run(_answer(pipeline, question, collection, k, params, json))
     except ApplianceError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(1) from exc

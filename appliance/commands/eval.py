@@ -40,6 +40,7 @@ from appliance.evaluation.scoring import (
 if TYPE_CHECKING:  # the engine (torch) loads only when the command runs, so `appliance --help` stays fast
     from appliance.engine.front import EngineFront
     from appliance.engine.sampling import SamplingParams
+    from appliance.rag.answering import AnswerOptions
     from appliance.rag.pipeline import AskPipeline
     from retrieval.service import RetrievalService
 
@@ -71,7 +72,7 @@ async def _one(pipeline: AskPipeline, item: GoldenItem, collection: str, k: int,
 
 
 async def _run(engine: EngineFront, service: RetrievalService, golden: GoldenSet, k: int,
-               params: SamplingParams, warmup_tokens: int) -> list[QuestionResult]:
+               params: SamplingParams, warmup_tokens: int, options: AnswerOptions) -> list[QuestionResult]:
     """Warm retrieval and the engine (so the first question's TTFT is not a cold start), then every question in
     file order, one at a time, with a progress bar on stderr."""
     from appliance.rag.citations import marker_vocabulary
@@ -86,7 +87,7 @@ async def _run(engine: EngineFront, service: RetrievalService, golden: GoldenSet
         if warmup_tokens > 0:
             await warm_engine(engine, warmup_tokens)
         progress.update(task, description="evaluating")
-        pipeline, rows = AskPipeline(engine, service), []
+        pipeline, rows = AskPipeline(engine, service, options=options), []
         for item in golden.items:
             rows.append(await _one(pipeline, item, golden.collection, k, params))
             progress.advance(task)
@@ -257,7 +258,8 @@ def _evaluate(settings: Settings, golden: GoldenSet, k: int, max_tokens: int) ->
             engine = AsyncEngine(LLMEngine.from_config(settings.one_shot_engine_config()), settings.max_queue)
         try:
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-            rows = asyncio.run(_run(engine, service, golden, k, params, settings.warmup_tokens))
+            rows = asyncio.run(_run(engine, service, golden, k, params, settings.warmup_tokens,
+                                    settings.answer_options()))
             return rows, engine.info.model_name
         finally:
             engine.close()

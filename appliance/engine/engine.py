@@ -96,7 +96,7 @@ class LLMEngine:
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
         self.info = EngineInfo(self.model_name, self.max_model_len, loaded.config.vocab_size, str(self.device),
-                               str(self.dtype).removeprefix("torch."), self.backend.name)
+                               str(self.dtype).removeprefix("torch."), self.backend.name, config.doc_cache)
         log.info("engine ready: %s on %s/%s, backend %s, %d KV blocks of %d tokens (%d tokens), %d KB of KV per "
                  "token, chunk tier %d MB", loaded.name, self.device, self.dtype, self.backend.name, num_blocks,
                  config.block_size, pool_tokens, self.kv_bytes_per_token // 1024, chunk_budget // 2**20)

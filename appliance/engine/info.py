@@ -17,6 +17,7 @@ class EngineInfo:
     device: str
     dtype: str
     backend: str
+    doc_cache: str  # the document-cache mode of a request that names none
 
     def check_prompt(self, prompt_token_ids: list[int]) -> None:
         """Raise RequestError if the prompt can never be served (cheap; any thread, any process)."""

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from appliance.rag.citations import Citation
+from appliance.rag.evidence import evidence_json
 from appliance.rag.grounding import FieldGrounding
 from appliance.rag.pipeline import AskEvent, CitationsEvent, DoneEvent, GroundingEvent, SourcesEvent
 from retrieval.types import Chunk
@@ -65,6 +66,7 @@ def done_json(event: DoneEvent) -> dict:
     saved = {"conversation_id": e.conversation_id, "turn": e.turn} if e.conversation_id else {}
     return saved | {
         "finish_reason": e.finish_reason,
+        "evidence": evidence_json(e.evidence),
         "retrieval_query": e.retrieval_query,
         "rewrite": e.rewrite,
         "turns_in_prompt": e.turns_in_prompt,
@@ -78,7 +80,8 @@ def done_json(event: DoneEvent) -> dict:
 
 
 async def collect(answer: Answer) -> dict:
-    """The whole answer as the non-stream JSON of /api/ask: {answer, citations, sources, usage, timings, kv}."""
+    """The whole answer as the non-stream JSON of /api/ask: {answer, citations, evidence, sources, usage, timings,
+    kv}."""
     result: dict = {"sources": sources_json(answer.sources), "retrieval_query": answer.sources.retrieval_query}
     if answer.conversation_id:
         result["conversation_id"] = answer.conversation_id

@@ -51,22 +51,22 @@ def recent_turns(builder: PromptBuilder, turns: Sequence[HistoryTurn], budget: i
     return list(turns[start:])
 
 
-def number_passages(retrieved: Sequence[Chunk], numbers: Mapping[int, int]) -> list[tuple[int, Chunk]]:
-    """`retrieved` numbered, by number: a passage keeps the number the conversation gave it; a new one gets the
-    next free number (new passages numbered in chunk-id order)."""
+def number_passages(arranged: Sequence[Chunk], numbers: Mapping[int, int]) -> list[tuple[int, Chunk]]:
+    """`arranged` (in prompt order) numbered, by number: a passage keeps the number the conversation gave it; a
+    new one gets the next free number (new passages numbered in prompt order)."""
     next_number = max(numbers.values(), default=0) + 1
     numbered: dict[int, int] = {}
-    for chunk in sorted(retrieved, key=lambda c: c.chunk_id):
+    for chunk in arranged:
         if chunk.chunk_id in numbers:
             numbered[chunk.chunk_id] = numbers[chunk.chunk_id]
         else:
             numbered[chunk.chunk_id] = next_number
             next_number += 1
-    return sorted(((numbered[c.chunk_id], c) for c in retrieved), key=lambda nc: nc[0])
+    return sorted(((numbered[c.chunk_id], c) for c in arranged), key=lambda nc: nc[0])
 
 
 def not_shown(numbered: Sequence[tuple[int, Chunk]], shown: Sequence[HistoryTurn]) -> list[tuple[int, Chunk]]:
-    """The passages of `numbered` that no turn in `shown` put in the prompt (what it must add), in canonical
-    (chunk-id) order."""
+    """The passages of `numbered` that no turn in `shown` put in the prompt (what it must add), by number (the
+    prompt order `number_passages` gave them)."""
     visible = {chunk.chunk_id for turn in shown for _, chunk in turn.passages}
-    return sorted(((n, c) for n, c in numbered if c.chunk_id not in visible), key=lambda nc: nc[1].chunk_id)
+    return sorted(((n, c) for n, c in numbered if c.chunk_id not in visible), key=lambda nc: nc[0])

@@ -11,10 +11,12 @@ from dataclasses import dataclass, replace
 from appliance.engine.front import EngineFront
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
+from appliance.rag.answering import AnswerOptions, arrange
 from appliance.rag.citations import Citation, CitationConstraint, check_citations
+from appliance.rag.evidence import Evidence, evidence_for
 from appliance.rag.grounding import FieldGrounding, ground_fields
 from appliance.rag.history import History, not_shown, number_passages, recent_turns
-from appliance.rag.prompt import PromptBuilder
+from appliance.rag.prompt import SYSTEM_PROMPTS, PromptBuilder
 from appliance.rag.rewrite import DEFAULT_POLICY, FollowUpRewriter, Policy, PriorTurn, phrasings
 from retrieval.filters import SearchFilters
 from retrieval.service import RetrievalService
@@ -36,6 +38,7 @@ class TokenEvent:
 @dataclass(frozen=True)
 class CitationsEvent:
     citations: list[Citation]
+    evidence: list[Evidence]  # the passage sentences that best support the answer, best first
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class DoneEvent:
     turns_in_prompt: int  # earlier turns the prompt carried
     answer_token_ids: tuple[int, ...]  # as generated, without the end-of-turn token
     added: tuple[tuple[int, Chunk], ...]  # the numbered passages this prompt showed first
+    evidence: tuple[Evidence, ...] = ()  # as in the CitationsEvent
     conversation_id: str | None = None  # set once the turn is saved in a conversation
     turn: int | None = None  # its number there
 
@@ -81,30 +85,34 @@ class Answered:
 
     sources: SourcesEvent
     citations: list[Citation]
+    evidence: list[Evidence]
     done: DoneEvent
 
 
 async def answered(events: AsyncIterator[AskEvent]) -> Answered:
     """`AskPipeline.ask`'s events, gathered."""
-    sources, citations, done = None, [], None
+    sources, citations, evidence, done = None, [], [], None
     async for event in events:
         if isinstance(event, SourcesEvent):
             sources = event
         elif isinstance(event, CitationsEvent):
-            citations = event.citations
+            citations, evidence = event.citations, event.evidence
         elif isinstance(event, DoneEvent):
             done = event
     assert sources is not None and done is not None, "ask yields sources first and done last"
-    return Answered(sources, citations, done)
+    return Answered(sources, citations, evidence, done)
 
 
 class AskPipeline:
-    """Answers questions over collections with the shared engine and retrieval service."""
+    """Answers questions over collections with the shared engine and retrieval service, shown and asked as
+    `options` say (`answering.py`)."""
 
-    def __init__(self, engine: EngineFront, retrieval: RetrievalService, rewrite: Policy = DEFAULT_POLICY) -> None:
+    def __init__(self, engine: EngineFront, retrieval: RetrievalService, rewrite: Policy = DEFAULT_POLICY,
+                 options: AnswerOptions | None = None) -> None:
         self.engine = engine
         self.retrieval = retrieval
-        self.builder = PromptBuilder(engine.tokenizer)
+        self.options = options or AnswerOptions()
+        self.builder = PromptBuilder(engine.tokenizer, SYSTEM_PROMPTS[self.options.prompt])
         self.rewriter = FollowUpRewriter(engine, policy=rewrite)
 
     async def ask(self, question: str, collections: list[str], k: int, params: SamplingParams,
@@ -124,7 +132,8 @@ class AskPipeline:
         hits = await asyncio.to_thread(self.retrieval.search_phrasings, phrasings(rewrite, question), collections, k,
                                        filters)
         retrieval_ms = (time.perf_counter() - searched) * 1000
-        sources = number_passages([hit.chunk for hit in hits], history.numbers)
+        order = self.options.order_for(doc_cache or self.engine.info.doc_cache)
+        sources = number_passages(arrange([hit.chunk for hit in hits], order), history.numbers)
         # the earlier turns get the budget, within what the context leaves beside this turn and its answer
         alone = len(self.builder.build_turn([], not_shown(sources, []), question).token_ids)
         room = self.engine.max_model_len - alone - params.max_tokens
@@ -133,8 +142,10 @@ class AskPipeline:
         extracting = params.grammar is not None
         prompt = self.builder.build_turn(shown, added, question + (EXTRACTION_NOTE if extracting else ""))
         yield SourcesEvent(tuple(c for _, c in sources), tuple(n for n, _ in sources), rewrite.query)
+        numbered = prompt.numbered()
         if not extracting:
-            constraint = CitationConstraint(self.engine.tokenizer, prompt.numbers)
+            steer = {n: c.text for n, c in numbered.items()} if self.options.steer_citations else None
+            constraint = CitationConstraint(self.engine.tokenizer, prompt.numbers, passages=steer, question=question)
             params = replace(params, logits_processors=(*params.logits_processors, constraint))
         answer, last, ttft_ms, token_ids = "", None, 0.0, []
         out: RequestOutput
@@ -147,10 +158,14 @@ class AskPipeline:
                 answer += out.text
                 yield TokenEvent(out.text)
         assert last is not None
+        evidence: list[Evidence] = []
         if extracting:
-            yield GroundingEvent(ground_fields(answer, prompt.numbered()))
+            yield GroundingEvent(ground_fields(answer, numbered))
         else:
-            yield CitationsEvent(check_citations(answer, prompt.numbered()))
+            citations = check_citations(answer, numbered, question=question)
+            if self.options.evidence:
+                evidence = evidence_for(answer, question, numbered, citations, self.options.evidence)
+            yield CitationsEvent(citations, evidence)
         total_ms = (time.perf_counter() - started) * 1000
         if token_ids and token_ids[-1] in self.engine.tokenizer.stop_token_ids:
             token_ids.pop()
@@ -158,4 +173,4 @@ class AskPipeline:
                         last.num_cached_tokens, last.num_computed_prompt_tokens, last.num_recomputed_tokens,
                         last.num_encoded_tokens, last.doc_mode, round(rewrite.ms, 2), round(retrieval_ms, 2),
                         round(last.queue_s * 1000, 2), round(ttft_ms, 2), round(total_ms, 2), rewrite.query,
-                        rewrite.method, len(shown), tuple(token_ids), tuple(added))
+                        rewrite.method, len(shown), tuple(token_ids), tuple(added), tuple(evidence))

@@ -34,6 +34,18 @@ SYSTEM_PROMPT = (
     "that supports each statement with its number in square brackets, like [1]. If the passages do not "
     "contain the answer, say that you do not know."
 )
+_SHORT = (" Give the answer in a few words on the first line; then, on the next line, one sentence from the passages "
+          "that supports it, ending with its citation.")
+_EXAMPLE = (
+    "\n\nExample.\n<documents>\n[1] Travel policy\nEmployees book flights through the travel desk at least 14 days "
+    "ahead. Trains may be booked directly.\n\n[2] Expenses\nMeals are reimbursed up to 40 euros a day.\n</documents>"
+    "\n\nQuestion: How far ahead must flights be booked?\nAnswer:\nAt least 14 days ahead.\nEmployees book flights "
+    "through the travel desk at least 14 days ahead [1]."
+)
+# the system prompt of each `AnswerOptions.prompt` (appliance/rag/answering.py); the example is in another domain
+# than any collection's, so it shows the answer's shape without hinting at an answer
+SYSTEM_PROMPTS = {"cite": SYSTEM_PROMPT, "short": SYSTEM_PROMPT + _SHORT,
+                  "short+examples": SYSTEM_PROMPT + _SHORT + _EXAMPLE}
 _MARK = "\x00{}\x00"
 
 

@@ -24,7 +24,7 @@ def _pipeline(state: AppState) -> AskPipeline:
     if state.ask is None:
         # the pipeline only needs `tokenizer` and `generate`, which the metered engine provides
         state.ask = AskPipeline(engine_of(state), retrieval_of(state),  # type: ignore[arg-type]
-                                state.settings.followup_rewrite)
+                                state.settings.followup_rewrite, state.settings.answer_options())
     return state.ask
 
 

@@ -15,6 +15,7 @@ from appliance.server.metrics import Metrics
 
 if TYPE_CHECKING:
     from appliance.engine.front import EngineFront
+    from appliance.engine.info import EngineInfo
     from appliance.engine.tokenizer import TextTokenizer
 
 
@@ -32,6 +33,10 @@ class MeteredEngine:
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.engine.info
 
     async def check_grammar(self, spec: GrammarSpec) -> None:
         await self.engine.check_grammar(spec)

@@ -17,6 +17,7 @@ from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError
 from appliance.rag.answer_json import Answer, citations_of, sources_json
+from appliance.rag.evidence import evidence_json
 from appliance.rag.pipeline import CitationsEvent, DoneEvent, GroundingEvent, TokenEvent
 from appliance.server.answers import stream_error, usage_of
 from appliance.server.deps import AppState, Principal, admission_of, engine_of
@@ -150,7 +151,8 @@ async def rag_sse(env: Envelope, answer: Answer, include_usage: bool) -> AsyncIt
             elif isinstance(event, DoneEvent):
                 yield env.sse([{"index": 0, "delta": {}, "finish_reason": event.finish_reason}])
                 usage = usage_json(event.prompt_tokens, event.completion_tokens, event.tokens_reused)
-                yield env.sse([], citations=citations, sources=sources_json(answer.sources),
+                yield env.sse([], citations=citations, evidence=evidence_json(event.evidence),
+                              sources=sources_json(answer.sources),
                               retrieval_query=answer.sources.retrieval_query, usage=usage if include_usage else None)
     except ApplianceError as exc:
         yield f"data: {json.dumps(stream_error(exc))}\n\n"

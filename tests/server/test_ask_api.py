@@ -38,6 +38,16 @@ def _check_citations(sources: list[dict], citations: list[dict], k: int) -> None
             source["chunk_id"], source["doc_id"], source["title"], source["text"])
 
 
+def _check_evidence(sources: list[dict], evidence: list[dict]) -> None:
+    """One quote (APPLIANCE_EVIDENCE_QUOTES=1), verbatim from the source it names, at the offsets it gives."""
+    assert len(evidence) == 1
+    by_n = {s["n"]: s for s in sources}
+    for e in evidence:
+        source = by_n[e["n"]]
+        assert (e["chunk_id"], e["doc_id"], e["title"]) == (source["chunk_id"], source["doc_id"], source["title"])
+        assert e["quote"] and source["text"][e["start"]:e["end"]] == e["quote"]
+
+
 @pytest.fixture
 def reader_of_space(rag_server: Server) -> Iterator[None]:
     overrides = rag_server.app.dependency_overrides
@@ -56,6 +66,7 @@ def test_non_stream_answer_with_sources_and_valid_citations(rag_server: Server) 
     assert body["answer"].strip()
     assert body["sources"][0]["title"] == "Mars"
     _check_citations(body["sources"], body["citations"], 3)
+    _check_evidence(body["sources"], body["evidence"])
     assert body["usage"]["prompt_tokens"] == body["kv"]["tokens_computed"] + body["kv"]["tokens_reused"]
     assert 0 < body["usage"]["completion_tokens"] <= 48
     t = body["timings"]
@@ -76,7 +87,9 @@ def test_stream_events_in_order_with_valid_citations(rag_server: Server) -> None
     citations = events[-2][1]["citations"]
     assert citations  # greedy answer restating the Jupiter passage: at least an inferred citation
     _check_citations(sources, citations, 2)
+    _check_evidence(sources, events[-2][1]["evidence"])
     done = events[-1][1]
+    assert done["evidence"] == events[-2][1]["evidence"]
     assert done["usage"]["completion_tokens"] > 0 and set(done["kv"]) == {
         "tokens_computed", "tokens_reused", "tokens_recomputed", "tokens_encoded", "mode"}
 

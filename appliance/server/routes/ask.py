@@ -1,9 +1,9 @@
 """POST /api/ask: a question over one collection, answered with numbered sources and checked citations, as a
 turn of a saved conversation (`conversation_id` continues one; without it a new one starts).
 
-`stream: true` answers with SSE events `sources`, `token`, `citations`, `done`; otherwise one JSON body
-`{answer, conversation_id, turn, retrieval_query, citations, sources, usage, timings, kv}` (shapes in
-`appliance/rag/answer_json.py`).
+`stream: true` answers with SSE events `sources`, `token`, `citations` (with `evidence`), `done`; otherwise one
+JSON body `{answer, conversation_id, turn, retrieval_query, citations, evidence, sources, usage, timings, kv}`
+(shapes in `appliance/rag/answer_json.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pydantic import Field
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError
 from appliance.rag.answer_json import Answer, citations_json, collect, done_json, sources_json
+from appliance.rag.evidence import evidence_json
 from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
 from appliance.server.answers import stream_error
 from appliance.server.conversation_turns import open_turn
@@ -65,7 +66,8 @@ async def _sse(answer: Answer) -> AsyncIterator[str]:
             if isinstance(event, TokenEvent):
                 yield frame("token", {"text": event.text})
             elif isinstance(event, CitationsEvent):
-                yield frame("citations", {"citations": citations_json(event.citations)})
+                yield frame("citations", {"citations": citations_json(event.citations),
+                                          "evidence": evidence_json(event.evidence)})
             elif isinstance(event, DoneEvent):
                 yield frame("done", done_json(event))
     except ApplianceError as exc:

@@ -63,6 +63,7 @@ class TurnOut(BaseModel):
     finish_reason: str | None
     sources: list[dict]
     citations: list[dict]
+    evidence: list[dict]  # the passage sentences that best supported the answer (absent from older turns: [])
     usage: dict
     timings: dict
     kv: dict
@@ -174,6 +175,7 @@ def _turns_with_gone_marked(state: AppState, conversation_id: str) -> list[TurnO
                     finish_reason=t.finish_reason,
                     sources=[s | {"gone": s["chunk_id"] not in present} for s in t.sources],
                     citations=[c | {"gone": c["chunk_id"] not in present} for c in t.citations],
+                    evidence=[e | {"gone": e["chunk_id"] not in present} for e in t.summary.get("evidence", [])],
                     usage=t.summary.get("usage", {}), timings=t.summary.get("timings", {}), kv=t.summary.get("kv", {}),
                     created_at=t.created_at,
                     feedback=FeedbackOut(**vars(t.feedback)) if t.feedback else None)

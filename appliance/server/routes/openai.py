@@ -116,7 +116,7 @@ async def _rag_chat(body: ChatCompletionRequest, env: Envelope, params: Sampling
     usage = usage_json(result["usage"]["prompt_tokens"], result["usage"]["completion_tokens"],
                    result["kv"]["tokens_reused"])
     return env.body([{"index": 0, "message": message, "finish_reason": result["finish_reason"]}],
-                    usage=usage, citations=result["citations"], sources=result["sources"],
+                    usage=usage, citations=result["citations"], evidence=result["evidence"], sources=result["sources"],
                     retrieval_query=result["retrieval_query"])
 
 

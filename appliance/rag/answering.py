@@ -1,0 +1,65 @@
+"""How the ask pipeline shows a question's passages and asks for its answer (`AnswerOptions`), with the choices
+measured by `appliance bench answers` (docs/BENCHMARKS.md "Answers against a standard RAG pipeline").
+
+- passage order: `canonical` (by chunk id: the same passage set retrieved in any order makes the same prompt, so
+  the exact prefix cache reuses it), `relevance` (the most relevant passage last, nearest the question; the
+  document cache's `blend` and `reuse` modes reuse a passage at any position, so the order is free there), or
+  `auto` (canonical under `exact`, relevance otherwise);
+- the instructions (`prompt`): `cite` (answer from the passages, cite each statement), `short` (the answer in
+  a few words first, then one supporting sentence with its citation), `short+examples` (the same with a worked
+  example in the system prefix, which the prefix cache holds after the first request);
+- citations steered into the answer at sentence ends (`steer_citations`, see `citations.CitationConstraint`);
+- evidence quotes: the passage sentences that best support the answer (`evidence`, how many).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from retrieval.types import Chunk
+
+PassageOrder = Literal["auto", "canonical", "relevance"]
+AnswerPrompt = Literal["cite", "short", "short+examples"]
+PASSAGE_ORDERS: tuple[str, ...] = get_args(PassageOrder)
+ANSWER_PROMPTS: tuple[str, ...] = get_args(AnswerPrompt)
+
+
+@dataclass(frozen=True)
+class AnswerOptions:
+    passage_order: str = "auto"  # PASSAGE_ORDERS
+    prompt: str = "cite"  # ANSWER_PROMPTS
+    steer_citations: bool = False
+    evidence: int = 1  # evidence quotes per answer (0: none)
+
+    def __post_init__(self) -> None:
+        if self.passage_order not in PASSAGE_ORDERS:
+            raise ValueError(f"passage_order must be one of {', '.join(PASSAGE_ORDERS)}")
+        if self.prompt not in ANSWER_PROMPTS:
+            raise ValueError(f"prompt must be one of {', '.join(ANSWER_PROMPTS)}")
+        if self.evidence < 0:
+            raise ValueError("evidence must be >= 0")
+
+    def order_for(self, doc_cache: str) -> str:
+        """The order a request served in `doc_cache` mode gets: `auto` resolved."""
+        if self.passage_order != "auto":
+            return self.passage_order
+        return "canonical" if doc_cache == "exact" else "relevance"
+
+
+def arrange(ranked: Sequence[Chunk], order: str) -> list[Chunk]:
+    """`ranked` (best first) in prompt order: `canonical` by chunk id, `relevance` best last. The same passages
+    either way; a passage whose text repeats a better-ranked one's (whitespace and case aside) is dropped."""
+    seen: set[str] = set()
+    unique = []
+    for chunk in ranked:
+        text = " ".join(chunk.text.lower().split())
+        if text not in seen:
+            seen.add(text)
+            unique.append(chunk)
+    if order == "canonical":
+        return sorted(unique, key=lambda c: c.chunk_id)
+    if order == "relevance":
+        return unique[::-1]
+    raise ValueError(f"no passage order {order!r} (one of canonical, relevance)")

@@ -1,0 +1,34 @@
+"""The ask pipeline's passage order through the real engine and retrieval service (`answering.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from appliance.rag.answering import AnswerOptions
+
+
+def test_the_pipeline_shows_the_same_passages_in_either_order(make_engine, loaded_model, rag_data_dir) -> None:
+    """Through the real pipeline: the same retrieved passages, numbered in prompt order; relevance order puts the
+    top hit last."""
+    from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.sampling import SamplingParams
+    from appliance.rag.pipeline import AskPipeline, answered
+    from retrieval.service import RetrievalService
+
+    service = RetrievalService.open(rag_data_dir, loaded_model.tokenizer, chunk_tokens=128)
+    engine = AsyncEngine(make_engine())
+    question = "How tall is Olympus Mons?"
+    try:
+        top = service.search_phrasings([question], ["space"], 3)
+        shown = {}
+        for order in ("canonical", "relevance"):
+            pipeline = AskPipeline(engine, service, options=AnswerOptions(passage_order=order, evidence=0))
+            got = asyncio.run(answered(pipeline.ask(question, ["space"], 3, SamplingParams(max_tokens=4))))
+            assert got.sources.numbers == (1, 2, 3) and got.evidence == []
+            shown[order] = [c.chunk_id for c in got.sources.passages]
+    finally:
+        engine.close()
+        service.close()
+    assert sorted(shown["canonical"]) == sorted(shown["relevance"]) == sorted(h.chunk.chunk_id for h in top)
+    assert shown["canonical"] == sorted(shown["canonical"])
+    assert shown["relevance"] == [h.chunk.chunk_id for h in top][::-1]
