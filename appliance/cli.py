@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from appliance.bench.answers_report import bench_answers
 from appliance.bench.api_load import bench_api
 from appliance.bench.blend import bench_blend
 from appliance.bench.conversation import bench_conversation
@@ -58,6 +59,7 @@ bench_app.command("itl")(bench_itl)
 bench_app.command("api")(bench_api)
 bench_app.command("structured")(bench_structured)
 bench_app.command("ocr")(bench_ocr)
+bench_app.command("answers")(bench_answers)
 err = Console(stderr=True)
 
 

@@ -13,10 +13,15 @@ def first_line(answer: str) -> str:
 
 
 def is_right(answer: str, gold: str) -> bool:
-    """The gold answer appears in the answer's first non-empty line: a version not as part of another number
-    ("3.2" is not in "3.12" nor in "13.2"), a module name as a name of its own ("os" is not in "os.path")."""
+    """The gold answer appears in the answer's first non-empty line (as `mentions` finds it)."""
+    return mentions(first_line(answer), gold)
+
+
+def mentions(text: str, gold: str) -> bool:
+    """`gold` appears in `text` as a value of its own: a version not as part of another number ("3.2" is not in
+    "3.12" nor in "13.2"), a module name as a name of its own ("os" is not in "os.path")."""
     if _VERSION_ANSWER.fullmatch(gold):
         pattern = rf"(?<![\d.]){re.escape(gold)}(?!\d)"
     else:
         pattern = rf"(?<![\w.]){re.escape(gold)}(?![\w]|\.\w)"
-    return re.search(pattern, first_line(answer)) is not None
+    return re.search(pattern, text) is not None
