@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from appliance.rag.citations import Citation, check_citations
-from appliance.rag.evidence import MAX_QUOTE, evidence_for, evidence_json, sentence_spans
+from appliance.rag.evidence import MAX_QUOTE, evidence_for, evidence_json, focus_term, sentence_spans
 from retrieval.types import Chunk
 
 
@@ -48,8 +50,9 @@ def test_answer_words_weigh_more_than_question_words() -> None:
                              "See xml.parsers.expat for details.")}
     evidence = evidence_for("xml.parsers.expat", "Which function gives the message for an error number?",
                             passages, [], limit=2)
-    assert [(e.quote, e.score) for e in evidence] == [("See xml.parsers.expat for details.", 6.0),
-                                                      (passages[1].text.splitlines()[0], 4.0)]
+    # 3 answer words x 2 and 4 question words x 1, each over the square root of the sentence's 5 content words
+    assert [(e.quote, e.score) for e in evidence] == [("See xml.parsers.expat for details.", 6 / math.sqrt(5)),
+                                                      (passages[1].text.splitlines()[0], 4 / math.sqrt(5))]
 
 
 def test_a_question_only_match_still_gives_evidence() -> None:
@@ -58,7 +61,8 @@ def test_a_question_only_match_still_gives_evidence() -> None:
 
 
 def test_a_cited_supported_passage_is_preferred_over_an_uncited_one_with_equal_overlap() -> None:
-    passages = {1: _chunk(1, "Mars has two moons."), 2: _chunk(2, "Mars has two moons, Phobos and Deimos.")}
+    passages = {1: _chunk(1, "Mars has two moons, Deimos and Phobos."),
+                2: _chunk(2, "Mars has two moons, Phobos and Deimos.")}
     answer = "Mars has two moons [2]."
     citations = check_citations(answer, passages)
     assert [(c.n, c.kind, c.supported) for c in citations] == [(2, "cited", True)]
@@ -112,3 +116,24 @@ def test_evidence_json_names_the_passage_and_the_quote() -> None:
     [e] = evidence_for("xml.parsers.expat [1]", "What does ErrorString() return?", {1: EXPAT}, [])
     assert evidence_json([e]) == [{"n": 1, "chunk_id": 7, "doc_id": "doc7", "title": "Doc 7", "page": 3,
                                    "quote": "xml.parsers.expat.ErrorString(errno)", "start": 0, "end": 36}]
+
+
+def test_the_quote_is_about_what_the_question_names_even_when_the_answer_is_wrong() -> None:
+    """The question names `clear_cache()`: only sentences mentioning it are candidates, so a wrong answer's words
+    (codecs, encode, decode) cannot pull the quote to another passage; among them the shorter, denser one."""
+    passages = {1: _chunk(1, "The codecs module can encode and decode text to bytes and clear a cache."),
+                2: _chunk(2, "The entire cache of comparisons may be cleared using clear_cache() when files change "
+                             "often.\nfilecmp.clear_cache()\nClear the filecmp cache.")}
+    question = "Which Python standard library module provides the function clear_cache()?"
+    evidence = evidence_for("The codecs module provides clear_cache() to encode and decode text.", question, passages,
+                            [], limit=2)
+    assert [e.quote for e in evidence] == ["filecmp.clear_cache()", passages[2].text.splitlines()[0]]
+
+
+def test_the_focus_is_an_identifier_before_a_capitalised_word_then_the_rarest() -> None:
+    sentences = [{"python", "glob"}, {"python", "iglob"}, {"iglob", "glob"}, {"meter"}]
+    assert focus_term("Which Python module provides iglob()?", sentences) == "iglob"  # called: before Python
+    assert focus_term("Which Python module provides glob?", sentences) == "python"  # only capitalised
+    assert focus_term("Which Python module has the class Meter?", sentences) == "meter"  # rarer than python
+    assert focus_term("Which module provides the class Gauge?", sentences) is None  # named, but not mentioned
+    assert focus_term("Which module reads files?", sentences) is None
