@@ -98,8 +98,8 @@ class Settings(BaseSettings):
     followup_rewrite: Literal["fallback", "model", "model+terms"] = "fallback"  # how a follow-up is searched for
     # how an answer is asked for (appliance/rag/answering.py; measured by `appliance bench answers`)
     passage_order: Literal["auto", "canonical", "relevance"] = "auto"  # auto: canonical under exact, else relevance
-    answer_prompt: Literal["cite", "short", "short+examples"] = "cite"
-    steer_citations: bool = False  # at a sentence end a passage supports, the decoder is steered to cite it
+    answer_prompt: Literal["cite", "short", "short+examples"] = "short"
+    steer_citations: bool = True  # at a sentence end a passage supports, the decoder is steered to cite it
     evidence_quotes: int = Field(default=1, ge=0, le=5)  # passage sentences shown as an answer's evidence
     warmup_tokens: int = Field(default=1500, ge=0)  # warm-up prompt run before /ready (0: no warm-up)
     warmup_timeout_s: float = Field(default=120.0, gt=0)  # /ready turns 200 after this even if warm-up is not done

@@ -8,14 +8,16 @@ system reads the same passages (a variant with another k reads the top k of the 
 - the baseline: a standard RAG pipeline, LangChain's classic RetrievalQA ("stuff") chat prompt with the passages'
   texts in rank order, on llama.cpp's OpenAI server with the same GGUF (`baseline`), or on this engine when
   llama-cpp-python is not installed (`baseline@ours`, also run beside it: the prompt's effect without the engine's);
-- the appliance: `AskPipeline` as `/api/ask` runs it, one variant per lever (`answering.AnswerOptions`), alone and
-  combined. A variant is `default` or levers joined by `+`: `relevance` / `canonical` (passage order), `short`,
-  `examples` (the prompt), `steer` (steered citations), `kN` (N passages).
+- the appliance: `AskPipeline` as `/api/ask` runs it (`answering.AnswerOptions`): `default` (the settings' defaults)
+  and the plain pipeline (`plain`: canonical order, the `cite` prompt, no steering) with levers joined by `+`,
+  alone and combined: `relevance` (passage order), `short`, `examples` (the prompt), `steer` (steered
+  citations), `kN` (N passages).
 
 Per system: accuracy (the gold answer in the answer's first line) and its ratio to the baseline's with a paired
 bootstrap 95% interval; answers with a supported citation in the text (model-made or steered), and with any
 supported citation (inferred ones too); the share whose evidence quote holds the gold answer, among the answers
-whose passages hold it; TTFT p50. Greedy, one request at a time.
+whose passages hold it (`Gold.held_by`: as a name of its own, or qualifying the name asked about); TTFT p50.
+Greedy, one request at a time; a fresh engine per system.
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ if TYPE_CHECKING:
 BASELINE_SYSTEM = ("Use the following pieces of context to answer the user's question. \n"
                    "If you don't know the answer, just say that you don't know, don't try to make up an answer.\n"
                    "----------------\n{context}")
-DEFAULT_VARIANTS = ("default", "relevance", "k3", "short", "examples", "steer", "relevance+examples+steer")
-_LEVERS = {"relevance": {"passage_order": "relevance"}, "canonical": {"passage_order": "canonical"},
-           "short": {"prompt": "short"}, "examples": {"prompt": "short+examples"}, "steer": {"steer_citations": True}}
+DEFAULT_VARIANTS = ("default", "plain", "relevance", "k3", "short", "examples", "steer", "relevance+short+steer")
+PLAIN = AnswerOptions(passage_order="canonical", prompt="cite", steer_citations=False)  # no lever pulled
+_LEVERS = {"relevance": {"passage_order": "relevance"}, "short": {"prompt": "short"},
+           "examples": {"prompt": "short+examples"}, "steer": {"steer_citations": True}}
 
 
 @dataclass(frozen=True)
@@ -64,18 +67,20 @@ class Variant:
     k: int
 
 
-def parse_variant(spec: str, k: int, base: AnswerOptions) -> Variant:
-    """`default` or levers joined by `+` (see the module doc) on top of `base`; raises ValueError."""
-    options, passages = base, k
+def parse_variant(spec: str, k: int) -> Variant:
+    """`default`, or `plain` and levers joined by `+` (see the module doc); raises ValueError."""
+    if spec == "default":
+        return Variant(spec, AnswerOptions(), k)
+    options, passages = PLAIN, k
     for lever in spec.split("+"):
-        if lever == "default":
+        if lever == "plain":
             continue
         if lever in _LEVERS:
             options = replace(options, **_LEVERS[lever])  # type: ignore[arg-type]
         elif lever.startswith("k") and lever[1:].isdigit() and int(lever[1:]) >= 1:
             passages = int(lever[1:])
         else:
-            raise ValueError(f"unknown lever {lever!r} in variant {spec!r} (default, {', '.join(_LEVERS)}, kN)")
+            raise ValueError(f"unknown lever {lever!r} in variant {spec!r} (default, plain, {', '.join(_LEVERS)}, kN)")
     return Variant(spec, options, passages)
 
 
@@ -103,12 +108,26 @@ class Answered:
     evidence_has_gold: bool = False
 
 
-def _passages_hold(chunks: list[Chunk], gold: str) -> bool:
-    return any(mentions(c.text, gold) for c in chunks)
+@dataclass(frozen=True)
+class Gold:
+    """A question's gold answer, and what it asks about (`filecmp.clear_cache` for "which module provides
+    clear_cache()?": a quote with that qualified name shows the answer too)."""
+
+    answer: str
+    api: str = ""
+
+    def held_by(self, text: str) -> bool:
+        """`text` shows the answer: as a name of its own, or qualifying the name asked about."""
+        qualified = bool(self.api) and self.api.startswith(self.answer + ".") and self.api in text
+        return qualified or mentions(text, self.answer)
+
+
+def _passages_hold(chunks: list[Chunk], gold: Gold) -> bool:
+    return any(gold.held_by(c.text) for c in chunks)
 
 
 async def _ask(engine: EngineFront, service: RetrievalService, variant: Variant, collection: str, max_tokens: int,
-               question: str, gold: str) -> Answered:
+               question: str, gold: Gold) -> Answered:
     from appliance.engine.sampling import SamplingParams
     from appliance.rag.pipeline import AskPipeline, answered
 
@@ -116,13 +135,14 @@ async def _ask(engine: EngineFront, service: RetrievalService, variant: Variant,
     got = await answered(pipeline.ask(question, [collection], variant.k, SamplingParams(max_tokens=max_tokens,
                                                                                         temperature=0.0)))
     answer, best = got.done.answer, got.evidence[0].quote if got.evidence else ""
-    return Answered(answer, got.done.ttft_ms, is_right(answer, gold), _passages_hold(list(got.sources.passages), gold),
+    return Answered(answer, got.done.ttft_ms, is_right(answer, gold.answer),
+                    _passages_hold(list(got.sources.passages), gold),
                     any(c.kind == "cited" and c.supported for c in got.citations),
-                    any(c.supported for c in got.citations), best, bool(best) and mentions(best, gold))
+                    any(c.supported for c in got.citations), best, bool(best) and gold.held_by(best))
 
 
 async def _baseline(system: System, tokenizer: TextTokenizer, service: RetrievalService, collection: str, k: int,
-                    max_tokens: int, question: str, gold: str) -> Answered:
+                    max_tokens: int, question: str, gold: Gold) -> Answered:
     from appliance.bench.rag_workload import BenchPrompt
     from appliance.engine.doc_cache.layout import PromptLayout
 
@@ -131,7 +151,7 @@ async def _baseline(system: System, tokenizer: TextTokenizer, service: Retrieval
     ids = baseline_prompt(tokenizer, question, ranked)
     retrieval_ms = (time.perf_counter() - started) * 1000
     done = await system.complete(BenchPrompt(question, ids, PromptLayout(len(ids), ()), k, retrieval_ms), max_tokens)
-    return Answered(done.text, retrieval_ms + done.ttft_s * 1000, is_right(done.text, gold),
+    return Answered(done.text, retrieval_ms + done.ttft_s * 1000, is_right(done.text, gold.answer),
                     _passages_hold(ranked, gold))
 
 
@@ -152,9 +172,10 @@ def summarize(rows: list[Answered], reference: list[Answered] | None) -> dict[st
     return figures
 
 
-async def _all(gold: GoldQuestions, answer: Callable[[str, str], Awaitable[Answered]]) -> list[Answered]:
+async def _all(gold: GoldQuestions, answer: Callable[[str, Gold], Awaitable[Answered]]) -> list[Answered]:
     """Every question answered in turn (one at a time)."""
-    return [await answer(q, g) for q, g in zip(gold.texts, gold.golds, strict=True)]
+    apis = gold.apis or [""] * len(gold.texts)
+    return [await answer(q, Gold(g, api)) for q, g, api in zip(gold.texts, gold.golds, apis, strict=True)]
 
 
 def loaded_threads() -> int:
@@ -184,7 +205,7 @@ def run_answers_bench(corpus: Path = CORPUS, data_dir: Path | None = None, quest
     from retrieval.service import RetrievalService
 
     gold = gold or GoldQuestions.from_set(question_set, questions)
-    parsed = [parse_variant(v, k, AnswerOptions()) for v in variants]
+    parsed = [parse_variant(v, k) for v in variants]
     pages = sorted(p for p in corpus.glob("*.html") if p.name in set(gold.pages))
     collection = f"answers-{gold.name}-{len(gold.texts)}"
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,6 @@ import typer
 
 from appliance.bench.answers import DEFAULT_VARIANTS, parse_variant, run_answers_bench
 from appliance.bench.retrieval import CORPUS
-from appliance.rag.answering import AnswerOptions
 
 SECTION = "Answers against a standard RAG pipeline"
 # issue 17's bars: accuracy against the baseline pipeline's, answers citing, evidence holding the gold answer
@@ -90,7 +89,7 @@ def bench_answers(
     k: Annotated[int, typer.Option(min=1, max=20, help="passages per question")] = 5,
     max_tokens: Annotated[int, typer.Option(min=1, help="longest answer in tokens")] = 64,
     variants: Annotated[str, typer.Option(help="the appliance's rows, comma-separated: default or levers joined "
-                                               "by + (relevance, canonical, short, examples, steer, kN)")
+                                               "by + (plain, relevance, short, examples, steer, kN)")
                         ] = ",".join(DEFAULT_VARIANTS),
     llama_cpp: Annotated[bool, typer.Option("--llama-cpp/--no-llama-cpp", help="run the baseline on llama.cpp "
                                             "too (needs the bench extra)")] = True,
@@ -110,7 +109,7 @@ def bench_answers(
     specs = tuple(v.strip() for v in variants.split(",") if v.strip())
     for spec in specs:
         try:
-            parse_variant(spec, k, AnswerOptions())
+            parse_variant(spec, k)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--variants") from exc
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -39,11 +39,13 @@ class GoldQuestions:
     texts: list[str]
     pages: list[str]
     golds: list[str]
+    apis: list[str] = field(default_factory=list)  # what each question asks about, e.g. filecmp.clear_cache
 
     @classmethod
     def from_set(cls, name: str, limit: int | None = None) -> GoldQuestions:
         questions = load_set(name, limit)
-        return cls(name, [q.question for q in questions], [q.page for q in questions], [q.answer for q in questions])
+        return cls(name, [q.question for q in questions], [q.page for q in questions], [q.answer for q in questions],
+                   [q.api for q in questions])
 
 
 def bench_gold_set(

@@ -28,9 +28,11 @@ ANSWER_PROMPTS: tuple[str, ...] = get_args(AnswerPrompt)
 
 @dataclass(frozen=True)
 class AnswerOptions:
+    """The defaults are what measured best (`appliance bench answers`); `Settings` takes them from here."""
+
     passage_order: str = "auto"  # PASSAGE_ORDERS
-    prompt: str = "cite"  # ANSWER_PROMPTS
-    steer_citations: bool = False
+    prompt: str = "short"  # ANSWER_PROMPTS
+    steer_citations: bool = True
     evidence: int = 1  # evidence quotes per answer (0: none)
 
     def __post_init__(self) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bench.answers import parse_variant, run_answers_bench
+from appliance.bench.answers import PLAIN, parse_variant, run_answers_bench
 from appliance.bench.answers_report import answers_markdown
 from appliance.bench.gold_sets import GoldQuestions
 from appliance.engine.loader import LoadedModel
@@ -20,12 +20,13 @@ PAGE = ("<html><head><title>filecmp</title></head><body><h1>filecmp — File and
 
 
 def test_variants_parse_into_options() -> None:
-    v = parse_variant("relevance+examples+steer+k3", 5, AnswerOptions())
+    v = parse_variant("relevance+examples+steer+k3", 5)
     assert (v.k, v.options.passage_order, v.options.prompt, v.options.steer_citations) == (
         3, "relevance", "short+examples", True)
-    assert parse_variant("default", 5, AnswerOptions()).options == AnswerOptions()
+    assert parse_variant("default", 5).options == AnswerOptions()
+    assert parse_variant("plain", 5).options == PLAIN and not PLAIN.steer_citations and PLAIN.prompt == "cite"
     with pytest.raises(ValueError, match="unknown lever"):
-        parse_variant("relevance+louder", 5, AnswerOptions())
+        parse_variant("relevance+louder", 5)
 
 
 def test_the_bench_runs_on_a_tiny_corpus(tmp_path: Path, loaded_model: LoadedModel) -> None:
@@ -34,7 +35,7 @@ def test_the_bench_runs_on_a_tiny_corpus(tmp_path: Path, loaded_model: LoadedMod
     (corpus / "filecmp.html").write_text(PAGE)
     gold = GoldQuestions("tiny", [f"Which Python standard library module provides the function {f}()? Answer with "
                                   "the module name only." for f in ("cmp", "clear_cache")],
-                         ["filecmp.html"] * 2, ["filecmp"] * 2)
+                         ["filecmp.html"] * 2, ["filecmp"] * 2, ["filecmp.cmp", "filecmp.clear_cache"])
     result = run_answers_bench(corpus, tmp_path / "data", k=1, max_tokens=32, variants=("default", "steer"),
                                llama_cpp=False, loaded=loaded_model, gold=gold, say=lambda _: None)
     systems = result["systems"]
@@ -47,7 +48,7 @@ def test_the_bench_runs_on_a_tiny_corpus(tmp_path: Path, loaded_model: LoadedMod
         assert figures["evidence_has_gold"] == sum(r["evidence_has_gold"] for r in rows) / 2
     baseline = result["answers"]["baseline@ours"]
     assert systems["baseline@ours"]["cited"] == 0.0 and not any(r["evidence"] for r in baseline)
-    for row in result["answers"]["steer"]:  # the evidence is a sentence of the page, and here it names the module
+    for row in result["answers"]["steer"]:  # a sentence of the page about the asked function, naming its module
         assert row["evidence"] and row["evidence"] in PAGE and row["evidence_has_gold"]
     table = answers_markdown(result)
     assert "| steer |" in table and "| target (default) |" in table
