@@ -217,7 +217,9 @@ def run_answers_bench(corpus: Path = CORPUS, data_dir: Path | None = None, quest
             say(f"collection {collection}: {ingested['documents']} pages, {ingested['chunks']} chunks")
             baselines: list[tuple[str, System]] = []
             if llama_cpp and _llama_cpp_installed():
-                baselines.append(("baseline", LlamaCppServer(resolve_model_path("default"), loaded_threads())))
+                # no prompt cache: every prompt is new (its RAM cache grew past 15 GB over 96 prompts here)
+                baselines.append(("baseline", LlamaCppServer(resolve_model_path("default"), loaded_threads(),
+                                                             cache_bytes=None)))
             baselines.append(("baseline@ours", OurEngine(loaded, "off", root, 512)))
             answers: dict[str, list[Answered]] = {}
             try:

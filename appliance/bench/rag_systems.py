@@ -89,12 +89,12 @@ def _free_port() -> int:
 
 
 class LlamaCppServer:
-    """llama.cpp's OpenAI-compatible server on `gguf`, prompt cache in RAM, greedy, streamed; prompts go as
-    token ids (see llama_ids_server.py)."""
+    """llama.cpp's OpenAI-compatible server on `gguf`, prompt cache in RAM (`cache_bytes`; None: no prompt cache),
+    greedy, streamed; prompts go as token ids (see llama_ids_server.py)."""
 
     name = "llama.cpp"
 
-    def __init__(self, gguf: Path, threads: int, n_ctx: int = 4096, cache_bytes: int = 4 << 30) -> None:
+    def __init__(self, gguf: Path, threads: int, n_ctx: int = 4096, cache_bytes: int | None = 4 << 30) -> None:
         import httpx
 
         self.port = _free_port()
@@ -102,8 +102,8 @@ class LlamaCppServer:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.bench.llama_ids_server", "--model", str(gguf), "--host", "127.0.0.1",
              "--port", str(self.port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-             "--n_threads_batch", str(threads), "--cache", "true", "--cache_type", "ram",
-             "--cache_size", str(cache_bytes), "--verbose", "false",
+             "--n_threads_batch", str(threads), "--verbose", "false",
+             *(["--cache", "true", "--cache_type", "ram", "--cache_size", str(cache_bytes)] if cache_bytes else []),
              "--interrupt_requests", "false"],  # queue concurrent requests instead of cutting the running stream
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 180
