@@ -21,7 +21,6 @@ BLEND_SELECT: Literal["deviation", "query", "mixed"] = "query"  # how blend choo
 BLEND_QUERY_LAYER = 4  # the layer whose question attention scores passage tokens (query, mixed)
 
 if TYPE_CHECKING:
-    from appliance.rag.answering import AnswerOptions
     from retrieval.jobs import IngestLimits
 
 
@@ -143,12 +142,6 @@ class Settings(BaseSettings):
         shared = {f.name: getattr(self, f.name) for f in fields(EngineConfig) if f.name in type(self).model_fields}
         return EngineConfig(**shared, enable_prefix_caching=self.doc_cache != "off",
                             decode_graphs="auto" if self.cuda_graphs else "off")
-
-    def answer_options(self) -> AnswerOptions:
-        """How the ask pipeline shows passages and asks for answers."""
-        from appliance.rag.answering import AnswerOptions
-
-        return AnswerOptions(self.passage_order, self.answer_prompt, self.steer_citations, self.evidence_quotes)
 
     def one_shot_engine_config(self) -> EngineConfig:
         """The engine of a command that runs once (`ask`, `eval`, `warm`): eager decode, since a compiled-decode

@@ -99,10 +99,11 @@ def ask(
         raise typer.Exit(1) from exc
     try:
         from appliance.engine.sampling import SamplingParams
+        from appliance.rag.answering import answer_options
         from appliance.rag.pipeline import AskPipeline
 
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
-        pipeline = AskPipeline(engine, service, options=settings.answer_options())
+        pipeline = AskPipeline(engine, service, options=answer_options(settings))
         asyncio.run(_answer(pipeline, question, collection, k, params, json))
     except ApplianceError as exc:
         err.print(f"[bold red]error:[/] {exc}")

@@ -246,6 +246,7 @@ def _evaluate(settings: Settings, golden: GoldenSet, k: int, max_tokens: int) ->
     from appliance.engine.async_engine import AsyncEngine
     from appliance.engine.engine import LLMEngine
     from appliance.engine.sampling import SamplingParams
+    from appliance.rag.answering import answer_options
 
     try:
         service = open_service(settings.data_dir, settings.model, settings.embedder, 256)
@@ -259,7 +260,7 @@ def _evaluate(settings: Settings, golden: GoldenSet, k: int, max_tokens: int) ->
         try:
             params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
             rows = asyncio.run(_run(engine, service, golden, k, params, settings.warmup_tokens,
-                                    settings.answer_options()))
+                                    answer_options(settings)))
             return rows, engine.info.model_name
         finally:
             engine.close()

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from appliance.config import Settings
 from retrieval.types import Chunk
 
 PassageOrder = Literal["auto", "canonical", "relevance"]
@@ -48,6 +49,12 @@ class AnswerOptions:
         if self.passage_order != "auto":
             return self.passage_order
         return "canonical" if doc_cache == "exact" else "relevance"
+
+
+def answer_options(settings: Settings) -> AnswerOptions:
+    """The options `settings` choose (APPLIANCE_PASSAGE_ORDER, _ANSWER_PROMPT, _STEER_CITATIONS, _EVIDENCE_QUOTES)."""
+    return AnswerOptions(settings.passage_order, settings.answer_prompt, settings.steer_citations,
+                         settings.evidence_quotes)
 
 
 def arrange(ranked: Sequence[Chunk], order: str) -> list[Chunk]:

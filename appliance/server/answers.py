@@ -11,6 +11,7 @@ from typing import cast
 from appliance.engine.sampling import SamplingParams
 from appliance.errors import ApplianceError, EngineUnavailableError, QueueFullError, RequestError
 from appliance.rag.answer_json import Answer
+from appliance.rag.answering import answer_options
 from appliance.rag.history import History
 from appliance.rag.pipeline import AskEvent, AskPipeline, DoneEvent, SourcesEvent
 from appliance.server.deps import AppState, Principal, admission_of, engine_of, metrics_of
@@ -24,7 +25,7 @@ def _pipeline(state: AppState) -> AskPipeline:
     if state.ask is None:
         # the pipeline only needs `tokenizer` and `generate`, which the metered engine provides
         state.ask = AskPipeline(engine_of(state), retrieval_of(state),  # type: ignore[arg-type]
-                                state.settings.followup_rewrite, state.settings.answer_options())
+                                state.settings.followup_rewrite, answer_options(state.settings))
     return state.ask
 
 

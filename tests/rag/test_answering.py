@@ -55,3 +55,13 @@ def test_each_prompt_style_extends_the_citing_instructions() -> None:
     assert SYSTEM_PROMPTS["cite"] == SYSTEM_PROMPT
     assert SYSTEM_PROMPTS["short"].startswith(SYSTEM_PROMPT) and "first line" in SYSTEM_PROMPTS["short"]
     assert SYSTEM_PROMPTS["short+examples"].startswith(SYSTEM_PROMPTS["short"])
+
+
+def test_the_settings_defaults_are_the_options_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from appliance.config import Settings
+    from appliance.rag.answering import answer_options
+
+    assert answer_options(Settings()) == AnswerOptions()
+    monkeypatch.setenv("APPLIANCE_ANSWER_PROMPT", "cite")
+    monkeypatch.setenv("APPLIANCE_STEER_CITATIONS", "false")
+    assert answer_options(Settings()) == AnswerOptions(prompt="cite", steer_citations=False)
