@@ -178,12 +178,6 @@ async def _all(gold: GoldQuestions, answer: Callable[[str, Gold], Awaitable[Answ
     return [await answer(q, Gold(g, api)) for q, g, api in zip(gold.texts, gold.golds, apis, strict=True)]
 
 
-def loaded_threads() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
-
-
 def _llama_cpp_installed() -> bool:
     import importlib.util
 
@@ -197,6 +191,8 @@ def run_answers_bench(corpus: Path = CORPUS, data_dir: Path | None = None, quest
                       say: Callable[[str], None] = print) -> dict[str, Any]:
     """Ingest the answering pages (into `data_dir`, reused when it holds them; a temporary dir by default), then
     answer every question with each system; returns the figures and every answer. `gold` overrides the set."""
+    import torch
+
     from appliance.bench.rag_systems import LlamaCppServer, OurEngine
     from appliance.config import EngineConfig
     from appliance.engine.async_engine import AsyncEngine
@@ -218,7 +214,7 @@ def run_answers_bench(corpus: Path = CORPUS, data_dir: Path | None = None, quest
             baselines: list[tuple[str, System]] = []
             if llama_cpp and _llama_cpp_installed():
                 # no prompt cache: every prompt is new (its RAM cache grew past 15 GB over 96 prompts here)
-                baselines.append(("baseline", LlamaCppServer(resolve_model_path("default"), loaded_threads(),
+                baselines.append(("baseline", LlamaCppServer(resolve_model_path("default"), torch.get_num_threads(),
                                                              cache_bytes=None)))
             baselines.append(("baseline@ours", OurEngine(loaded, "off", root, 512)))
             answers: dict[str, list[Answered]] = {}
