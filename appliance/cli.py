@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -91,6 +92,14 @@ def serve(
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     dtype: Annotated[str | None, typer.Option(help="auto | float32 | bfloat16")] = None,
     log_level: Annotated[str, typer.Option(help="debug | info | warning")] = "info",
+    replicas: Annotated[int | None, typer.Option(min=1, help="Engine replicas on Ray Serve (the `cluster` extra); "
+                                                 "without it, one engine in its own process")] = None,
+    router: Annotated[str, typer.Option(help="With --replicas: affinity | round-robin | pow2")] = "affinity",
+    ray_address: Annotated[str | None, typer.Option(help="With --replicas: join this Ray cluster (e.g. "
+                                                    "'auto') instead of starting one on this machine")] = None,
+    min_replicas: Annotated[int | None, typer.Option(min=0, help="With --replicas: autoscale from this many")] = None,
+    max_replicas: Annotated[int | None, typer.Option(min=1, help="... up to this many")] = None,
+    target_ongoing: Annotated[float, typer.Option(min=0.1, help="... aiming at this many requests per replica")] = 4.0,
 ) -> None:
     """Start the HTTP server (OpenAI-compatible API, search, ask, admin and the web UI)."""
     from appliance.server.app import create_app, serve_app
@@ -104,12 +113,37 @@ def serve(
     if not is_loopback(settings.host) and not settings.admin_key and not _has_stored_keys(settings):
         raise fail(f"refusing to listen on {settings.host} without an API key: set APPLIANCE_ADMIN_KEY or create "
                    "one with 'appliance keys create --role admin' (unauthenticated access is only allowed on loopback)")
+    if replicas is not None:
+        _serve_cluster(settings, replicas, router, ray_address, (min_replicas, max_replicas), target_ongoing)
+        return
     try:
         with err.status(f"loading model {settings.model} ..."):
             engine = _start_engine(settings, log_level)
     except ApplianceError as exc:
         raise fail(str(exc)) from None
     serve_app(create_app(settings, engine, engine.info.model_name), settings.host, settings.port, log_level)
+
+
+def _serve_cluster(settings: Settings, replicas: int, router: str, ray_address: str | None,
+                   autoscale: tuple[int | None, int | None], target_ongoing: float) -> None:
+    """`serve --replicas N`: the same API on Ray Serve, N engine replicas behind `router`."""
+    try:
+        from appliance.cluster.app import ClusterPlan
+        from appliance.cluster.routers import ROUTERS
+        from appliance.cluster.serve import serve_cluster
+    except ImportError as exc:
+        raise fail(f"--replicas needs Ray Serve: pip install 'rag-appliance[cluster]' ({exc})") from None
+    if router not in ROUTERS:
+        raise fail(f"unknown router {router!r} (one of {', '.join(ROUTERS)})")
+    if (autoscale[0] is None) != (autoscale[1] is None):
+        raise fail("--min-replicas and --max-replicas go together")
+    threads = settings.threads or max(1, (os.cpu_count() or 1) // replicas)
+    plan = ClusterPlan(replicas=replicas, router=router, threads_per_replica=threads, min_replicas=autoscale[0],
+                       max_replicas=autoscale[1], target_ongoing_requests=target_ongoing)
+    try:
+        serve_cluster(settings, plan, ray_address)
+    except (RuntimeError, ConnectionError, ApplianceError) as exc:
+        raise fail(f"the cluster could not start: {str(exc).splitlines()[0]}") from None
 
 
 def _start_engine(settings: Settings, log_level: str) -> EngineFront:

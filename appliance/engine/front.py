@@ -29,7 +29,7 @@ from appliance.engine.grammar import GrammarCompiler, GrammarSpec
 from appliance.engine.info import EngineInfo
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
-from appliance.engine.snapshot import EngineSnapshot
+from appliance.engine.snapshot import EngineSnapshot, ReplicaReport
 from appliance.engine.tokenizer import TextTokenizer
 from appliance.errors import ApplianceError, EngineUnavailableError, QueueFullError, RequestError
 
@@ -76,8 +76,13 @@ class EngineFront(ABC):
     def close(self) -> None: ...
 
     def snapshot(self) -> EngineSnapshot:
-        """The engine's latest figures (`/metrics`)."""
+        """The engine's latest figures (`/metrics`): a cluster's added up over its replicas."""
         return self.figures
+
+    def replicas(self) -> list[ReplicaReport] | None:
+        """A cluster's engine replicas as they last reported (`/metrics` per replica, `/api/admin/cluster`);
+        None for one engine."""
+        return None
 
     @functools.cached_property
     def grammars(self) -> GrammarCompiler:

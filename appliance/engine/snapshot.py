@@ -6,7 +6,7 @@ this process is read directly. Either way the collector reads numbers, never the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,6 +32,20 @@ class EngineSnapshot:
     doc_bytes: int = 0  # chunk KV held in memory
     doc_disk_bytes: int = 0
     doc_entries: int = 0
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    """One engine replica of a cluster, as it last reported itself (`appliance.cluster`)."""
+
+    replica_id: str
+    node_id: str
+    pid: int
+    in_flight: int  # requests streaming on it
+    served: int  # requests it started since it came up
+    held: dict[str, int]  # passage id -> tokens whose KV it holds (what the affinity router weighs)
+    snapshot: EngineSnapshot = field(default_factory=EngineSnapshot)
+    at: float = 0.0  # time.time() of the report
 
 
 def snapshot_of(engine: LLMEngine) -> EngineSnapshot:

@@ -24,6 +24,7 @@ from appliance.server.metrics import Metrics
 from appliance.server.routes import (
     admin,
     ask,
+    cluster,
     conversations,
     health,
     keys,
@@ -100,8 +101,8 @@ def create_app(settings: Settings, engine: EngineFront, model_name: str = "defau
     app.add_middleware(RequestIdMiddleware)  # outermost: the body limit's 413 carries the request id too
     install_error_handlers(app)
     app.include_router(metrics_router)
-    for module in (health, openai, openai_embeddings, tokenize, search, ask, conversations, admin, usage, keys,
-                   syncs, library, ui):
+    for module in (health, openai, openai_embeddings, tokenize, search, ask, conversations, admin, cluster, usage,
+                   keys, syncs, library, ui):
         app.include_router(module.router)
     return app
 

@@ -2,8 +2,9 @@
 one process). The latency histograms are observed by `metered_engine.py`; `routes/metrics.py` serves them.
 
 Histograms and per-request counters are observed as requests run; gauges and the engine's running totals
-are read from the engine and the store at scrape time by a custom collector. Labels: `model_name` only,
-so no figure names a collection or a key (a reader key may scrape without learning what it cannot read).
+are read from the engine and the store at scrape time by a custom collector. Labels: `model_name`, and in a
+cluster `replica` (one engine replica), so no figure names a collection or a key (a reader key may scrape
+without learning what it cannot read).
 """
 
 from __future__ import annotations
@@ -77,55 +78,53 @@ class _LiveCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         model = self.state.model_name
-        if self.state.engine is not None:
-            figures = self.state.engine.snapshot()
-            for name, doc, value in (
-                ("vllm:num_requests_running", "Requests in the running batch", figures.num_running),
-                ("vllm:num_requests_waiting", "Requests waiting to be scheduled", figures.num_waiting),
-                ("vllm:kv_cache_usage_perc", "Share of KV cache blocks in use (0-1)", figures.kv_usage),
-            ):
-                gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
-                gauge.add_metric([model], value)
-                yield gauge
-            for name, doc, value in (
-                ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache", figures.prefix_queries),
-                ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache", figures.prefix_hits),
-                ("vllm:generation_tokens", "Tokens generated", figures.generation_tokens),
-                ("vllm:num_preemptions", "Requests preempted", figures.preemptions),
-            ):
-                total = CounterMetricFamily(name, doc, labels=["model_name"])
-                total.add_metric([model], value)
-                yield total
-            yield from _doc_cache(figures, model)
+        engine = self.state.engine
+        if engine is not None:
+            replicas = engine.replicas()
+            if replicas is None:
+                yield from _engine_figures([((model,), engine.snapshot())], ["model_name"])
+            else:  # a cluster: one series per engine replica (sum them for the cluster's)
+                yield from _engine_figures([((model, r.replica_id), r.snapshot) for r in replicas],
+                                           ["model_name", "replica"])
         if self.state.retrieval is not None:
             yield from _ingestion(self.state.retrieval)
 
 
-def _doc_cache(figures: EngineSnapshot, model: str) -> Iterator[Metric]:
-    """The chunk tier's lookups, encodes, evictions and bytes (memory and disk), and the prompt tokens found in
-    blocks an earlier `blend`/`reuse` request of the same settings left. Reused KV counts here, never in
-    vllm:prefix_cache_hits (which only counts exact prefix blocks)."""
-    for name, doc, value in (
-        ("rag_doc_cache_prefix_hits", "Prompt tokens found in blocks blended for an earlier request",
-         figures.reused_prefix_hits),
-        ("rag_doc_cache_hits", "Chunk lookups found in the chunk tier", figures.doc_hits),
-        ("rag_doc_cache_misses", "Chunk lookups not in memory", figures.doc_misses),
-        ("rag_doc_cache_disk_hits", "Chunk lookups missed in memory and found on disk", figures.doc_disk_hits),
-        ("rag_doc_cache_encoded_chunks", "Chunks encoded into the chunk tier", figures.doc_encoded_chunks),
-        ("rag_doc_cache_evictions", "Chunk-tier entries evicted from memory", figures.doc_evictions),
-        ("rag_doc_cache_invalidations", "Chunk-tier entries dropped with their document", figures.doc_invalidations),
-    ):
-        total = CounterMetricFamily(name, doc, labels=["model_name"])
-        total.add_metric([model], value)
-        yield total
-    for name, doc, value in (
-        ("rag_doc_cache_bytes", "Bytes of chunk KV held in memory", figures.doc_bytes),
-        ("rag_doc_cache_disk_bytes", "Bytes of chunk KV on disk", figures.doc_disk_bytes),
-        ("rag_doc_cache_entries", "Chunks held in memory", figures.doc_entries),
-    ):
-        gauge = GaugeMetricFamily(name, doc, labels=["model_name"])
-        gauge.add_metric([model], value)
-        yield gauge
+_GAUGES = (
+    ("vllm:num_requests_running", "Requests in the running batch", "num_running"),
+    ("vllm:num_requests_waiting", "Requests waiting to be scheduled", "num_waiting"),
+    ("vllm:kv_cache_usage_perc", "Share of KV cache blocks in use (0-1)", "kv_usage"),
+    ("rag_doc_cache_bytes", "Bytes of chunk KV held in memory", "doc_bytes"),
+    ("rag_doc_cache_disk_bytes", "Bytes of chunk KV on disk", "doc_disk_bytes"),
+    ("rag_doc_cache_entries", "Chunks held in memory", "doc_entries"),
+)
+# The chunk tier's lookups, encodes, evictions (memory and disk), and the prompt tokens found in blocks an
+# earlier `blend`/`reuse` request of the same settings left. Reused KV counts in rag_doc_cache_prefix_hits,
+# never in vllm:prefix_cache_hits (which only counts exact prefix blocks).
+_COUNTERS = (
+    ("vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache", "prefix_queries"),
+    ("vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache", "prefix_hits"),
+    ("vllm:generation_tokens", "Tokens generated", "generation_tokens"),
+    ("vllm:num_preemptions", "Requests preempted", "preemptions"),
+    ("rag_doc_cache_prefix_hits", "Prompt tokens found in blocks blended for an earlier request",
+     "reused_prefix_hits"),
+    ("rag_doc_cache_hits", "Chunk lookups found in the chunk tier", "doc_hits"),
+    ("rag_doc_cache_misses", "Chunk lookups not in memory", "doc_misses"),
+    ("rag_doc_cache_disk_hits", "Chunk lookups missed in memory and found on disk", "doc_disk_hits"),
+    ("rag_doc_cache_encoded_chunks", "Chunks encoded into the chunk tier", "doc_encoded_chunks"),
+    ("rag_doc_cache_evictions", "Chunk-tier entries evicted from memory", "doc_evictions"),
+    ("rag_doc_cache_invalidations", "Chunk-tier entries dropped with their document", "doc_invalidations"),
+)
+
+
+def _engine_figures(rows: list[tuple[tuple[str, ...], EngineSnapshot]], labels: list[str]) -> Iterator[Metric]:
+    """The engine's gauges and running totals, one sample per row (its label values, its figures)."""
+    for family, table in ((GaugeMetricFamily, _GAUGES), (CounterMetricFamily, _COUNTERS)):
+        for name, doc, attr in table:
+            metric = family(name, doc, labels=labels)
+            for values, figures in rows:
+                metric.add_metric(list(values), getattr(figures, attr))
+            yield metric
 
 
 def _ingestion(retrieval: RetrievalService) -> Iterator[Metric]:
