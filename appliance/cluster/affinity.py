@@ -6,10 +6,15 @@ holding the most of the request's passage tokens, in any order. Two guards keep 
 replica: a replica whose queue is more than `max_queue_gap` requests longer than the least loaded one's is
 ranked after every replica within the gap, and when no replica holds at least `min_overlap` of the request's
 passage tokens, the least loaded one wins (nothing to gain from affinity, so spread the load).
+
+Ties are broken by rendezvous hashing of the request's largest passage with the replica's id: the same
+passages pick the same replica, and new topics on idle replicas spread over all of them instead of piling onto
+the first.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -41,19 +46,24 @@ def rank_replicas(passages: Passages, replicas: Sequence[ReplicaView],
     """Replica ids in ranks, best first (Ray's `choose_replicas` shape: each inner list one rank).
 
     Within the load gap, replicas rank by overlap (most passage tokens held first), then by queue length, then
-    by id (a stable order, so equal replicas do not flap). Every replica beyond the gap follows, least loaded
-    first. Without passages, or with no replica above `min_overlap`, replicas rank by queue length alone.
+    by the rendezvous hash. Every replica beyond the gap follows, least loaded first. Without passages, or with
+    no replica above `min_overlap`, replicas rank by queue length, then by the rendezvous hash.
     """
     if not replicas:
         return []
+    topic = max(sorted(passages), key=lambda pid: passages[pid], default="")
+
+    def tie(r: ReplicaView) -> bytes:
+        return hashlib.blake2b(f"{topic}|{r.replica_id}".encode(), digest_size=8).digest()
+
     least = min(r.queue_len for r in replicas)
-    by_load = sorted(replicas, key=lambda r: (r.queue_len, r.replica_id))
+    by_load = sorted(replicas, key=lambda r: (r.queue_len, tie(r)))
     total = sum(passages.values())
     overlaps = {r.replica_id: r.overlap(passages) for r in replicas}
     near = [r for r in by_load if r.queue_len - least <= policy.max_queue_gap]
     best = max((overlaps[r.replica_id] for r in near), default=0)
     if total <= 0 or best < policy.min_overlap * total:
         return [[r.replica_id] for r in by_load]
-    near.sort(key=lambda r: (-overlaps[r.replica_id], r.queue_len, r.replica_id))
+    near.sort(key=lambda r: (-overlaps[r.replica_id], r.queue_len, tie(r)))
     far = [r for r in by_load if r.queue_len - least > policy.max_queue_gap]
     return [[r.replica_id] for r in near + far]

@@ -71,5 +71,8 @@ def build_app(settings: Settings, plan: ClusterPlan) -> Application:
             "request_routing_stats_timeout_s": 5.0}),
     )(EngineReplica)
     ingress: Any = serve.ingress()(ApiIngress)  # the app is built per replica (`__serve_build_asgi_app__`)
-    api = serve.deployment(name="Api", num_replicas=1, ray_actor_options={"num_cpus": 0})(ingress)
+    # Serve admits 5 requests per replica by default: the API takes what one server takes (generation requests
+    # up to max_queue, plus room for /health, /metrics and the rest beside them)
+    api = serve.deployment(name="Api", num_replicas=1, max_ongoing_requests=settings.max_queue + 64,
+                           ray_actor_options={"num_cpus": 0})(ingress)
     return api.bind(engine.bind(config, settings.max_queue, plan.app_name), settings, plan.app_name)

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
+from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
 from appliance.cluster.affinity import AffinityPolicy, ReplicaView, rank_replicas
 
@@ -55,15 +55,16 @@ class DocumentAffinityRouter(RequestRouter):
                               pending_request: PendingRequest | None = None) -> list[list[RunningReplica]]:
         now = time.monotonic()
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
-        ranks = rank_replicas(_passages(pending_request), [self._view(r, now) for r in candidate_replicas],
-                              self.policy)
-        return [[by_id[rid] for rid in rank] for rank in ranks]
+        passages = _passages(pending_request)
+        ranks = [[by_id[rid] for rid in rank]
+                 for rank in rank_replicas(passages, [self._view(r, now) for r in candidate_replicas], self.policy)]
+        if ranks and passages:  # Ray sends it to the first rank unless that replica is full (max_ongoing_requests)
+            self._sent[ranks[0][0].replica_id].update({pid: (tokens, now) for pid, tokens in passages.items()})
+        return ranks
 
-    def on_request_routed(self, pending_request: PendingRequest, replica_id: ReplicaID,
-                          result: ReplicaResult) -> None:
+    def on_send_request(self, replica_id: ReplicaID) -> None:
+        super().on_send_request(replica_id)
         self._in_flight[replica_id] += 1
-        now = time.monotonic()
-        self._sent[replica_id].update({pid: (tokens, now) for pid, tokens in _passages(pending_request).items()})
 
     def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
         self._in_flight[replica_id] = max(0, self._in_flight[replica_id] - 1)

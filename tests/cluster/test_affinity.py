@@ -19,10 +19,20 @@ def test_the_replica_holding_most_passage_tokens_ranks_first_in_any_order() -> N
     assert ids(rank_replicas(PASSAGES, replicas)) == ["r1", "r2", "r3"]
 
 
-def test_equal_overlap_goes_to_the_shorter_queue_then_the_lower_id() -> None:
-    replicas = [ReplicaView("r3", held={"a#1": 100}, queue_len=1), ReplicaView("r2", held={"a#2": 100}, queue_len=0),
-                ReplicaView("r1", held={"a#2": 100}, queue_len=0)]
-    assert ids(rank_replicas(PASSAGES, replicas)) == ["r1", "r2", "r3"]
+def test_equal_overlap_goes_to_the_shorter_queue() -> None:
+    replicas = [ReplicaView("r1", held={"a#1": 100}, queue_len=1), ReplicaView("r2", held={"a#2": 100}, queue_len=0)]
+    assert ids(rank_replicas(PASSAGES, replicas)) == ["r2", "r1"]
+
+
+def test_on_equal_replicas_the_same_passages_pick_the_same_replica_and_new_topics_spread() -> None:
+    idle = [ReplicaView(f"r{i}") for i in range(4)]
+    firsts = set()
+    for topic in range(40):
+        passages = {f"doc{topic}#1": 120, f"doc{topic}#2": 80}
+        first = ids(rank_replicas(passages, idle))[0]
+        assert ids(rank_replicas(passages, list(reversed(idle))))[0] == first  # whatever order Ray lists them
+        firsts.add(first)
+    assert firsts == {"r0", "r1", "r2", "r3"}
 
 
 def test_what_the_router_just_sent_counts_as_held_so_a_burst_stays_together() -> None:

@@ -1,0 +1,185 @@
+"""The appliance on Ray Serve with two engine replicas (one thread each), through its HTTP API as a client sees
+it: affinity keeps a question on the replica that holds its passages and splits a hot topic when that replica's
+queue grows; an answer streamed through Ray equals the one-process answer; a client that goes away frees its
+request on its replica; a replica killed mid-stream ends that stream with an error and the next request is
+served."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import httpx
+import pytest
+
+from appliance.cluster.app import ClusterPlan
+from appliance.cluster.serve import start_cluster, stop_cluster
+from appliance.config import Settings
+from appliance.engine.async_engine import AsyncEngine
+from appliance.engine.engine import LLMEngine
+from appliance.server.app import create_app
+from tests.server.conftest import free_port, served
+
+pytestmark = pytest.mark.slow
+
+QUESTION = {"question": "How tall is Olympus Mons?", "collection": "space", "max_tokens": 16}
+
+
+@dataclass
+class Cluster:
+    url: str
+    settings: Settings
+
+    def replicas(self) -> list[dict]:
+        response = httpx.get(f"{self.url}/api/admin/cluster", timeout=10)
+        assert response.status_code == 200, response.text
+        return response.json()["replicas"]
+
+    def served(self) -> dict[str, int]:
+        return {r["replica_id"]: r["served"] for r in self.replicas()}
+
+    def wait_for(self, condition: Callable[[list[dict]], bool], timeout_s: float = 15) -> list[dict]:
+        """Poll the replicas' reports (about a second old) until `condition` holds; fail after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            replicas = self.replicas()
+            if condition(replicas):
+                return replicas
+            assert time.monotonic() < deadline, f"still {replicas}"
+            time.sleep(0.25)
+
+
+@pytest.fixture(scope="module")
+def cluster(rag_data_dir: Path) -> Iterator[Cluster]:
+    import ray
+    from ray import serve
+
+    settings = Settings(data_dir=rag_data_dir, port=free_port(), dtype="float32", kv_cache_mb=256,
+                        compiled_decode=False, doc_cache="blend", warmup_tokens=200)
+    plan = ClusterPlan(replicas=2, router="affinity", threads_per_replica=1, app_name="appliance-test")
+    start_cluster(settings, plan)
+    url = f"http://127.0.0.1:{settings.port}"
+    try:
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{url}/ready", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the cluster never became ready"
+            time.sleep(0.5)
+        found = Cluster(url, settings)
+        found.wait_for(lambda replicas: len(replicas) == 2)
+        yield found
+    finally:
+        stop_cluster(plan)
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _served_since(cluster: Cluster, before: dict[str, int]) -> dict[str, int]:
+    time.sleep(2.5)  # a report or two later
+    return {rid: n - before.get(rid, 0) for rid, n in cluster.served().items()}
+
+
+def test_the_same_question_twice_lands_on_the_same_replica(cluster: Cluster) -> None:
+    before = cluster.served()
+    for _ in range(2):
+        response = httpx.post(f"{cluster.url}/api/ask", json=QUESTION, timeout=120)
+        assert response.status_code == 200, response.text
+        assert response.json()["citations"] or response.json()["answer"]
+    assert sorted(_served_since(cluster, before).values()) == [0, 2]
+    holder = next(r for r in cluster.replicas() if r["cached_passages"])
+    assert holder["doc_hits"] > 0  # the second time, its passages' KV came from the chunk tier
+
+
+def test_a_hot_topic_is_split_when_one_replica_queue_grows(cluster: Cluster) -> None:
+    before = cluster.served()
+    body = {**QUESTION, "max_tokens": 48}
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda: codes.append(
+        httpx.post(f"{cluster.url}/api/ask", json=body, timeout=300).status_code)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert codes == [200] * 8
+    counts = sorted(_served_since(cluster, before).values())
+    # the first five (queue gap 0..4) stay on the holder; past the gap the other replica takes some
+    assert counts[0] >= 1 and counts[1] >= 5, counts
+
+
+def test_an_answer_streamed_through_ray_equals_the_one_process_answer(cluster: Cluster, rag_data_dir: Path,
+                                                                      keep_torch_threads: None) -> None:
+    body = {"prompt": "The planets of the solar system are", "max_tokens": 24, "temperature": 0, "stream": True}
+
+    def streamed(url: str) -> str:
+        text = []
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    text.append(json.loads(line.removeprefix("data: "))["choices"][0]["text"])
+        return "".join(text)
+
+    through_ray = streamed(cluster.url)
+    engine = LLMEngine.from_config(replace(cluster.settings.engine_config(), threads=1))
+    with served(create_app(cluster.settings, AsyncEngine(engine), "smollm2")) as url:
+        one_process = streamed(url)
+    assert through_ray and through_ray == one_process
+
+
+def test_metrics_show_every_replica(cluster: Cluster) -> None:
+    text = httpx.get(f"{cluster.url}/metrics", timeout=10).text
+    for replica in cluster.replicas():
+        assert f'replica="{replica["replica_id"]}"' in text
+    assert text.count("vllm:generation_tokens_total{") == 2
+
+
+def _long_chat_stream(url: str, lines: list[str], started: threading.Event, stop_after: int | None = None) -> None:
+    body = {"messages": [{"role": "user", "content": "Write a long story about the sea, in many paragraphs."}],
+            "max_tokens": 400, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                lines.append(line)
+                if '"content"' in line:
+                    started.set()
+                if stop_after is not None and len(lines) >= stop_after:
+                    return  # the client goes away mid-stream
+
+
+def test_a_client_that_goes_away_frees_its_request_on_its_replica(cluster: Cluster) -> None:
+    lines: list[str] = []
+    started = threading.Event()
+    client = threading.Thread(target=_long_chat_stream, args=(cluster.url, lines, started, 4))
+    client.start()
+    assert started.wait(60)
+    client.join(30)
+    assert not client.is_alive() and not any("[DONE]" in line for line in lines)
+    cluster.wait_for(lambda replicas: all(r["in_flight"] == 0 and r["num_running"] == 0 and r["kv_usage"] == 0
+                                          for r in replicas))
+
+
+def test_a_replica_killed_mid_stream_ends_its_stream_with_an_error_and_the_next_request_is_served(
+        cluster: Cluster) -> None:
+    lines: list[str] = []
+    started = threading.Event()
+    client = threading.Thread(target=_long_chat_stream, args=(cluster.url, lines, started))
+    client.start()
+    assert started.wait(60)
+    busy = cluster.wait_for(lambda replicas: any(r["in_flight"] for r in replicas))
+    victim = next(r for r in busy if r["in_flight"])
+    os.kill(victim["pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    client.join(30)
+    assert not client.is_alive() and time.monotonic() - killed < 30
+    error = json.loads(lines[-1].removeprefix("data: "))["error"]
+    assert error["type"] == "engine_unavailable", lines[-3:]
+    response = httpx.post(f"{cluster.url}/api/ask", json=QUESTION, timeout=120)
+    assert response.status_code == 200, response.text
+    # Ray replaces the dead replica
+    cluster.wait_for(lambda replicas: len(replicas) == 2 and victim["replica_id"] not in
+                     {r["replica_id"] for r in replicas}, timeout_s=90)
