@@ -72,7 +72,9 @@ def build_app(settings: Settings, plan: ClusterPlan) -> Application:
     )(EngineReplica)
     ingress: Any = serve.ingress()(ApiIngress)  # the app is built per replica (`__serve_build_asgi_app__`)
     # Serve admits 5 requests per replica by default: the API takes what one server takes (generation requests
-    # up to max_queue, plus room for /health, /metrics and the rest beside them)
+    # up to max_queue, plus room for /health, /metrics and the rest beside them). It runs on the head node, where
+    # the data dir (store, indexes, keys) is; engine replicas need only the model.
     api = serve.deployment(name="Api", num_replicas=1, max_ongoing_requests=settings.max_queue + 64,
-                           ray_actor_options={"num_cpus": 0})(ingress)
+                           ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
+                           )(ingress)
     return api.bind(engine.bind(config, settings.max_queue, plan.app_name), settings, plan.app_name)

@@ -31,7 +31,8 @@ def start_cluster(settings: Settings, plan: ClusterPlan, ray_address: str | None
     board: Any = ClusterBoard  # a Ray actor class (its `options` are Ray's)
     board.options(name=board_name(plan.app_name), namespace=BOARD_NAMESPACE, get_if_exists=True,
                   lifetime="detached").remote()  # stop_cluster kills it
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    # one HTTP entry point, on the head node beside the Api replica
+    serve.start(proxy_location="HeadOnly", http_options={"host": settings.host, "port": settings.port})
     serve.run(build_app(settings, plan), name=plan.app_name, route_prefix="/")
 
 

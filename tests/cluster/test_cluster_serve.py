@@ -1,13 +1,16 @@
-"""The appliance on Ray Serve with two engine replicas (one thread each), through its HTTP API as a client sees
-it: affinity keeps a question on the replica that holds its passages and splits a hot topic when that replica's
-queue grows; an answer streamed through Ray equals the one-process answer; a client that goes away frees its
-request on its replica; a replica killed mid-stream ends that stream with an error and the next request is
-served."""
+"""The appliance on Ray Serve with two engine replicas (one thread each) on a two-node cluster (Ray's
+`cluster_utils.Cluster`: a head node, where the Api and the data dir are, and a worker node), through its HTTP
+API as a client sees it: affinity keeps a question on the replica that holds its passages and splits a hot
+topic when that replica's queue grows; an answer streamed through Ray equals the one-process answer; a document
+ingested after the start is searched and answered from, and its deletion reaches the replicas on both nodes; a
+client that goes away frees its request on its replica; a replica killed mid-stream ends that stream with an
+error and the next request is served."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -56,11 +59,17 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(rag_data_dir: Path) -> Iterator[Cluster]:
+def cluster(rag_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     import ray
     from ray import serve
+    from ray.cluster_utils import Cluster as RayCluster
 
-    settings = Settings(data_dir=rag_data_dir, port=free_port(), dtype="float32", kv_cache_mb=256,
+    data_dir = tmp_path_factory.mktemp("cluster") / "data"
+    shutil.copytree(rag_data_dir, data_dir)  # this module ingests and deletes: the shared one stays as it is
+    nodes = RayCluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    nodes.add_node(num_cpus=1)
+    ray.init(address=nodes.address, logging_level="warning")
+    settings = Settings(data_dir=data_dir, port=free_port(), dtype="float32", kv_cache_mb=256,
                         compiled_decode=False, doc_cache="blend", warmup_tokens=200)
     plan = ClusterPlan(replicas=2, router="affinity", threads_per_replica=1, app_name="appliance-test")
     start_cluster(settings, plan)
@@ -77,6 +86,7 @@ def cluster(rag_data_dir: Path) -> Iterator[Cluster]:
         stop_cluster(plan)
         serve.shutdown()
         ray.shutdown()
+        nodes.shutdown()
 
 
 def _served_since(cluster: Cluster, before: dict[str, int]) -> dict[str, int]:
@@ -129,6 +139,31 @@ def test_an_answer_streamed_through_ray_equals_the_one_process_answer(cluster: C
     with served(create_app(cluster.settings, AsyncEngine(engine), "smollm2")) as url:
         one_process = streamed(url)
     assert through_ray and through_ray == one_process
+
+
+def test_a_document_ingested_after_the_start_is_answered_from_and_its_deletion_reaches_every_replica(
+        cluster: Cluster) -> None:
+    replicas = cluster.replicas()
+    assert len({r["node_id"] for r in replicas}) == 2  # one engine replica per node
+    url = cluster.url
+    text = b"# Saturn\n\nSaturn's rings are made of ice and rock. Saturn has 146 known moons, Titan the largest."
+    upload = httpx.post(f"{url}/api/admin/collections/space/documents", files={"files": ("saturn.md", text)})
+    assert upload.status_code == 202, upload.text
+    job = upload.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while (state := httpx.get(f"{url}/api/admin/jobs/{job}").json()["state"]) not in ("done", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert state == "done"
+    answer = httpx.post(f"{url}/api/ask", json={**QUESTION, "question": "What are Saturn's rings made of?"},
+                        timeout=120).json()
+    assert any("saturn" in s["source"] for s in answer["sources"]), answer  # the new snapshot was searched
+    doc_id = next(d["doc_id"] for d in httpx.get(f"{url}/api/admin/collections/space/documents").json()["documents"]
+                  if "saturn" in d["source"])
+    before = {r["replica_id"]: r["cached_passages"] for r in cluster.replicas()}
+    assert httpx.delete(f"{url}/api/admin/collections/space/documents/{doc_id}").status_code == 200
+    # the replica that read Saturn's passage forgets it (the board carried the invalidation to both nodes)
+    cluster.wait_for(lambda now: sum(r["cached_passages"] for r in now) < sum(before.values()))
 
 
 def test_metrics_show_every_replica(cluster: Cluster) -> None:
