@@ -86,3 +86,11 @@ def test_request_id_is_returned_and_logged(rag_server: Server, caplog: pytest.Lo
     assert len(generated.headers["x-request-id"]) == 32
     lines = [(r.request_id, r.getMessage()) for r in caplog.records if r.name == "appliance.access"]
     assert ("trace-42", "method=GET path=/health status=200") in [(rid, m.rsplit(" ", 1)[0]) for rid, m in lines]
+
+
+def test_one_engine_is_not_a_cluster(rag_server: Server) -> None:
+    assert httpx.get(f"{rag_server.url}/api/admin/cluster").status_code == 401  # admin only, as every admin route
+    response = httpx.get(f"{rag_server.url}/api/admin/cluster", headers=ADMIN)
+    assert response.status_code == 404 and response.json()["error"]["type"] == "not_a_cluster"
+    metrics = httpx.get(f"{rag_server.url}/metrics", headers=ADMIN).text
+    assert "vllm:generation_tokens_total{model_name=" in metrics and 'replica="' not in metrics

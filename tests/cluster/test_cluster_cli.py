@@ -1,0 +1,27 @@
+"""`appliance serve --replicas N`: what it refuses before starting anything, and the plan it hands Ray Serve."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from appliance.cli import app
+from appliance.cluster.app import ClusterPlan
+
+
+def test_an_unknown_router_is_refused_with_the_choices() -> None:
+    result = CliRunner().invoke(app, ["serve", "--replicas", "2", "--router", "random"])
+    assert result.exit_code == 1
+    assert "unknown router 'random'" in result.output and "round-robin" in result.output
+
+
+def test_autoscaling_needs_both_bounds() -> None:
+    result = CliRunner().invoke(app, ["serve", "--replicas", "2", "--min-replicas", "1"])
+    assert result.exit_code == 1 and "--min-replicas and --max-replicas go together" in result.output
+
+
+def test_autoscaling_settings_pass_through_to_serve() -> None:
+    assert ClusterPlan(replicas=2).autoscaling() is None
+    config = ClusterPlan(replicas=2, min_replicas=1, max_replicas=6, target_ongoing_requests=3).autoscaling()
+    assert config is not None
+    assert (config.min_replicas, config.max_replicas, config.initial_replicas) == (1, 6, 2)
+    assert config.target_ongoing_requests == 3
