@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -142,24 +144,24 @@ def test_an_answer_streamed_through_ray_equals_the_one_process_answer(cluster: C
 
 
 def test_a_document_ingested_after_the_start_is_answered_from_and_its_deletion_reaches_every_replica(
-        cluster: Cluster) -> None:
+        cluster: Cluster, tmp_path: Path) -> None:
     replicas = cluster.replicas()
     assert len({r["node_id"] for r in replicas}) == 2  # one engine replica per node
     url = cluster.url
-    text = b"# Saturn\n\nSaturn's rings are made of ice and rock. Saturn has 146 known moons, Titan the largest."
-    upload = httpx.post(f"{url}/api/admin/collections/space/documents", files={"files": ("saturn.md", text)})
-    assert upload.status_code == 202, upload.text
-    job = upload.json()["job_id"]
-    deadline = time.monotonic() + 60
-    while (state := httpx.get(f"{url}/api/admin/jobs/{job}").json()["state"]) not in ("done", "failed"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-    assert state == "done"
+    saturn = tmp_path / "saturn.md"
+    saturn.write_text("# Saturn\n\nSaturn's rings are made of ice and rock. Saturn has 146 known moons, Titan the "
+                      "largest.")
+    # another process, the one writer, publishes a new index snapshot into the data dir the Api serves
+    ingest = subprocess.run([sys.executable, "-m", "appliance.cli", "ingest", str(saturn), "--collection", "space",
+                             "--data-dir", str(cluster.settings.data_dir)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert ingest.returncode == 0, ingest.stderr[-2000:]
     answer = httpx.post(f"{url}/api/ask", json={**QUESTION, "question": "What are Saturn's rings made of?"},
                         timeout=120).json()
     assert any("saturn" in s["source"] for s in answer["sources"]), answer  # the new snapshot was searched
     doc_id = next(d["doc_id"] for d in httpx.get(f"{url}/api/admin/collections/space/documents").json()["documents"]
                   if "saturn" in d["source"])
+    time.sleep(2.5)  # reports taken after the answer's chunks were all encoded
     before = {r["replica_id"]: r["cached_passages"] for r in cluster.replicas()}
     assert httpx.delete(f"{url}/api/admin/collections/space/documents/{doc_id}").status_code == 200
     # the replica that read Saturn's passage forgets it (the board carried the invalidation to both nodes)
