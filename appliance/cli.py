@@ -13,6 +13,7 @@ from rich.console import Console
 from appliance.bench.answers_report import bench_answers
 from appliance.bench.api_load import bench_api
 from appliance.bench.blend import bench_blend
+from appliance.bench.cluster_report import bench_cluster
 from appliance.bench.conversation import bench_conversation
 from appliance.bench.engine import bench_engine
 from appliance.bench.first_question import bench_first_question
@@ -61,6 +62,7 @@ bench_app.command("api")(bench_api)
 bench_app.command("structured")(bench_structured)
 bench_app.command("ocr")(bench_ocr)
 bench_app.command("answers")(bench_answers)
+bench_app.command("cluster")(bench_cluster)
 err = Console(stderr=True)
 
 
