@@ -28,6 +28,7 @@ from appliance.engine.engine import LLMEngine
 from appliance.engine.info import EngineInfo
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.snapshot import ReplicaReport, snapshot_of
+from appliance.server.warmup import warm_engine
 
 log = logging.getLogger("appliance.cluster")
 
@@ -41,7 +42,10 @@ class EngineReplica:
 
     REPORT_EVERY_S = 1.0
 
-    def __init__(self, config: EngineConfig, max_queue: int, app_name: str) -> None:
+    async def __init__(self, config: EngineConfig, max_queue: int, app_name: str,  # type: ignore[misc]
+                       warmup_tokens: int = 0) -> None:
+        """Load the engine and warm it (`warm_engine`: one RAG-shaped request) before Ray routes anything here,
+        so each replica's first question costs what the next ones do."""
         engine = LLMEngine.from_config(config)
         self.front = AsyncEngine(engine, max_queue)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
@@ -54,7 +58,9 @@ class EngineReplica:
                                     + self._tier.budget_bytes // max(1, engine.kv_bytes_per_token))
         self._board = get_board(app_name)
         self._invalidations_seen = 0
-        self._reporter = asyncio.get_event_loop().create_task(self._report_forever())
+        if warmup_tokens > 0:
+            await warm_engine(self.front, warmup_tokens)
+        self._reporter = asyncio.get_running_loop().create_task(self._report_forever())
 
     def info(self) -> EngineInfo:
         return self.front.info
@@ -98,8 +104,10 @@ class EngineReplica:
 
     def __del__(self) -> None:
         """Ray Serve calls this when it stops the replica (scale-down, shutdown)."""
-        if hasattr(self, "_reporter"):  # else the constructor failed before it
-            self._reporter.cancel()
+        reporter = getattr(self, "_reporter", None)  # None: the constructor failed before it
+        if reporter is not None:
+            reporter.cancel()
             with contextlib.suppress(Exception):
                 self._board.leave.remote(self.replica_id)
+        if hasattr(self, "front"):
             self.front.close()

@@ -83,6 +83,7 @@ def cluster(rag_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             time.sleep(0.5)
         found = Cluster(url, settings)
         found.wait_for(lambda replicas: len(replicas) == 2)
+        time.sleep(2.5)  # reports taken after the API's warm-up request
         yield found
     finally:
         stop_cluster(plan)
