@@ -11,7 +11,8 @@ system reads the same passages (a variant with another k reads the top k of the 
 - the appliance: `AskPipeline` as `/api/ask` runs it (`answering.AnswerOptions`): `default` (the settings' defaults)
   and the plain pipeline (`plain`: canonical order, the `cite` prompt, no steering) with levers joined by `+`,
   alone and combined: `relevance` (passage order), `short`, `examples` (the prompt), `steer` (steered
-  citations), `kN` (N passages).
+  citations), `kN` (N passages), `copyN` (a logit bias of N toward the passages' tokens); `default+lever`
+  pulls a lever on top of the defaults.
 
 Per system: accuracy (the gold answer in the answer's first line) and its ratio to the baseline's with a paired
 bootstrap 95% interval; answers with a supported citation in the text (model-made or steered), and with any
@@ -68,20 +69,29 @@ class Variant:
 
 
 def parse_variant(spec: str, k: int) -> Variant:
-    """`default`, or `plain` and levers joined by `+` (see the module doc); raises ValueError."""
-    if spec == "default":
-        return Variant(spec, AnswerOptions(), k)
-    options, passages = PLAIN, k
-    for lever in spec.split("+"):
-        if lever == "plain":
-            continue
+    """`default` or `plain` (the base, first; `plain` may be left out) and levers joined by `+` (see the module
+    doc); raises ValueError."""
+    levers = spec.split("+")
+    options = AnswerOptions() if levers[0] == "default" else PLAIN
+    passages = k
+    for lever in levers[1:] if levers[0] in ("default", "plain") else levers:
         if lever in _LEVERS:
             options = replace(options, **_LEVERS[lever])  # type: ignore[arg-type]
         elif lever.startswith("k") and lever[1:].isdigit() and int(lever[1:]) >= 1:
             passages = int(lever[1:])
+        elif lever.startswith("copy") and _is_number(lever[4:]):
+            options = replace(options, copy_bias=float(lever[4:]))
         else:
-            raise ValueError(f"unknown lever {lever!r} in variant {spec!r} (default, plain, {', '.join(_LEVERS)}, kN)")
+            raise ValueError(f"unknown lever {lever!r} in variant {spec!r} (default, plain, {', '.join(_LEVERS)}, kN, "
+                             "copyN)")
     return Variant(spec, options, passages)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 def baseline_prompt(tokenizer: TextTokenizer, question: str, ranked: list[Chunk]) -> list[int]:

@@ -9,7 +9,9 @@ measured by `appliance bench answers` (docs/BENCHMARKS.md "Answers against a sta
   a few words first, then one supporting sentence with its citation), `short+examples` (the same with a worked
   example in the system prefix, which the prefix cache holds after the first request);
 - citations steered into the answer at sentence ends (`steer_citations`, see `citations.CitationConstraint`);
-- evidence quotes: the passage sentences that best support the answer (`evidence`, how many).
+- evidence quotes: the passage sentences that best support the answer (`evidence`, how many);
+- a bias toward the passages' own tokens while decoding (`copy_bias`, added to their logits; 0: none; see
+  `copy_bias.PassageCopyBias`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class AnswerOptions:
     prompt: str = "short"  # ANSWER_PROMPTS
     steer_citations: bool = True
     evidence: int = 1  # evidence quotes per answer (0: none)
+    copy_bias: float = 0.0  # added to the logits of the passages' tokens while decoding (0: none)
 
     def __post_init__(self) -> None:
         if self.passage_order not in PASSAGE_ORDERS:
@@ -43,6 +46,8 @@ class AnswerOptions:
             raise ValueError(f"prompt must be one of {', '.join(ANSWER_PROMPTS)}")
         if self.evidence < 0:
             raise ValueError("evidence must be >= 0")
+        if not 0.0 <= self.copy_bias <= 10.0:
+            raise ValueError("copy_bias must be between 0 and 10")
 
     def order_for(self, doc_cache: str) -> str:
         """The order a request served in `doc_cache` mode gets: `auto` resolved."""
@@ -52,9 +57,10 @@ class AnswerOptions:
 
 
 def answer_options(settings: Settings) -> AnswerOptions:
-    """The options `settings` choose (APPLIANCE_PASSAGE_ORDER, _ANSWER_PROMPT, _STEER_CITATIONS, _EVIDENCE_QUOTES)."""
+    """The options `settings` choose (APPLIANCE_PASSAGE_ORDER, _ANSWER_PROMPT, _STEER_CITATIONS, _EVIDENCE_QUOTES,
+    _COPY_BIAS)."""
     return AnswerOptions(settings.passage_order, settings.answer_prompt, settings.steer_citations,
-                         settings.evidence_quotes)
+                         settings.evidence_quotes, settings.copy_bias)
 
 
 def arrange(ranked: Sequence[Chunk], order: str) -> list[Chunk]:

@@ -13,6 +13,7 @@ from appliance.engine.outputs import RequestOutput
 from appliance.engine.sampling import SamplingParams
 from appliance.rag.answering import AnswerOptions, arrange
 from appliance.rag.citations import Citation, CitationConstraint, check_citations
+from appliance.rag.copy_bias import PassageCopyBias
 from appliance.rag.evidence import Evidence, evidence_for
 from appliance.rag.grounding import FieldGrounding, ground_fields
 from appliance.rag.history import History, not_shown, number_passages, recent_turns
@@ -146,7 +147,9 @@ class AskPipeline:
         if not extracting:
             steer = {n: c.text for n, c in numbered.items()} if self.options.steer_citations else None
             constraint = CitationConstraint(self.engine.tokenizer, prompt.numbers, passages=steer, question=question)
-            params = replace(params, logits_processors=(*params.logits_processors, constraint))
+            copying = (PassageCopyBias([c.token_ids for c in numbered.values()], self.options.copy_bias,
+                                       self.engine.tokenizer.stop_token_ids),) if self.options.copy_bias else ()
+            params = replace(params, logits_processors=(*params.logits_processors, *copying, constraint))
         answer, last, ttft_ms, token_ids = "", None, 0.0, []
         out: RequestOutput
         async for out in self.engine.generate(prompt.token_ids, params, layout=prompt.layout(), doc_cache=doc_cache):

@@ -3,6 +3,7 @@ the figures are computed from the answers, steering makes the answers cite, and 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ def test_variants_parse_into_options() -> None:
     assert (v.k, v.options.passage_order, v.options.prompt, v.options.steer_citations) == (
         3, "relevance", "short+examples", True)
     assert parse_variant("default", 5).options == AnswerOptions()
+    assert parse_variant("default+copy1.5", 5).options == AnswerOptions(copy_bias=1.5)
+    assert parse_variant("steer+copy2", 5).options == replace(PLAIN, steer_citations=True, copy_bias=2.0)
     assert parse_variant("plain", 5).options == PLAIN and not PLAIN.steer_citations and PLAIN.prompt == "cite"
     with pytest.raises(ValueError, match="unknown lever"):
         parse_variant("relevance+louder", 5)

@@ -64,4 +64,5 @@ def test_the_settings_defaults_are_the_options_defaults(monkeypatch: pytest.Monk
     assert answer_options(Settings()) == AnswerOptions()
     monkeypatch.setenv("APPLIANCE_ANSWER_PROMPT", "cite")
     monkeypatch.setenv("APPLIANCE_STEER_CITATIONS", "false")
-    assert answer_options(Settings()) == AnswerOptions(prompt="cite", steer_citations=False)
+    monkeypatch.setenv("APPLIANCE_COPY_BIAS", "1.5")
+    assert answer_options(Settings()) == AnswerOptions(prompt="cite", steer_citations=False, copy_bias=1.5)

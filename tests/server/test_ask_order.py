@@ -32,3 +32,32 @@ def test_the_pipeline_shows_the_same_passages_in_either_order(make_engine, loade
     assert sorted(shown["canonical"]) == sorted(shown["relevance"]) == sorted(h.chunk.chunk_id for h in top)
     assert shown["canonical"] == sorted(shown["canonical"])
     assert shown["relevance"] == [h.chunk.chunk_id for h in top][::-1]
+
+
+def test_a_strong_copy_bias_answers_in_the_passages_own_tokens(make_engine, loaded_model, rag_data_dir) -> None:
+    """Through the real pipeline, greedy: at the largest bias every answer token is one of the passages' (or a
+    citation marker's, or a stop token); without it the model says things in words of its own."""
+    from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.sampling import SamplingParams
+    from appliance.rag.citations import marker_vocabulary
+    from appliance.rag.pipeline import AskPipeline, answered
+    from retrieval.service import RetrievalService
+
+    tokenizer = loaded_model.tokenizer
+    vocabulary = marker_vocabulary(tokenizer)
+    markers = {*vocabulary.openers, *vocabulary.digits, *vocabulary.closers, *tokenizer.stop_token_ids}
+    service = RetrievalService.open(rag_data_dir, tokenizer, chunk_tokens=128)
+    engine = AsyncEngine(make_engine())
+    outside: dict[float, list[int]] = {0.0: [], 10.0: []}
+    try:
+        for bias in outside:
+            pipeline = AskPipeline(engine, service, options=AnswerOptions(copy_bias=bias, evidence=0))
+            for question in ("Which rover explored Mars in 2012?", "Who was the first person to walk on the Moon?"):
+                got = asyncio.run(answered(pipeline.ask(question, ["space"], 3,
+                                                        SamplingParams(max_tokens=24, temperature=0.0))))
+                passages = {t for c in got.sources.passages for t in c.token_ids}
+                outside[bias] += [t for t in tokenizer.encode(got.done.answer) if t not in passages | markers]
+    finally:
+        engine.close()
+        service.close()
+    assert outside[10.0] == [] and outside[0.0], outside
