@@ -4,7 +4,9 @@ cluster of 2 engine replicas asked through the HTTP API as a user would.
 Workload: the bench's questions grouped into topics (the questions of one page), topics drawn with Zipf popularity,
 each request in one of `rag_workload`'s phrasings, so requests on a topic share most of their passages without
 repeating exactly; every router gets the same requests in the same order, `concurrency` in flight at once
-(`POST /api/ask`, streamed: TTFT to the first `token` event).
+(`POST /api/ask`, streamed: TTFT to the first `token` event). The first `warm` requests fill the caches and are not
+measured: a server that has run a while has paid for its first reading of each passage (a miss under any router),
+and what routing changes is what happens after.
 
 Sizes: each replica's chunk tier (memory) holds `TIER_SHARE` of the working set (the distinct passages' tokens over
 the whole mix, times the KV bytes per token); its paged pool holds `concurrency` of the longest prompts
@@ -12,8 +14,8 @@ the whole mix, times the KV bytes per token); its paged pool holds `concurrency`
 the other one encoded and the routing's effect would be hidden.
 
 Per run (a fresh cluster per router and repeat, routers interleaved in time since this VM drifts 20-30% over a run):
-the chunk tier's hit rate (from `/api/admin/cluster`'s counters before and after the mix), TTFT p50/p95,
-requests/s over the mix's wall time and the busiest replica's share of the requests. Figures: medians over repeats.
+the chunk tier's hit rate (from `/api/admin/cluster`'s counters before and after the measured requests), TTFT
+p50/p95, requests/s over their wall time and the busiest replica's share of them. Figures: medians over repeats.
 """
 
 from __future__ import annotations
@@ -153,10 +155,23 @@ def run_figures(before: dict[str, dict[str, int]], after: dict[str, dict[str, in
             "busiest_share": served[0] / total}
 
 
-def measure(settings: Settings, router: str, questions: list[str], concurrency: int, max_tokens: int,
-            tick: Callable[[int, int], None]) -> dict[str, Any]:
-    """Start a cluster of REPLICAS replicas behind `router`, ask every question (`tick(done, all)` after each),
-    stop it; the run's figures."""
+def _ask_all(client: httpx.Client, questions: list[str], concurrency: int, max_tokens: int,
+             tick: Callable[[int, int], None]) -> list[float]:
+    """Ask every question, `concurrency` at once (`tick(done, all)` after each); their TTFTs in ms."""
+    with ThreadPoolExecutor(concurrency) as pool:
+        futures = [pool.submit(ask, client, q, max_tokens) for q in questions]
+        ttfts = []
+        for future in as_completed(futures):
+            ttfts.append(future.result())
+            tick(len(ttfts), len(questions))
+    return ttfts
+
+
+def measure(settings: Settings, router: str, warm: list[str], questions: list[str], concurrency: int,
+            max_tokens: int, tick: Callable[[int, int], None]) -> dict[str, Any]:
+    """Start a cluster of REPLICAS replicas behind `router`, ask the `warm` questions (not measured: the caches
+    fill, as on a server that has run a while), then every one of `questions` (`tick(done, all)` after each of
+    both), stop it; the run's figures, of `questions` only."""
     from appliance.cluster.app import ClusterPlan
     from appliance.cluster.serve import start_cluster, stop_cluster
 
@@ -166,14 +181,12 @@ def measure(settings: Settings, router: str, questions: list[str], concurrency: 
     try:
         with httpx.Client(base_url=f"http://{settings.host}:{settings.port}", headers=headers, timeout=600) as client:
             wait_ready(client)
+            _ask_all(client, warm, concurrency, max_tokens, lambda done, _: tick(done, len(warm) + len(questions)))
+            time.sleep(REPORT_WAIT_S)
             before = replica_counters(client)
             start = time.perf_counter()
-            with ThreadPoolExecutor(concurrency) as pool:
-                futures = [pool.submit(ask, client, q, max_tokens) for q in questions]
-                ttfts = []
-                for future in as_completed(futures):
-                    ttfts.append(future.result())
-                    tick(len(ttfts), len(questions))
+            ttfts = _ask_all(client, questions, concurrency, max_tokens,
+                             lambda done, _: tick(len(warm) + done, len(warm) + len(questions)))
             wall_s = time.perf_counter() - start
             time.sleep(REPORT_WAIT_S)
             after = replica_counters(client)
@@ -199,12 +212,14 @@ def summarize(runs: list[dict[str, Any]], routers: Sequence[str]) -> dict[str, A
 
 
 def run_cluster_bench(data_dir: Path | None, requests: int = 80, concurrency: int = 2, repeats: int = 2,
-                      routers: Sequence[str] = ROUTER_ORDER, max_tokens: int = 32, corpus_dir: Path = CORPUS,
+                      routers: Sequence[str] = ROUTER_ORDER, max_tokens: int = 16, corpus_dir: Path = CORPUS,
                       questions: list[Question] | None = None, loaded: LoadedModel | None = None,
-                      say: Callable[[str], None] = lambda _: None, step: Step = lambda *_: None) -> dict[str, Any]:
-    """Ingest (or reuse) the corpus under `data_dir` (None: a temporary dir), build the mix and size the replicas,
-    run every router `repeats` times, interleaved; return every run's figures and the summary. Tests pass a small
-    `corpus_dir` (HTML or markdown pages), their own `questions` and a `loaded` model."""
+                      say: Callable[[str], None] = lambda _: None, step: Step = lambda *_: None,
+                      warm: int = 80) -> dict[str, Any]:
+    """Ingest (or reuse) the corpus under `data_dir` (None: a temporary dir), build the mix (`warm` requests that
+    fill the caches, then `requests` measured ones, drawn alike) and size the replicas, run every router `repeats`
+    times, interleaved; return every run's figures and the summary. Tests pass a small `corpus_dir` (HTML or
+    markdown pages), their own `questions` and a `loaded` model."""
     import ray
     from ray import serve
 
@@ -223,7 +238,7 @@ def run_cluster_bench(data_dir: Path | None, requests: int = 80, concurrency: in
         service = RetrievalService.open(root, loaded.tokenizer, chunk_tokens=CHUNK_TOKENS)
         try:  # closed before the cluster starts: its Api replica opens the store and indexes itself
             corpus = ensure_collection(service, COLLECTION, pages)
-            texts = topic_traffic(questions, requests)
+            texts = topic_traffic(questions, warm + requests)
             prompts = build_prompts(service, loaded.tokenizer, COLLECTION, texts, K)
         finally:
             service.close()
@@ -240,13 +255,14 @@ def run_cluster_bench(data_dir: Path | None, requests: int = 80, concurrency: in
                 for router in routers:
                     label = f"{router} #{repeat + 1}"
                     say(f"{label}: starting {REPLICAS} replicas")
-                    figures = measure(settings, router, texts, concurrency, max_tokens, partial(step, label))
+                    figures = measure(settings, router, texts[:warm], texts[warm:], concurrency, max_tokens,
+                                      partial(step, label))
                     runs.append({"router": router, "repeat": repeat, **figures})
         finally:
             serve.shutdown()
             ray.shutdown()
     return {"machine": machine, "corpus": corpus, "sizes": {**sizes, "dtype": str(dtype).removeprefix("torch.")},
-            "workload": {"model": loaded.name, "requests": requests, "concurrency": concurrency,
+            "workload": {"model": loaded.name, "requests": requests, "warm": warm, "concurrency": concurrency,
                          "max_tokens": max_tokens, "k": K, "repeats": repeats, "replicas": REPLICAS,
                          "topics": len({q.page for q in questions}), "zipf": ZIPF,
                          "tier_share": TIER_SHARE},

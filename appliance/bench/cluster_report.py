@@ -39,7 +39,8 @@ def cluster_markdown(result: dict[str, Any]) -> str:
         f"`appliance bench cluster`: {w['replicas']} engine replicas on Ray Serve (one intra-op thread each, model "
         f"`{w['model']}`) behind each router, asked through the HTTP API as a user would (`POST /api/ask`, streamed, "
         f"k={w['k']}, greedy, <= {w['max_tokens']} tokens), {w['concurrency']} requests in flight. Corpus: "
-        f"{c['documents']} pages, {c['chunks']} chunks. Mix: {w['requests']} requests over the {w['topics']} topics "
+        f"{c['documents']} pages, {c['chunks']} chunks. Mix: {w['warm']} requests that fill the caches (as on a server "
+        f"that has run a while; not measured), then {w['requests']} measured ones, over the {w['topics']} topics "
         f"of the bench's questions (the questions of one page), Zipf({w['zipf']}) popularity, each in one of 5 "
         "phrasings; every router gets the same requests in the same order. TTFT: from sending the request to its "
         "first token event (retrieval included).",
@@ -56,7 +57,7 @@ def cluster_markdown(result: dict[str, Any]) -> str:
         f"A fresh cluster per run; {w['repeats']} repeat(s), each running the routers in turn ({order}), so that "
         "this VM's drift over a run (20-30%) reaches every router alike; figures are medians over the repeats. Hit "
         "rate: the chunk tier's hits over its lookups on both replicas (`GET /api/admin/cluster`'s counters before "
-        "and after the mix). Busiest replica: its share of the mix's requests.",
+        "and after the measured requests). Busiest replica: its share of the measured requests.",
         "",
         "| router | document-cache hit rate | TTFT p50 ms | TTFT p95 ms | requests/s | busiest replica |",
         "|---|---:|---:|---:|---:|---:|",
@@ -77,11 +78,12 @@ def cluster_markdown(result: dict[str, Any]) -> str:
 
 
 def bench_cluster(
-    requests: Annotated[int, typer.Option(min=2, help="requests in the mix (each router gets the same)")] = 80,
+    requests: Annotated[int, typer.Option(min=2, help="measured requests (each router gets the same)")] = 80,
+    warm: Annotated[int, typer.Option(min=0, help="requests before them that fill the caches, not measured")] = 80,
     concurrency: Annotated[int, typer.Option(min=1, help="requests in flight at once")] = 2,
     repeats: Annotated[int, typer.Option(min=1, help="runs per router, interleaved in time")] = 2,
     routers: Annotated[str, typer.Option(help="routers to compare, comma-separated")] = ",".join(ROUTER_ORDER),
-    max_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per answer at most")] = 32,
+    max_tokens: Annotated[int, typer.Option(min=1, help="tokens generated per answer at most")] = 16,
     data_dir: Annotated[Path | None, typer.Option(help="keep (and reuse) the ingested corpus and model here")
                         ] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="also write every run's figures here")] = None,
@@ -109,7 +111,8 @@ def bench_cluster(
 
         try:
             result = run_cluster_bench(data_dir, requests, concurrency, repeats, chosen, max_tokens, step=step,
-                                       say=lambda msg: progress.console.print(msg, style="dim", markup=False))
+                                       say=lambda msg: progress.console.print(msg, style="dim", markup=False),
+                                       warm=warm)
         except (ApplianceError, FileNotFoundError, RuntimeError) as exc:
             console.print(f"[bold red]error:[/] {exc}")
             raise typer.Exit(1) from exc

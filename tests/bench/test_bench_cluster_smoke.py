@@ -30,7 +30,7 @@ def tiny_result(tmp_path_factory: pytest.TempPathFactory, loaded_model, model_ca
     data = tmp_path_factory.mktemp("data")
     (data / "models").symlink_to(model_cache_dir / "models")  # the replicas load the session's converted model
     return run_cluster_bench(data, requests=4, concurrency=2, repeats=1, routers=ROUTERS, max_tokens=8,
-                             corpus_dir=corpus, questions=QUESTIONS, loaded=loaded_model)
+                             corpus_dir=corpus, questions=QUESTIONS, loaded=loaded_model, warm=2)
 
 
 def test_figures_per_router(tiny_result: dict) -> None:
