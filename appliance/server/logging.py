@@ -1,9 +1,9 @@
 """Structured request logs: every request gets an id (`X-Request-ID` honoured or generated), returned in
 its response and carried by every log line written while it is handled.
 
-Every log record carries `request_id` (`-` outside a request); `configure_logging` (used by `appliance
-serve`) writes it as `request_id=...` in each `key=value` line. The middleware writes one access line per
-request when it ends.
+Every log record carries `request_id` (`-` outside a request; Ray Serve's loggers set their own);
+`configure_logging` (used by `appliance serve`) writes it as `request_id=...` in each `key=value` line. The
+middleware writes one access line per request when it ends.
 """
 
 from __future__ import annotations
@@ -22,10 +22,16 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = logging.getLogger("appliance.access")
 
 
+# Loggers that pass a `request_id` of their own in `extra` (Ray Serve's, in a cluster's `Api` replica): logging
+# refuses an `extra` key a record already has, so their records get theirs, not ours.
+_OWN_REQUEST_IDS = ("ray.serve",)
+
+
 def _with_request_id(factory: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
-    def make(*args: object, **kwargs: object) -> logging.LogRecord:
-        record = factory(*args, **kwargs)
-        record.request_id = request_id_var.get()
+    def make(name: str, *args: object, **kwargs: object) -> logging.LogRecord:
+        record = factory(name, *args, **kwargs)
+        if not name.startswith(_OWN_REQUEST_IDS):
+            record.request_id = request_id_var.get()
         return record
 
     make.adds_request_id = True  # type: ignore[attr-defined]

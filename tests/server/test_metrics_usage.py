@@ -94,3 +94,22 @@ def test_one_engine_is_not_a_cluster(rag_server: Server) -> None:
     assert response.status_code == 404 and response.json()["error"]["type"] == "not_a_cluster"
     metrics = httpx.get(f"{rag_server.url}/metrics", headers=ADMIN).text
     assert "vllm:generation_tokens_total{model_name=" in metrics and 'replica="' not in metrics
+
+
+def test_a_logger_that_passes_its_own_request_id_keeps_it() -> None:
+    """Ray Serve's loggers pass `extra={"request_id": ...}` (in a cluster's Api replica, beside this middleware's
+    record factory): logging must not refuse the record, and the id is theirs."""
+    import logging
+
+    from appliance.server.logging import install_request_id_records, request_id_var
+
+    install_request_id_records()
+    token = request_id_var.set("ours")
+    try:
+        ray_record = logging.getLogger("ray.serve").makeRecord("ray.serve", logging.INFO, "f", 1, "m", (), None,
+                                                               extra={"request_id": "theirs"})
+        own = logging.getLogger("appliance.access").makeRecord("appliance.access", logging.INFO, "f", 1, "m", (),
+                                                               None)
+    finally:
+        request_id_var.reset(token)
+    assert ray_record.request_id == "theirs" and own.request_id == "ours"
