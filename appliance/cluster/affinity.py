@@ -21,6 +21,11 @@ from dataclasses import dataclass, field
 Passages = Mapping[str, int]  # passage id ("<doc_id>#<chunk_id>") -> its tokens in the prompt
 
 
+def passage_id(doc_id: str, chunk_id: int | None) -> str:
+    """How the router, the replicas and their reports name a passage."""
+    return f"{doc_id}#{chunk_id}"
+
+
 @dataclass(frozen=True)
 class ReplicaView:
     """What the router knows of one live replica."""

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 import ray
 from ray import serve
 
+from appliance.cluster.affinity import passage_id
 from appliance.cluster.board import get_board
 from appliance.cluster.ledger import LedgerEntry, PassageLedger
 from appliance.config import EngineConfig
@@ -31,10 +32,6 @@ from appliance.engine.snapshot import ReplicaReport, snapshot_of
 from appliance.server.warmup import warm_engine
 
 log = logging.getLogger("appliance.cluster")
-
-
-def passage_id(doc_id: str, chunk_id: int | None) -> str:
-    return f"{doc_id}#{chunk_id}"
 
 
 class EngineReplica:

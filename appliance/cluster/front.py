@@ -16,7 +16,7 @@ from dataclasses import fields
 import ray
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
-from appliance.cluster.engine_replica import passage_id
+from appliance.cluster.affinity import passage_id
 from appliance.engine.core_messages import AbortRequest, AddRequest, Command, InvalidateDocuments, StepOutputs
 from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.front import EngineFront

@@ -13,7 +13,7 @@ import ray
 from ray import serve
 
 from appliance.cluster.app import ClusterPlan, build_app
-from appliance.cluster.board import BOARD_NAMESPACE, ClusterBoard, board_name
+from appliance.cluster.board import BOARD_NAMESPACE, ClusterBoard, board_name, get_board
 from appliance.config import Settings
 
 log = logging.getLogger("appliance.cluster")
@@ -39,7 +39,7 @@ def start_cluster(settings: Settings, plan: ClusterPlan, ray_address: str | None
 def stop_cluster(plan: ClusterPlan) -> None:
     """Delete the application (its replicas drain and close their engines) and the board."""
     serve.delete(plan.app_name)
-    ray.kill(ray.get_actor(board_name(plan.app_name), namespace=BOARD_NAMESPACE))
+    ray.kill(get_board(plan.app_name))
 
 
 def serve_cluster(settings: Settings, plan: ClusterPlan, ray_address: str | None = None) -> None:
