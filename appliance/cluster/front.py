@@ -3,7 +3,8 @@
 Each request is one streaming call through the deployment handle (Ray's router picks the replica, reading the
 `passages` keyword); its outputs are handed to the front as they arrive, and an abort cancels the call (Ray
 then cancels it on the replica, which aborts the request there and frees its blocks). A replica that dies
-mid-stream ends that stream with an error; Ray replaces the replica. Figures come from the cluster's board.
+mid-stream ends that stream with an error; Ray replaces the replica. Figures come from the cluster's board,
+per replica (`replicas()`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from dataclasses import fields
 
 import ray
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
@@ -21,7 +21,7 @@ from appliance.engine.core_messages import AbortRequest, AddRequest, Command, In
 from appliance.engine.doc_cache.layout import PromptLayout
 from appliance.engine.front import EngineFront
 from appliance.engine.info import EngineInfo
-from appliance.engine.snapshot import EngineSnapshot, ReplicaReport
+from appliance.engine.snapshot import ReplicaReport
 from appliance.engine.tokenizer import TextTokenizer
 from appliance.errors import ApplianceError, EngineUnavailableError
 
@@ -33,14 +33,6 @@ def passages_of(layout: PromptLayout | None) -> dict[str, int]:
     if layout is None:
         return {}
     return {passage_id(s.doc_id, s.chunk_id): s.length for s in layout.chunks}
-
-
-def sum_snapshots(snapshots: list[EngineSnapshot]) -> EngineSnapshot:
-    """The cluster's figures: counters and sizes added up, KV usage averaged over the replicas."""
-    if not snapshots:
-        return EngineSnapshot()
-    totals = {f.name: sum(getattr(s, f.name) for s in snapshots) for f in fields(EngineSnapshot)}
-    return EngineSnapshot(**{**totals, "kv_usage": totals["kv_usage"] / len(snapshots)})
 
 
 def _remote_cause(exc: BaseException) -> BaseException:
@@ -66,9 +58,6 @@ class ClusterEngine(EngineFront):
     def replicas(self) -> list[ReplicaReport]:
         """The live replicas' latest reports (about a second old at most)."""
         return list(self._reports)
-
-    def snapshot(self) -> EngineSnapshot:
-        return sum_snapshots([r.snapshot for r in self._reports])
 
     def close(self) -> None:
         self._closed.set()

@@ -76,7 +76,7 @@ class EngineFront(ABC):
     def close(self) -> None: ...
 
     def snapshot(self) -> EngineSnapshot:
-        """The engine's latest figures (`/metrics`): a cluster's added up over its replicas."""
+        """The engine's latest figures (`/metrics`); a cluster gives its figures per replica (`replicas()`)."""
         return self.figures
 
     def replicas(self) -> list[ReplicaReport] | None:
