@@ -35,6 +35,7 @@ from appliance.errors import ApplianceError
 from appliance.keys import KeyStore
 
 if TYPE_CHECKING:
+    from appliance.cluster.app import ClusterPlan
     from appliance.engine.front import EngineFront
 
 app = typer.Typer(help="RAG appliance: ingest documents, search them, and answer questions with citations.",
@@ -107,7 +108,6 @@ def serve(
     from appliance.server.app import create_app, serve_app
     from appliance.server.logging import configure_logging
 
-    configure_logging(log_level)
     try:
         settings = Settings.with_flags(host=host, port=port, data_dir=data_dir, model=model, device=device, dtype=dtype)
     except ValueError as exc:
@@ -115,8 +115,11 @@ def serve(
     if not is_loopback(settings.host) and not settings.admin_key and not _has_stored_keys(settings):
         raise fail(f"refusing to listen on {settings.host} without an API key: set APPLIANCE_ADMIN_KEY or create "
                    "one with 'appliance keys create --role admin' (unauthenticated access is only allowed on loopback)")
-    if replicas is not None:
-        _serve_cluster(settings, replicas, router, ray_address, (min_replicas, max_replicas), target_ongoing)
+    plan = None if replicas is None else _cluster_plan(settings, replicas, router, (min_replicas, max_replicas),
+                                                         target_ongoing)
+    configure_logging(log_level)  # only once every flag is accepted: a refusal leaves the caller's logging alone
+    if plan is not None:
+        _serve_cluster(settings, plan, ray_address)
         return
     try:
         with err.status(f"loading model {settings.model} ..."):
@@ -126,13 +129,12 @@ def serve(
     serve_app(create_app(settings, engine, engine.info.model_name), settings.host, settings.port, log_level)
 
 
-def _serve_cluster(settings: Settings, replicas: int, router: str, ray_address: str | None,
-                   autoscale: tuple[int | None, int | None], target_ongoing: float) -> None:
-    """`serve --replicas N`: the same API on Ray Serve, N engine replicas behind `router`."""
+def _cluster_plan(settings: Settings, replicas: int, router: str, autoscale: tuple[int | None, int | None],
+                  target_ongoing: float) -> ClusterPlan:
+    """`serve --replicas N`'s flags as a plan for Ray Serve (refused with a clear error before anything starts)."""
     try:
         from appliance.cluster.app import ClusterPlan
         from appliance.cluster.routers import ROUTERS
-        from appliance.cluster.serve import serve_cluster
     except ImportError as exc:
         raise fail(f"--replicas needs Ray Serve: pip install 'rag-appliance[cluster]' ({exc})") from None
     if router not in ROUTERS:
@@ -140,8 +142,14 @@ def _serve_cluster(settings: Settings, replicas: int, router: str, ray_address: 
     if (autoscale[0] is None) != (autoscale[1] is None):
         raise fail("--min-replicas and --max-replicas go together")
     threads = settings.threads or max(1, (os.cpu_count() or 1) // replicas)
-    plan = ClusterPlan(replicas=replicas, router=router, threads_per_replica=threads, min_replicas=autoscale[0],
+    return ClusterPlan(replicas=replicas, router=router, threads_per_replica=threads, min_replicas=autoscale[0],
                        max_replicas=autoscale[1], target_ongoing_requests=target_ongoing)
+
+
+def _serve_cluster(settings: Settings, plan: ClusterPlan, ray_address: str | None) -> None:
+    """`serve --replicas N`: the same API on Ray Serve, N engine replicas behind the plan's router."""
+    from appliance.cluster.serve import serve_cluster
+
     try:
         serve_cluster(settings, plan, ray_address)
     except (RuntimeError, ConnectionError, ApplianceError) as exc:

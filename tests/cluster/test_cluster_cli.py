@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from typer.testing import CliRunner
 
 from appliance.cli import app
@@ -9,9 +11,13 @@ from appliance.cluster.app import ClusterPlan
 
 
 def test_an_unknown_router_is_refused_with_the_choices() -> None:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     result = CliRunner().invoke(app, ["serve", "--replicas", "2", "--router", "random"])
     assert result.exit_code == 1
     assert "unknown router 'random'" in result.output and "round-robin" in result.output
+    # a refusal leaves logging as it was (configured, the root logger would write to the runner's closed stream)
+    assert (root.handlers, root.level) == (handlers, level)
 
 
 def test_autoscaling_needs_both_bounds() -> None:
