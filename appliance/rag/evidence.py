@@ -5,19 +5,21 @@ Each passage's text is split into sentences with their character offsets (a sent
 `?` followed by whitespace, and at a newline, as `citations.py` splits an answer); a sentence longer than
 `MAX_QUOTE` characters (a block of table rows, a page extracted without punctuation) is cut into pieces on
 word boundaries. When the question names something (`focus_term`: an identifier such as `clear_cache()`,
-`IPv6Address`, or a capitalised name) that the passages mention, only the sentences mentioning it are candidates:
-the quote is about what was asked, even when the answer is wrong. A candidate scores by the content words
-(`citations.py`'s notion: identifiers such as `xml.parsers.expat.ErrorString` count word by word) it shares with
-the answer, weighted most, and with the question, plus a preference for the passages the answer cites with
-support, then for inferred ones, divided by the square root of its own content words (a short sentence that
-says it beats a long one that mentions it). Measured by `appliance bench answers` (the evidence column).
+`IPv6Address`, a word the passages write as code such as `dircmp`, or a capitalised name) that the passages
+mention, only the sentences mentioning it are candidates: the quote is about what was asked, even when the answer
+is wrong. A sentence that writes that name qualified (`filecmp.dircmp(a, b)`: its definition, which also says
+where it lives) comes before the others. A candidate scores by the content words (`citations.py`'s notion:
+identifiers such as `xml.parsers.expat.ErrorString` count word by word) it shares with the answer, weighted most,
+and with the question, plus a preference for the passages the answer cites with support, then for inferred
+ones, divided by the square root of its own content words (a short sentence that says it beats a long one that
+mentions it). Measured by `appliance bench answers` (the evidence column).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 
 from appliance.rag.citations import _MARKER, Citation, _content_words
@@ -30,6 +32,8 @@ CITED_BONUS = 1.0  # its passage is cited with support by the answer
 INFERRED_BONUS = 0.5  # its passage is matched to an answer sentence by the citation check
 _BOUNDARY = re.compile(r"(?<=[.!?])\s+|\n+")
 _NAME = re.compile(r"[A-Za-z0-9_]+")
+_CODE_SPAN = re.compile(r"`([^`\n]+)`")  # `name` in a page converted to markdown
+_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9_]\.([A-Za-z_][A-Za-z0-9_]*)")  # the name after module. or Class.
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,7 @@ class Evidence:
     start: int  # the quote is chunk.text[start:end], exactly
     end: int
     score: float
+    defines: bool = False  # the quote writes the question's focus qualified (`module.name`): ranked first
 
     @property
     def quote(self) -> str:
@@ -58,7 +63,8 @@ def evidence_for(answer: str, question: str, passages: Mapping[int, Chunk], cita
     bonus = _bonuses(citations)
     sentences = [(n, start, end, _content_words(passages[n].text[start:end]))
                  for n in sorted(passages) for start, end in sentence_spans(passages[n].text)]
-    focus = focus_term(question, [words for *_, words in sentences])
+    focus = focus_term(question, [words for *_, words in sentences],
+                       code_words(passages[n].text for n in sorted(passages)))
     scored: list[Evidence] = []
     for n, start, end, words in sentences:
         if focus is not None and focus not in words:
@@ -66,29 +72,51 @@ def evidence_for(answer: str, question: str, passages: Mapping[int, Chunk], cita
         shared_answer, shared_question = len(words & answer_words), len(words & question_words)
         if shared_answer or shared_question:
             score = ANSWER_WEIGHT * shared_answer + QUESTION_WEIGHT * shared_question + bonus.get(n, 0.0)
-            scored.append(Evidence(n, passages[n], start, end, score / math.sqrt(len(words))))
+            defines = focus is not None and focus in _qualified_names(passages[n].text[start:end])
+            scored.append(Evidence(n, passages[n], start, end, score / math.sqrt(len(words)), defines))
     best: dict[str, Evidence] = {}
-    for e in sorted(scored, key=lambda e: (-e.score, e.n, e.start)):
+    for e in sorted(scored, key=lambda e: (not e.defines, -e.score, e.n, e.start)):
         if len(best) >= limit:
             break
         best.setdefault(e.quote, e)
     return list(best.values())
 
 
-def focus_term(question: str, sentences: Sequence[set[str]]) -> str | None:
+def focus_term(question: str, sentences: Sequence[set[str]], code: Set[str] = frozenset()) -> str | None:
     """What the question names, as a content word, among those some of `sentences` (content-word sets) mention:
-    an identifier (with `_`, a digit, a capital after its first letter, or called: `name(`) before a word that is
-    only capitalised (not the question's first), then the one fewest sentences mention; None when there is none."""
-    named: dict[str, bool] = {}
+    an identifier (with `_`, a digit, a capital after its first letter, or called: `name(`), then a word the
+    passages write as code (`code`, lower case: `code_words`), then a word that is only capitalised (not the
+    question's first: "Python" in "Which Python module ..."), each rank the one fewest sentences mention; None
+    when there is none."""
+    rank: dict[str, int] = {}
     for i, m in enumerate(_NAME.finditer(question)):
-        word = m.group(0)
-        code = ("_" in word or any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:])
-                or question[m.end():m.end() + 1] == "(")
-        if code or (i > 0 and word[0].isupper()):
-            named[word.lower()] = named.get(word.lower(), False) or code
-    counts = {w: sum(w in s for s in sentences) for w in named.keys() & _content_words(question)}
+        word, lower = m.group(0), m.group(0).lower()
+        if ("_" in word or any(c.isdigit() for c in word) or any(c.isupper() for c in word[1:])
+                or question[m.end():m.end() + 1] == "("):
+            rank[lower] = 0
+        elif lower in code:
+            rank[lower] = min(rank.get(lower, 1), 1)
+        elif i > 0 and word[0].isupper():
+            rank[lower] = min(rank.get(lower, 2), 2)
+    counts = {w: sum(w in s for s in sentences) for w in rank.keys() & _content_words(question)}
     present = [w for w, count in counts.items() if count]
-    return min(present, key=lambda w: (not named[w], counts[w], w)) if present else None
+    return min(present, key=lambda w: (rank[w], counts[w], w)) if present else None
+
+
+def code_words(texts: Iterable[str]) -> set[str]:
+    """The names `texts` write as code, lower case: inside backticks, or qualified (the `dircmp` of
+    `filecmp.dircmp`)."""
+    words: set[str] = set()
+    for text in texts:
+        for span in _CODE_SPAN.findall(text):
+            words.update(w.lower() for w in _NAME.findall(span))
+        words |= _qualified_names(text)
+    return words
+
+
+def _qualified_names(text: str) -> set[str]:
+    """The names `text` writes after a qualifier (`module.name`, `Class.method`), lower case."""
+    return {name.lower() for name in _QUALIFIED_NAME.findall(text)}
 
 
 def sentence_spans(text: str) -> Iterator[tuple[int, int]]:

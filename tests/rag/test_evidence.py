@@ -8,7 +8,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from appliance.rag.citations import Citation, check_citations
-from appliance.rag.evidence import MAX_QUOTE, evidence_for, evidence_json, focus_term, sentence_spans
+from appliance.rag.evidence import (
+    MAX_QUOTE,
+    code_words,
+    evidence_for,
+    evidence_json,
+    focus_term,
+    sentence_spans,
+)
 from retrieval.types import Chunk
 
 
@@ -33,7 +40,8 @@ def test_every_quote_is_verbatim_from_its_passage(texts: list[str], answer: str,
     evidence = evidence_for(answer, question, passages, check_citations(answer, passages), limit)
     assert len(evidence) <= limit
     assert len({e.quote for e in evidence}) == len(evidence)  # different sentences
-    assert [e.score for e in evidence] == sorted((e.score for e in evidence), reverse=True)
+    ranks = [(e.defines, e.score) for e in evidence]  # definitions of the asked name first, then by score
+    assert ranks == sorted(ranks, reverse=True)
     for e in evidence:
         assert e.chunk is passages[e.n]
         assert e.quote == passages[e.n].text[e.start:e.end] and e.quote == e.quote.strip() and e.quote
@@ -137,3 +145,27 @@ def test_the_focus_is_an_identifier_before_a_capitalised_word_then_the_rarest() 
     assert focus_term("Which Python module has the class Meter?", sentences) == "meter"  # rarer than python
     assert focus_term("Which module provides the class Gauge?", sentences) is None  # named, but not mentioned
     assert focus_term("Which module reads files?", sentences) is None
+    # a word the passages write as code (`glob`, `glob.glob`) names the subject better than a capitalised one
+    assert focus_term("Which Python module provides glob?", sentences, code={"glob"}) == "glob"
+    assert focus_term("Which Python module provides iglob()?", sentences, code={"python"}) == "iglob"
+
+
+def test_code_words_are_those_in_backticks_or_after_a_qualifier() -> None:
+    text = "Use `dircmp` or `os.path.join(a, b)`; filecmp.cmpfiles(dir1) too. Python 3.11 is not code."
+    assert code_words([text, "`Token` objects"]) == {"dircmp", "os", "path", "join", "a", "b", "cmpfiles", "token"}
+
+
+def test_a_sentence_that_defines_the_asked_name_is_quoted_first() -> None:
+    """"Python" is capitalised but the passages write `dircmp` as code: it is the focus; of the sentences naming
+    it, the one writing it qualified (its definition, which names its module) comes before a denser one that
+    shares more of the (wrong) answer's words."""
+    passages = {1: _chunk(1, "This module defines base classes for standard Python codecs."),
+                2: _chunk(2, "The `dircmp` class compares directories, as the codecs module compares nothing.\n"
+                             "class filecmp.dircmp(a, b, ignore=None, hide=None)\nConstruct a new directory "
+                             "comparison object.")}
+    question = "Which Python standard library module provides the class dircmp?"
+    [e] = evidence_for("The codecs module provides the dircmp class.", question, passages, [])
+    assert (e.quote, e.defines) == ("class filecmp.dircmp(a, b, ignore=None, hide=None)", True)
+    [plain] = evidence_for("The codecs module provides the dircmp class.", question,
+                           {1: passages[1], 2: _chunk(2, passages[2].text.replace("filecmp.dircmp", "dircmp"))}, [])
+    assert plain.quote.startswith("The `dircmp` class") and not plain.defines
