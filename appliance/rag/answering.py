@@ -37,7 +37,7 @@ class AnswerOptions:
     prompt: str = "short"  # ANSWER_PROMPTS
     steer_citations: bool = True
     evidence: int = 1  # evidence quotes per answer (0: none)
-    copy_bias: float = 0.0  # added to the logits of the passages' tokens while decoding (0: none)
+    copy_bias: float = 3.0  # added to the logits of the passages' tokens while decoding (0: none)
 
     def __post_init__(self) -> None:
         if self.passage_order not in PASSAGE_ORDERS:

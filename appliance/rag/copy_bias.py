@@ -2,7 +2,7 @@
 up (`libc`, `cProfile` for a function of `filecmp`), and such an answer can neither be right nor cited. Adding
 `bias` to the logit of every token that occurs in the passages (and to the stop tokens, so that ending an answer
 stays as likely as before) tilts its choices toward what the passages say, at no cost per step but one indexed
-add. Measured by `appliance bench answers` (lever `copyN`); off by default unless the settings say otherwise.
+add. Measured by `appliance bench answers` (lever `copyN`); 3 by default (`APPLIANCE_COPY_BIAS`, 0: off).
 """
 
 from __future__ import annotations
