@@ -33,7 +33,7 @@ INFERRED_BONUS = 0.5  # its passage is matched to an answer sentence by the cita
 _BOUNDARY = re.compile(r"(?<=[.!?])\s+|\n+")
 _NAME = re.compile(r"[A-Za-z0-9_]+")
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")  # `name` in a page converted to markdown
-_QUALIFIED_NAME = re.compile(r"[A-Za-z0-9_]\.([A-Za-z_][A-Za-z0-9_]*)")  # the name after module. or Class.
+_QUALIFIED_NAME = re.compile(r"(?<=[A-Za-z0-9_])\.([A-Za-z_][A-Za-z0-9_]*)")  # each name after a `.`
 
 
 @dataclass(frozen=True)

@@ -153,6 +153,9 @@ def test_the_focus_is_an_identifier_before_a_capitalised_word_then_the_rarest() 
 def test_code_words_are_those_in_backticks_or_after_a_qualifier() -> None:
     text = "Use `dircmp` or `os.path.join(a, b)`; filecmp.cmpfiles(dir1) too. Python 3.11 is not code."
     assert code_words([text, "`Token` objects"]) == {"dircmp", "os", "path", "join", "a", "b", "cmpfiles", "token"}
+    # every part after a qualifier, however deep the name
+    assert code_words(["class tkinter.tix.tixCommand and xml.etree.ElementTree.TreeBuilder"]) == {
+        "tix", "tixcommand", "etree", "elementtree", "treebuilder"}
 
 
 def test_a_sentence_that_defines_the_asked_name_is_quoted_first() -> None:
