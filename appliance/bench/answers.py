@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 BASELINE_SYSTEM = ("Use the following pieces of context to answer the user's question. \n"
                    "If you don't know the answer, just say that you don't know, don't try to make up an answer.\n"
                    "----------------\n{context}")
-DEFAULT_VARIANTS = ("default", "plain", "relevance", "k3", "short", "examples", "steer", "relevance+short+steer")
+DEFAULT_VARIANTS = ("default", "plain", "relevance", "k3", "short", "examples", "steer", "copy3",
+                    "relevance+short+steer")
 PLAIN = AnswerOptions(passage_order="canonical", prompt="cite", steer_citations=False,
                       copy_bias=0.0)  # no lever pulled
 _LEVERS = {"relevance": {"passage_order": "relevance"}, "short": {"prompt": "short"},
