@@ -11,14 +11,15 @@ system reads the same passages (a variant with another k reads the top k of the 
 - the appliance: `AskPipeline` as `/api/ask` runs it (`answering.AnswerOptions`): `default` (the settings' defaults)
   and the plain pipeline (`plain`: canonical order, the `cite` prompt, no steering) with levers joined by `+`,
   alone and combined: `relevance` (passage order), `short`, `examples` (the prompt), `steer` (steered
-  citations), `kN` (N passages), `copyN` (a logit bias of N toward the passages' tokens); `default+lever`
-  pulls a lever on top of the defaults.
+  citations), `kN` (N passages), `copyN` (a logit bias of N toward the passages' tokens), `guard` (no third
+  copy in a row of a short block of tokens); `default+lever` pulls a lever on top of the defaults.
 
 Per system: accuracy (the gold answer in the answer's first line) and its ratio to the baseline's with a paired
 bootstrap 95% interval; answers with a supported citation in the text (model-made or steered), and with any
 supported citation (inferred ones too); the share whose evidence quote holds the gold answer, among the answers
 whose passages hold it (`Gold.held_by`: as a name of its own, or qualifying the name asked about); TTFT p50.
-Greedy, one request at a time; a fresh engine per system.
+The same figures again over the questions past the set's dev questions (`DEV_QUESTIONS`: the ones the levers and
+defaults were chosen on), when any were asked. Greedy, one request at a time; a fresh engine per system.
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ BASELINE_SYSTEM = ("Use the following pieces of context to answer the user's que
                    "----------------\n{context}")
 DEFAULT_VARIANTS = ("default", "plain", "relevance", "k3", "short", "examples", "steer", "copy3",
                     "relevance+short+steer")
+# per gold set, how many of its first questions the levers and defaults were chosen on (the rest are held out)
+DEV_QUESTIONS = {"modules": 96}
 PLAIN = AnswerOptions(passage_order="canonical", prompt="cite", steer_citations=False,
-                      copy_bias=0.0)  # no lever pulled
+                      copy_bias=0.0, loop_guard=False)  # no lever pulled
 _LEVERS = {"relevance": {"passage_order": "relevance"}, "short": {"prompt": "short"},
-           "examples": {"prompt": "short+examples"}, "steer": {"steer_citations": True}}
+           "examples": {"prompt": "short+examples"}, "steer": {"steer_citations": True},
+           "guard": {"loop_guard": True}}
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ def _llama_cpp_installed() -> bool:
 
 
 def run_answers_bench(corpus: Path = CORPUS, data_dir: Path | None = None, question_set: str = "modules",
-                      questions: int = 96, k: int = 5, max_tokens: int = 64,
+                      questions: int = 240, k: int = 5, max_tokens: int = 64,
                       variants: tuple[str, ...] = DEFAULT_VARIANTS, llama_cpp: bool = True,
                       loaded: LoadedModel | None = None, gold: GoldQuestions | None = None,
                       say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -249,8 +253,12 @@ def run_answers_bench(corpus: Path = CORPUS, data_dir: Path | None = None, quest
         finally:
             service.close()
     reference = next(iter(answers.values()))
+    held_out = DEV_QUESTIONS.get(gold.name, len(gold.texts))  # the questions past the dev set, if any were asked
     return {"machine": describe_machine(), "set": gold.name, "questions": len(gold.texts), "corpus": ingested,
             "k": k, "max_tokens": max_tokens, "reference": next(iter(answers)),
             "systems": {name: summarize(rows, reference) for name, rows in answers.items()},
+            "held_out_from": held_out if held_out < len(gold.texts) else None,
+            "held_out": {name: summarize(rows[held_out:], reference[held_out:]) for name, rows in answers.items()
+                         } if held_out < len(gold.texts) else {},
             "variants": {v.name: {"k": v.k, **vars(v.options)} for v in parsed},
             "answers": {name: [vars(r) for r in rows] for name, rows in answers.items()}}

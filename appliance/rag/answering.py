@@ -11,7 +11,9 @@ measured by `appliance bench answers` (docs/BENCHMARKS.md "Answers against a sta
 - citations steered into the answer at sentence ends (`steer_citations`, see `citations.CitationConstraint`);
 - evidence quotes: the passage sentences that best support the answer (`evidence`, how many);
 - a bias toward the passages' own tokens while decoding (`copy_bias`, added to their logits; 0: none; see
-  `copy_bias.PassageCopyBias`).
+  `copy_bias.PassageCopyBias`);
+- a guard that stops the answer from repeating a short block of tokens a third time in a row (`loop_guard`, see
+  `loop_guard.LoopGuard`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class AnswerOptions:
     steer_citations: bool = True
     evidence: int = 1  # evidence quotes per answer (0: none)
     copy_bias: float = 3.0  # added to the logits of the passages' tokens while decoding (0: none)
+    loop_guard: bool = False  # ban the token that would start a third copy of a short block in a row
 
     def __post_init__(self) -> None:
         if self.passage_order not in PASSAGE_ORDERS:
@@ -58,9 +61,9 @@ class AnswerOptions:
 
 def answer_options(settings: Settings) -> AnswerOptions:
     """The options `settings` choose (APPLIANCE_PASSAGE_ORDER, _ANSWER_PROMPT, _STEER_CITATIONS, _EVIDENCE_QUOTES,
-    _COPY_BIAS)."""
+    _COPY_BIAS, _LOOP_GUARD)."""
     return AnswerOptions(settings.passage_order, settings.answer_prompt, settings.steer_citations,
-                         settings.evidence_quotes, settings.copy_bias)
+                         settings.evidence_quotes, settings.copy_bias, settings.loop_guard)
 
 
 def arrange(ranked: Sequence[Chunk], order: str) -> list[Chunk]:

@@ -17,6 +17,7 @@ from appliance.rag.copy_bias import PassageCopyBias
 from appliance.rag.evidence import Evidence, evidence_for
 from appliance.rag.grounding import FieldGrounding, ground_fields
 from appliance.rag.history import History, not_shown, number_passages, recent_turns
+from appliance.rag.loop_guard import LoopGuard
 from appliance.rag.prompt import SYSTEM_PROMPTS, PromptBuilder
 from appliance.rag.rewrite import DEFAULT_POLICY, FollowUpRewriter, Policy, PriorTurn, phrasings
 from retrieval.filters import SearchFilters
@@ -149,7 +150,8 @@ class AskPipeline:
             constraint = CitationConstraint(self.engine.tokenizer, prompt.numbers, passages=steer, question=question)
             copying = (PassageCopyBias([c.token_ids for c in numbered.values()], self.options.copy_bias,
                                        self.engine.tokenizer.stop_token_ids),) if self.options.copy_bias else ()
-            params = replace(params, logits_processors=(*params.logits_processors, *copying, constraint))
+            guard = (LoopGuard(),) if self.options.loop_guard else ()  # after the constraint: it sees the mask
+            params = replace(params, logits_processors=(*params.logits_processors, *copying, constraint, *guard))
         answer, last, ttft_ms, token_ids = "", None, 0.0, []
         out: RequestOutput
         async for out in self.engine.generate(prompt.token_ids, params, layout=prompt.layout(), doc_cache=doc_cache):

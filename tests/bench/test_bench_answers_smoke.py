@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.bench.answers import PLAIN, parse_variant, run_answers_bench
+from appliance.bench.answers import DEV_QUESTIONS, PLAIN, parse_variant, run_answers_bench
 from appliance.bench.answers_report import answers_markdown
 from appliance.bench.gold_sets import GoldQuestions
 from appliance.engine.loader import LoadedModel
@@ -27,12 +27,16 @@ def test_variants_parse_into_options() -> None:
     assert parse_variant("default", 5).options == AnswerOptions()
     assert parse_variant("default+copy1.5", 5).options == AnswerOptions(copy_bias=1.5)
     assert parse_variant("steer+copy2", 5).options == replace(PLAIN, steer_citations=True, copy_bias=2.0)
+    assert parse_variant("default+guard", 5).options == replace(AnswerOptions(), loop_guard=True)
+    assert not PLAIN.loop_guard
     assert parse_variant("plain", 5).options == PLAIN and not PLAIN.steer_citations and PLAIN.prompt == "cite"
     with pytest.raises(ValueError, match="unknown lever"):
         parse_variant("relevance+louder", 5)
 
 
-def test_the_bench_runs_on_a_tiny_corpus(tmp_path: Path, loaded_model: LoadedModel) -> None:
+def test_the_bench_runs_on_a_tiny_corpus(tmp_path: Path, loaded_model: LoadedModel,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(DEV_QUESTIONS, "tiny", 1)  # the second question is held out
     corpus = tmp_path / "library"
     corpus.mkdir()
     (corpus / "filecmp.html").write_text(PAGE)
@@ -53,5 +57,8 @@ def test_the_bench_runs_on_a_tiny_corpus(tmp_path: Path, loaded_model: LoadedMod
     assert systems["baseline@ours"]["cited"] == 0.0 and not any(r["evidence"] for r in baseline)
     for row in result["answers"]["steer"]:  # a sentence of the page about the asked function, naming its module
         assert row["evidence"] and row["evidence"] in PAGE and row["evidence_has_gold"]
+    assert result["held_out_from"] == 1
+    for name, figures in result["held_out"].items():  # the figures of the second question alone
+        assert figures["accuracy"] == result["answers"][name][1]["right"]
     table = answers_markdown(result)
-    assert "| steer |" in table and "| target (default) |" in table
+    assert "| steer |" in table and "| target (default) |" in table and "Questions 2-2 alone: held out" in table

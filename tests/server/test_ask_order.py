@@ -1,4 +1,5 @@
-"""The ask pipeline's passage order through the real engine and retrieval service (`answering.py`)."""
+"""The ask pipeline's decoding options through the real engine and retrieval service (`answering.py`): passage
+order, the copy bias, the loop guard."""
 
 from __future__ import annotations
 
@@ -61,3 +62,32 @@ def test_a_strong_copy_bias_answers_in_the_passages_own_tokens(make_engine, load
         engine.close()
         service.close()
     assert outside[10.0] == [] and outside[0.0], outside
+
+
+def test_the_loop_guard_stops_a_third_copy_in_a_row(make_engine, loaded_model, rag_data_dir) -> None:
+    """Through the real pipeline, greedy: these questions' answers repeat a sentence and its citation over and
+    over without the guard; with it, no answer holds three copies of a block in a row."""
+    from appliance.engine.async_engine import AsyncEngine
+    from appliance.engine.sampling import SamplingParams
+    from appliance.rag.loop_guard import LoopGuard
+    from appliance.rag.pipeline import AskPipeline, answered
+    from retrieval.service import RetrievalService
+
+    def third_copies(ids: list[int]) -> int:
+        return sum(ids[i] in LoopGuard().banned(ids[:i]) for i in range(len(ids)))
+
+    service = RetrievalService.open(rag_data_dir, loaded_model.tokenizer, chunk_tokens=128)
+    engine = AsyncEngine(make_engine())
+    loops: dict[bool, list[int]] = {False: [], True: []}
+    try:
+        for guard in loops:
+            pipeline = AskPipeline(engine, service, options=AnswerOptions(loop_guard=guard, evidence=0))
+            for question in ("Why does sourdough rise?", "What colour is Mars and why?",
+                             "How often does the Moon orbit the Earth?"):
+                got = asyncio.run(answered(pipeline.ask(question, ["space", "kitchen"], 3,
+                                                        SamplingParams(max_tokens=48, temperature=0.0))))
+                loops[guard].append(third_copies(list(got.done.answer_token_ids)))
+    finally:
+        engine.close()
+        service.close()
+    assert loops[True] == [0, 0, 0] and all(loops[False]), loops
