@@ -1,9 +1,9 @@
 """Structured request logs: every request gets an id (`X-Request-ID` honoured or generated), returned in
 its response and carried by every log line written while it is handled.
 
-Every log record carries `request_id` (`-` outside a request; Ray Serve's loggers set their own);
-`configure_logging` (used by `appliance serve`) writes it as `request_id=...` in each `key=value` line. The
-middleware writes one access line per request when it ends.
+`configure_logging` (used by `appliance serve`) writes each line's `request_id=...`: the id of the request being
+handled where the line was logged (`-` outside a request), or the one the record brings (Ray Serve's loggers set
+their own). The middleware writes one access line per request when it ends.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
 from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,34 +21,22 @@ _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 log = logging.getLogger("appliance.access")
 
 
-# Loggers that pass a `request_id` of their own in `extra` (Ray Serve's, in a cluster's `Api` replica): logging
-# refuses an `extra` key a record already has, so their records get theirs, not ours.
-_OWN_REQUEST_IDS = ("ray.serve",)
+class RequestIdFilter(logging.Filter):
+    """Gives each record it sees the current request's id as `request_id`, unless the record has one already
+    (Ray Serve's loggers pass their own in `extra`)."""
 
-
-def _with_request_id(factory: Callable[..., logging.LogRecord]) -> Callable[..., logging.LogRecord]:
-    def make(name: str, *args: object, **kwargs: object) -> logging.LogRecord:
-        record = factory(name, *args, **kwargs)
-        if not name.startswith(_OWN_REQUEST_IDS):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
-        return record
-
-    make.adds_request_id = True  # type: ignore[attr-defined]
-    return make
-
-
-def install_request_id_records() -> None:
-    """Give every log record a `request_id` attribute (idempotent)."""
-    factory = logging.getLogRecordFactory()
-    if not getattr(factory, "adds_request_id", False):
-        logging.setLogRecordFactory(_with_request_id(factory))
+        return True
 
 
 def configure_logging(level: str = "info") -> None:
     """Root logging to stderr with the request id in every line."""
-    install_request_id_records()
     logging.basicConfig(level=level.upper(), force=True,
                         format="%(asctime)s %(levelname)s %(name)s request_id=%(request_id)s %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RequestIdFilter())
 
 
 class RequestIdMiddleware:
@@ -57,7 +44,6 @@ class RequestIdMiddleware:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        install_request_id_records()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -96,20 +96,28 @@ def test_one_engine_is_not_a_cluster(rag_server: Server) -> None:
     assert "vllm:generation_tokens_total{model_name=" in metrics and 'replica="' not in metrics
 
 
-def test_a_logger_that_passes_its_own_request_id_keeps_it() -> None:
-    """Ray Serve's loggers pass `extra={"request_id": ...}` (in a cluster's Api replica, beside this middleware's
-    record factory): logging must not refuse the record, and the id is theirs."""
-    import logging
+def test_log_lines_carry_the_request_id_and_a_logger_that_passes_its_own_keeps_it(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`configure_logging`'s lines: the id of the request being handled (`-` outside one); Ray Serve's loggers
+    pass `extra={"request_id": ...}` (in a cluster's Api replica): logging must not refuse the record, and the id
+    written is theirs."""
+    from appliance.server.logging import configure_logging, request_id_var
 
-    from appliance.server.logging import install_request_id_records, request_id_var
-
-    install_request_id_records()
-    token = request_id_var.set("ours")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
-        ray_record = logging.getLogger("ray.serve").makeRecord("ray.serve", logging.INFO, "f", 1, "m", (), None,
-                                                               extra={"request_id": "theirs"})
-        own = logging.getLogger("appliance.access").makeRecord("appliance.access", logging.INFO, "f", 1, "m", (),
-                                                               None)
+        configure_logging("info")
+        token = request_id_var.set("ours")
+        try:
+            logging.getLogger("ray.serve").info("from ray", extra={"request_id": "theirs"})
+            logging.getLogger("appliance.access").info("from us")
+        finally:
+            request_id_var.reset(token)
+        logging.getLogger("appliance.access").info("outside")
     finally:
-        request_id_var.reset(token)
-    assert ray_record.request_id == "theirs" and own.request_id == "ours"
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(" ", 3)[3] for line in lines[-3:]] == [
+        "ray.serve request_id=theirs from ray", "appliance.access request_id=ours from us",
+        "appliance.access request_id=- outside"], lines
