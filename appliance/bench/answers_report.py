@@ -91,8 +91,9 @@ def answers_markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {label} | {wanted} | {shown} | {'yes' if value is not None and value >= bar else 'no'} |")
         lines += ["", f"Defaults (the `default` row): {result['variants']['default']}."]
     lines += ["", f"Expected before the first run (written down then): {EXPECTED}", "",
-              "Reproduce: `appliance bench answers --data-dir DIR` (needs `python3.11-doc`; the `bench` extra for the "
-              "llama.cpp row; `--variants` picks the rows, `--json FILE` keeps every answer)."]
+              "Reproduce: `appliance bench answers --data-dir DIR` (needs `python3.11-doc`; the `bench` extra, "
+              "`make bench-extra`, for the llama.cpp row; `--variants` picks the rows, `--json FILE` keeps every "
+              "answer)."]
     return "\n".join(lines)
 
 

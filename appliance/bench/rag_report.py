@@ -167,8 +167,8 @@ def rag_markdown(result: dict[str, Any]) -> str:
         "",
         machine_markdown(result["machine"]),
         "",
-        "Reproduce: `appliance bench rag --data-dir DIR` (needs `python3.11-doc` and the `bench` extra; "
-        "`--segment 8 --systems off,blend` for a short run; `--json FILE` keeps the raw figures).",
+        "Reproduce: `appliance bench rag --data-dir DIR` (needs `python3.11-doc` and the `bench` extra, "
+        "`make bench-extra`; `--segment 8 --systems off,blend` for a short run; `--json FILE` keeps the raw figures).",
     ]
     return "\n".join(lines)
 

@@ -12,6 +12,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -99,17 +100,19 @@ class LlamaCppServer:
 
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close()) the server's stderr, shown on failure
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance.bench.llama_ids_server", "--model", str(gguf), "--host", "127.0.0.1",
              "--port", str(self.port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
              "--n_threads_batch", str(threads), "--verbose", "false",
              *(["--cache", "true", "--cache_type", "ram", "--cache_size", str(cache_bytes)] if cache_bytes else []),
              "--interrupt_requests", "false"],  # queue concurrent requests instead of cutting the running stream
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=self.log)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("llama.cpp server exited at start (is llama-cpp-python[server] installed?)")
+                raise RuntimeError("llama.cpp server exited at start (is llama-cpp-python[server] installed?)"
+                                   f"{self._log_tail()}")
             try:
                 if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
                     return
@@ -125,17 +128,28 @@ class LlamaCppServer:
                                 "top_k": 1, "stream": True}
         start = time.perf_counter()
         ttft, text = 0.0, ""
-        async with httpx.AsyncClient(timeout=900) as client, \
-                client.stream("POST", self.url + "/v1/completions", json=body) as response:
-            response.raise_for_status()
-            async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                delta = json.loads(line[6:])["choices"][0].get("text", "")
-                if delta and not ttft:
-                    ttft = time.perf_counter() - start
-                text += delta
+        try:
+            async with httpx.AsyncClient(timeout=900) as client, \
+                    client.stream("POST", self.url + "/v1/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    delta = json.loads(line[6:])["choices"][0].get("text", "")
+                    if delta and not ttft:
+                        ttft = time.perf_counter() - start
+                    text += delta
+        except httpx.HTTPError as exc:
+            died = self.proc.poll()
+            status = f" and exited with status {died}" if died is not None else ""
+            raise RuntimeError(f"llama.cpp server failed a {len(prompt.token_ids)}-token prompt{status}: {exc!r}"
+                               f"{self._log_tail()}") from exc
         return Completion(ttft or time.perf_counter() - start, time.perf_counter() - start, [], text)
+
+    def _log_tail(self, lines: int = 20) -> str:
+        self.log.seek(0)
+        tail = self.log.read().decode(errors="replace").splitlines()[-lines:]
+        return "; its log ends:\n" + "\n".join(tail) if tail else ""
 
     def close(self) -> None:
         self.proc.terminate()
@@ -143,6 +157,7 @@ class LlamaCppServer:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.close()
 
 
 async def run_level(system: System, prompts: list[BenchPrompt], concurrency: int, max_tokens: int
