@@ -101,7 +101,7 @@ class Settings(BaseSettings):
     steer_citations: bool = True  # at a sentence end a passage supports, the decoder is steered to cite it
     evidence_quotes: int = Field(default=1, ge=0, le=5)  # passage sentences shown as an answer's evidence
     copy_bias: float = Field(default=3.0, ge=0.0, le=10.0)  # logit bias toward the passages' tokens (0: none)
-    loop_guard: bool = False  # an answer may not repeat a short block of tokens a third time in a row
+    loop_guard: bool = True  # an answer may not repeat a short block of tokens a third time in a row
     warmup_tokens: int = Field(default=1500, ge=0)  # warm-up prompt run before /ready (0: no warm-up)
     warmup_timeout_s: float = Field(default=120.0, gt=0)  # /ready turns 200 after this even if warm-up is not done
     # --- trust (issue 7): request and upload sizes, archives, parsers, generation bounds, rate limits ---

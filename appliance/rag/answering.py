@@ -40,7 +40,7 @@ class AnswerOptions:
     steer_citations: bool = True
     evidence: int = 1  # evidence quotes per answer (0: none)
     copy_bias: float = 3.0  # added to the logits of the passages' tokens while decoding (0: none)
-    loop_guard: bool = False  # ban the token that would start a third copy of a short block in a row
+    loop_guard: bool = True  # ban the token that would start a third copy of a short block in a row
 
     def __post_init__(self) -> None:
         if self.passage_order not in PASSAGE_ORDERS:

@@ -3,7 +3,7 @@
 such an answer is neither right nor readable. Once an answer ends with two consecutive copies of the same block of
 2 to 32 tokens, the token that would start a third copy is banned, so the model must go on with something else
 (usually the stop token). A run of one token is left alone, however long: digits are tokens of their own
-(`1000000`). Measured by `appliance bench answers` (lever `guard`); `APPLIANCE_LOOP_GUARD`.
+(`1000000`). Measured by `appliance bench answers` (lever `guard`); on by default (`APPLIANCE_LOOP_GUARD`).
 """
 
 from __future__ import annotations

@@ -65,4 +65,6 @@ def test_the_settings_defaults_are_the_options_defaults(monkeypatch: pytest.Monk
     monkeypatch.setenv("APPLIANCE_ANSWER_PROMPT", "cite")
     monkeypatch.setenv("APPLIANCE_STEER_CITATIONS", "false")
     monkeypatch.setenv("APPLIANCE_COPY_BIAS", "1.5")
-    assert answer_options(Settings()) == AnswerOptions(prompt="cite", steer_citations=False, copy_bias=1.5)
+    monkeypatch.setenv("APPLIANCE_LOOP_GUARD", "false")
+    assert answer_options(Settings()) == AnswerOptions(prompt="cite", steer_citations=False, copy_bias=1.5,
+                                                       loop_guard=False)
