@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 BASELINE_SYSTEM = ("Use the following pieces of context to answer the user's question. \n"
                    "If you don't know the answer, just say that you don't know, don't try to make up an answer.\n"
                    "----------------\n{context}")
-DEFAULT_VARIANTS = ("default", "plain", "relevance", "k3", "short", "examples", "steer", "copy3",
+DEFAULT_VARIANTS = ("default", "plain", "relevance", "k3", "short", "examples", "steer", "copy3", "guard",
                     "relevance+short+steer")
 # per gold set, how many of its first questions the levers and defaults were chosen on (the rest are held out)
 DEV_QUESTIONS = {"modules": 96}
