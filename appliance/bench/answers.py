@@ -253,12 +253,12 @@ def run_answers_bench(corpus: Path = CORPUS, data_dir: Path | None = None, quest
         finally:
             service.close()
     reference = next(iter(answers.values()))
-    held_out = DEV_QUESTIONS.get(gold.name, len(gold.texts))  # the questions past the dev set, if any were asked
+    dev = DEV_QUESTIONS.get(gold.name, len(gold.texts))  # the questions past the dev set are held out
+    held_out = {name: summarize(rows[dev:], reference[dev:]) for name, rows in answers.items()
+                } if dev < len(gold.texts) else {}
     return {"machine": describe_machine(), "set": gold.name, "questions": len(gold.texts), "corpus": ingested,
             "k": k, "max_tokens": max_tokens, "reference": next(iter(answers)),
             "systems": {name: summarize(rows, reference) for name, rows in answers.items()},
-            "held_out_from": held_out if held_out < len(gold.texts) else None,
-            "held_out": {name: summarize(rows[held_out:], reference[held_out:]) for name, rows in answers.items()
-                         } if held_out < len(gold.texts) else {},
+            "held_out_from": dev if held_out else None, "held_out": held_out,
             "variants": {v.name: {"k": v.k, **vars(v.options)} for v in parsed},
             "answers": {name: [vars(r) for r in rows] for name, rows in answers.items()}}

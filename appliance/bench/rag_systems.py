@@ -111,8 +111,9 @@ class LlamaCppServer:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("llama.cpp server exited at start (is llama-cpp-python[server] installed?)"
-                                   f"{self._log_tail()}")
+                tail = self._log_tail()
+                self.log.close()
+                raise RuntimeError(f"llama.cpp server exited at start (is llama-cpp-python[server] installed?){tail}")
             try:
                 if httpx.get(self.url + "/v1/models", timeout=2).status_code == 200:
                     return
