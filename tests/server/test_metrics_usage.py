@@ -79,6 +79,9 @@ def test_usage_per_key_and_collection(rag_server: Server) -> None:
 
 
 def test_request_id_is_returned_and_logged(rag_server: Server, caplog: pytest.LogCaptureFixture) -> None:
+    from appliance.server.logging import RequestIdFilter
+
+    caplog.handler.addFilter(RequestIdFilter())  # as configure_logging does on its handlers
     with caplog.at_level(logging.INFO, logger="appliance.access"):
         given = httpx.get(f"{rag_server.url}/health", headers={"X-Request-ID": "trace-42"})
         generated = httpx.get(f"{rag_server.url}/health", headers={"X-Request-ID": "bad id with spaces"})
@@ -109,7 +112,8 @@ def test_log_lines_carry_the_request_id_and_a_logger_that_passes_its_own_keeps_i
         configure_logging("info")
         token = request_id_var.set("ours")
         try:
-            logging.getLogger("ray.serve").info("from ray", extra={"request_id": "theirs"})
+            # a logger of its own: Ray's "ray.serve" does not reach the root handlers once Ray Serve has started
+            logging.getLogger("tests.own_ids").info("from ray", extra={"request_id": "theirs"})
             logging.getLogger("appliance.access").info("from us")
         finally:
             request_id_var.reset(token)
@@ -119,5 +123,5 @@ def test_log_lines_carry_the_request_id_and_a_logger_that_passes_its_own_keeps_i
         root.setLevel(level)
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(" ", 3)[3] for line in lines[-3:]] == [
-        "ray.serve request_id=theirs from ray", "appliance.access request_id=ours from us",
+        "tests.own_ids request_id=theirs from ray", "appliance.access request_id=ours from us",
         "appliance.access request_id=- outside"], lines

@@ -244,9 +244,12 @@ def test_chat_logprobs_are_the_engines(exact_url: str, exact: openai.OpenAI) -> 
     same = exact.completions.create(model="smollm2", prompt=prompt, logprobs=5, max_tokens=12, temperature=0)
     lp = same.choices[0].logprobs
     assert same.choices[0].text == text and lp.tokens == [e.token for e in content]
-    assert lp.token_logprobs == [e.logprob for e in content]  # the same decode: the same numbers
-    assert [list(top.items()) for top in lp.top_logprobs] == \
-        [[(t.token, t.logprob) for t in e.top_logprobs] for e in content]
+    # the same decode, but its prompt now comes from the prefix cache, so its last token is computed in another
+    # shape: CPUs whose matmul kernels depend on the shape (oneDNN with AMX) differ in the 7th digit
+    assert max(abs(a - e.logprob) for a, e in zip(lp.token_logprobs, content, strict=True)) < TOLERANCE
+    for top, e in zip(lp.top_logprobs, content, strict=True):
+        assert list(top) == [t.token for t in e.top_logprobs]
+        assert max(abs(top[t.token] - t.logprob) for t in e.top_logprobs) < TOLERANCE
 
     answer = httpx.post(f"{exact_url}/tokenize", json={"prompt": text, "add_special_tokens": False}).json()["tokens"]
     assert len(answer) == 12  # the answer re-encodes to as many tokens as were generated (checked by text below)
