@@ -56,7 +56,8 @@ class EngineConfig:
     kv_blocks: int | None = None  # overrides kv_cache_mb with an exact block count (tests, benchmarks)
     decode_graphs: str = "auto"  # auto (CUDA graphs on CUDA) | off | eager (the graph path uncaptured: tests)
     int4_decode_tokens: int = 32  # CPU steps of at most this many tokens use 4-bit GGUF weights (0: dense)
-    compiled_decode: bool = True  # CPU decode steps run torch.compile'd layers once built (in the background)
+    compiled_decode: bool = True  # CPU decode steps run compiled code once built (in the background)
+    fused_decode_rows: int = 32  # of those, steps of at most this many sequences: the fused C++ layer (0: never)
 
 
 class Settings(BaseSettings):
@@ -93,6 +94,7 @@ class Settings(BaseSettings):
     threads: int = Field(default=EngineConfig.threads, ge=0)  # engine intra-op threads (0: every CPU)
     cuda_graphs: bool = True  # on CUDA, decode steps replay captured graphs (needs triton)
     compiled_decode: bool = EngineConfig.compiled_decode  # on a CPU, decode steps run compiled layers
+    fused_decode_rows: int = Field(default=EngineConfig.fused_decode_rows, ge=0)  # of those, the fused C++ layer
     conversation_history_tokens: int = Field(default=4096, ge=0)  # earlier turns a follow-up's prompt carries
     followup_rewrite: Literal["fallback", "model", "model+terms"] = "fallback"  # how a follow-up is searched for
     # how an answer is asked for (appliance/rag/answering.py; measured by `appliance bench answers`)

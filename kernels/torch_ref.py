@@ -25,6 +25,7 @@ class TorchPlan:
     decode_rows: torch.Tensor | None = None  # [Bd] token index of each single-token query
     decode_slots: torch.Tensor | None = None  # [Bd, L] cache slots of each sequence's keys (padded)
     decode_bias: torch.Tensor | None = None  # [Bd, 1, 1, L] float32: 0 where the key is visible, -inf elsewhere
+    decode_lens: torch.Tensor | None = None  # [Bd] int64: keys each single-token query sees (its slots' prefix)
     chunks: list[tuple[int, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     # (start, end, slots [L], mask [q, L])
 
@@ -63,6 +64,7 @@ class TorchAttention(AttentionBackend):
             hidden = idx[None, :] >= lens[:, None]
             bias = torch.zeros(hidden.shape, device=device).masked_fill(hidden, float("-inf"))  # [Bd, L]
             plan.decode_bias = bias[:, None, None, :]
+            plan.decode_lens = lens
             plan.decode_rows = torch.tensor([batch.query_start_loc[i] for i in decode], device=device)
         return plan
 

@@ -35,7 +35,14 @@ from typing import Annotated, Any, Protocol
 
 import typer
 
-from appliance.bench.engine_results import BUSY_CORES, EAGER_SUFFIX, OURS_PREFIX, PEERS, compute_ratios
+from appliance.bench.engine_results import (
+    BUSY_CORES,
+    COMPILED_SUFFIX,
+    EAGER_SUFFIX,
+    OURS_PREFIX,
+    PEERS,
+    compute_ratios,
+)
 
 SYSTEM_TIMEOUT_S = 1200
 _TEXT_MODULES = ("argparse", "asyncio", "collections", "contextlib", "dataclasses", "functools",
@@ -103,9 +110,12 @@ def build_workload(model_path: Path, data_dir: Path, prefill_lengths: list[int],
 
 class OursRunner:
     def __init__(self, w: Workload, spec: str) -> None:
-        """`spec`: a dtype, with EAGER_SUFFIX for eager decode layers (else the compiled ones, waited for)."""
+        """`spec`: a dtype, with EAGER_SUFFIX for eager decode layers, COMPILED_SUFFIX for the torch.compile'd ones
+        only, else the engine's default decode (fused and compiled layers, their builds waited for)."""
         from appliance.config import EngineConfig
+        from appliance.engine.compiled_decode import CompiledDecode
         from appliance.engine.engine import LLMEngine
+        from appliance.engine.fused_decode import FusedDecode
         from appliance.engine.loader import load_model
         from appliance.engine.sampling import SamplingParams
 
@@ -114,15 +124,17 @@ class OursRunner:
         per_stream = len(w.decode_prompts[0]) + w.decode_tokens
         pool_tokens = max(longest + 16, max(w.concurrency) * per_stream) * 5 // 4  # no preemption
         kv_mb = pool_tokens * loaded.config.kv_bytes_per_token(4) // 2**20 + 16
-        dtype = spec.removesuffix(EAGER_SUFFIX)
+        dtype = spec.removesuffix(EAGER_SUFFIX).removesuffix(COMPILED_SUFFIX)
         self.engine = LLMEngine(loaded, EngineConfig(
             model=w.model_path, data_dir=Path(w.data_dir), dtype=dtype, kv_cache_mb=kv_mb,
             max_num_batched_tokens=max(2048, longest), max_num_seqs=max(32, max(w.concurrency)),
-            enable_prefix_caching=False, compiled_decode=not spec.endswith(EAGER_SUFFIX)))
-        compiled = self.engine.runner.compiled
-        if compiled is not None:
-            compiled.wait()  # steady state: measure the graphs, not their build
-        self.compile_s = compiled.compile_seconds if compiled is not None else None
+            enable_prefix_caching=False, compiled_decode=not spec.endswith(EAGER_SUFFIX),
+            fused_decode_rows=0 if spec.endswith(COMPILED_SUFFIX) else EngineConfig.fused_decode_rows))
+        runner = self.engine.runner
+        builds: list[CompiledDecode | FusedDecode] = [b for b in (runner.compiled, runner.fused) if b is not None]
+        for b in builds:
+            b.wait()  # steady state: measure the compiled code, not its build (both build at once)
+        self.compile_s = max((b.compile_seconds for b in builds), default=None)
         self._params = SamplingParams
         self._seq = 0
 

@@ -10,8 +10,10 @@ from typing import Any
 OURS_PREFIX = "ours-"
 PEERS = ("hf", "llama-cpp")
 EAGER_SUFFIX = "-eager"  # ours with eager decode layers (no compiled decode): `--dtypes bfloat16,bfloat16-eager`
+COMPILED_SUFFIX = "-compiled"  # ours with torch.compile'd decode layers only (no fused layer)
 LABELS = {"ours-float32": "ours float32", "ours-bfloat16": "ours bfloat16",
           "ours-float32-eager": "ours float32 eager", "ours-bfloat16-eager": "ours bfloat16 eager",
+          "ours-bfloat16-compiled": "ours bfloat16 compiled (no fused layer)",
           "hf": "transformers eager f32", "llama-cpp": "llama.cpp (2 threads)"}
 BUSY_CORES = 0.25  # other processes' CPU use (in cores) above which a measurement counts as disturbed
 

@@ -27,11 +27,12 @@ from appliance.engine.doc_cache.capacity import WarmPlan, plan_warm
 from appliance.engine.doc_cache.connector import DocCacheConnector
 from appliance.engine.doc_cache.disk import disk_bytes_per_token
 from appliance.engine.doc_cache.layout import PromptLayout
+from appliance.engine.fused_decode import FusedDecode, fusable
 from appliance.engine.grammar import GrammarCompiler
 from appliance.engine.info import EngineInfo
 from appliance.engine.loader import LoadedModel, load_model
 from appliance.engine.logprobs import TokenLogprobs
-from appliance.engine.model import CausalLM
+from appliance.engine.model import CausalLM, head_weights
 from appliance.engine.outputs import OutputProcessor, RequestOutput
 from appliance.engine.quant import int4_kernel_available
 from appliance.engine.request import Request
@@ -90,6 +91,11 @@ class LLMEngine:
             self.runner.compiled = CompiledDecode(self.model, self.backend, config.block_size,
                                                   config.data_dir / "compiled")
             self.runner.compiled.start()
+            if config.fused_decode_rows and small_batch and fusable(self.model, loaded.int4):
+                head = head_weights(loaded.config, loaded.weights)
+                self.runner.fused = FusedDecode(self.model, loaded.int4, head, config.data_dir / "compiled",
+                                                min(config.fused_decode_rows, small_batch))
+                self.runner.fused.start()
         self.scheduler = Scheduler(self.block_manager, self.connector, config.max_num_seqs,
                                    config.max_num_batched_tokens, loaded.config.num_layers)
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)

@@ -98,8 +98,7 @@ class CausalLM:
         self.config = cfg
         self.dtype, self.device = dtype, device
         self.embed = weights["model.embed_tokens.weight"].to(dtype=dtype, device=device)  # [V, hidden]
-        head = weights.get("lm_head.weight")
-        head_dense = self.embed if cfg.tie_word_embeddings or head is None else head.to(dtype=dtype, device=device)
+        head_dense = head_weights(cfg, weights).to(dtype=dtype, device=device)
         # only sampled rows reach the head, so it always runs as a small batch; int8 halves what decode reads
         self.lm_head = Linear(head_dense, small_batch=small_batch, int8=small_batch > 0)
         self.norm = weights["model.norm.weight"].to(dtype=torch.float32, device=device)
@@ -157,6 +156,12 @@ class CausalLM:
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> float32 logits [N, V]."""
         return self.lm_head(hidden).float()
+
+
+def head_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The LM head's weights [V, hidden] as loaded: the embeddings when tied (or when no head is stored)."""
+    head = weights.get("lm_head.weight")
+    return weights["model.embed_tokens.weight"] if cfg.tie_word_embeddings or head is None else head
 
 
 def eager_layer_call(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

@@ -13,8 +13,9 @@ import torch
 
 from appliance.engine.compiled_decode import CompiledDecode, is_decode_step
 from appliance.engine.decode_graphs import DecodeGraphs
+from appliance.engine.fused_decode import FusedDecode
 from appliance.engine.logprobs import TokenLogprobs, rows_to_logprobs
-from appliance.engine.model import CausalLM, LayerSpan
+from appliance.engine.model import CausalLM, LayerCall, LayerSpan
 from appliance.engine.sampler import Sampled, Sampler
 from appliance.engine.work import WorkItem
 from kernels.base import AttentionBackend, AttentionBatch
@@ -52,6 +53,7 @@ class ModelRunner:
             model, self.kv_caches, block_size, num_blocks, max_batch, max_blocks, capture=decode_graphs == "capture")
         self.connector: DocCacheConnector | None = None  # the document cache's worker side (LLMEngine attaches it)
         self.compiled: CompiledDecode | None = None  # compiled decode layers on a CPU (LLMEngine attaches them)
+        self.fused: FusedDecode | None = None  # the fused decode layer for a few sequences on a CPU (the same)
 
     def execute(self, items: list[WorkItem]) -> StepSamples:
         """Compute every item's positions through its layers in one forward pass; return what each item that
@@ -89,10 +91,8 @@ class ModelRunner:
             for item, span in zip(items, self._rows(batch), strict=True):
                 if item.entering is not None:
                     x[span] = item.entering
-            compiled = self.compiled if self.compiled is not None and self.compiled.ready \
-                and is_decode_step(items) else None
             leaving = self.model.run_layers(x, batch.positions, self.kv_caches, self.backend,
-                                            self._spans(items, batch), compiled)  # [T, hidden]
+                                            self._spans(items, batch), self._layer_call(items))  # [T, hidden]
             hidden = leaving
         if self.connector is not None:
             self.connector.after_forward(items, leaving, self._rows(batch))
@@ -104,12 +104,22 @@ class ModelRunner:
                            prompt_logprobs=prompt_logprobs)
         last = torch.tensor([batch.query_start_loc[i + 1] - 1 for i in sampling], device=self.model.device)
         rows = hidden[last] if leaving is None else self.model.final_norm(hidden[last])
-        logits = self.model.logits(rows)  # [len(sampling), V]
+        fused = self.fused if self.fused is not None and self.fused.fits(len(sampling)) else None
+        logits = fused.logits(rows) if fused is not None else self.model.logits(rows)  # [len(sampling), V]
         reqs = [items[i].request for i in sampling]
         sampled = self.sampler(logits, [r.params for r in reqs], [r.output_token_ids for r in reqs],
                                [r.grammar for r in reqs])
         sampled.prompt_logprobs = prompt_logprobs
         return sampled
+
+    def _layer_call(self, items: list[WorkItem]) -> LayerCall | None:
+        """How this step's layers run: a decode step of a few sequences through the fused layer, a larger one
+        through the compiled layers, once each is built; anything else (None) eagerly."""
+        if not is_decode_step(items):
+            return None
+        if self.fused is not None and self.fused.fits(len(items)):
+            return self.fused
+        return self.compiled if self.compiled is not None and self.compiled.ready else None
 
     def _score_prompt(self, item: WorkItem, leaving: torch.Tensor, batch: AttentionBatch, index: int
                       ) -> tuple[torch.Tensor, torch.Tensor] | None:

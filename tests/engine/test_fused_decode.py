@@ -1,0 +1,180 @@
+"""The fused CPU decode layer (kernels/cpu_decode, appliance/engine/fused_decode.py): its 4-bit and 8-bit
+matmuls against the dequantized weights, on this CPU's instructions and on the portable loop; one layer against
+the eager layer on the real model; the model's next-token predictions kept (teacher-forced, against the float32
+reference); which steps take it; and a build that fails leaving decode to the other paths."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import pytest
+import torch
+
+from appliance.engine.model import LayerSpan
+from appliance.engine.sampling import SamplingParams
+from kernels.base import AttentionBatch
+from kernels.cpu_decode import build, tile_q4, tile_q8
+
+
+@pytest.fixture(scope="module")
+def builds(model_cache_dir: Path) -> dict[str, object]:
+    """The extension for this CPU and the portable one (x86-64 only), built once into the tests' data dir."""
+    found = {"native": build(model_cache_dir / "compiled")}
+    if platform.machine() in ("x86_64", "AMD64"):
+        found["portable"] = build(model_cache_dir / "compiled", portable=True)
+    return found
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("rows", [1, 4, 5])  # one row, a full group of four, and a group and a remainder
+def test_4bit_and_8bit_matmuls_follow_the_dequantized_weights(builds, rows: int) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    n, k = 48, 96
+    q = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=gen)
+    d = torch.rand(n, k // 32, generator=gen) * 0.02
+    m = -8 * d + torch.randn(n, k // 32, generator=gen) * 1e-3
+    dense4 = (q.view(n, k // 32, 32).float() * d[..., None] + m[..., None]).view(n, k)
+    dense8 = torch.randn(n, k, generator=gen) * 0.05
+    x = torch.randn(rows, k, generator=gen)
+    results = {}
+    for name, ext in builds.items():
+        y4 = ext.q4_matmul(ext.Q4Linear(*tile_q4(q, d, m)), x)  # type: ignore[attr-defined]
+        y8 = ext.q8_matmul(ext.Q8Linear(*tile_q8(dense8)), x)  # type: ignore[attr-defined]
+        # activations rounded to 8 bits per group of 32 cost well under 2% of the output
+        assert _rel(y4, x @ dense4.T) < 0.02, name
+        assert _rel(y8, x @ dense8.T) < 0.02, name
+        results[name] = (y4, y8)
+    if "portable" in results:  # the same integer dot products, summed in another order
+        for fast, slow in zip(results["native"], results["portable"], strict=True):
+            torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_tiles_refuse_shapes_the_kernel_cannot_read() -> None:
+    with pytest.raises(ValueError, match="multiple of 16"):
+        tile_q4(torch.zeros(20, 32, dtype=torch.uint8), torch.zeros(20, 1), torch.zeros(20, 1))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        tile_q8(torch.zeros(16, 40))
+
+
+def test_8bit_tiles_keep_q8_0_weights_exactly() -> None:
+    gen = torch.Generator().manual_seed(0)
+    d = torch.rand(32, 2, generator=gen) * 0.01
+    q = torch.randint(-127, 128, (32, 64), generator=gen).float()
+    q[:, 0], q[:, 32] = 127, -127  # Q8_0 puts the group's largest magnitude at 127
+    weight = (q.view(32, 2, 32) * d[..., None]).view(32, 64)
+    packed, dt, _ = tile_q8(weight)
+    # back from the tiled layout: [tiles, group, chunk, row, 4 inputs] -> [row, input]
+    codes = packed.view(2, 2, 8, 16, 4).permute(0, 3, 1, 2, 4).reshape(32, 64).float()
+    scales = dt.transpose(1, 2).reshape(32, 2)
+    torch.testing.assert_close(codes, q, rtol=0, atol=0)
+    torch.testing.assert_close(scales, d, rtol=1e-6, atol=0)
+
+
+def _with_fused(engine, cache_dir: Path, **options):
+    """`engine` (4-bit decode path) with a fused layer of its own attached, built into `cache_dir`."""
+    from appliance.engine.fused_decode import FusedDecode
+    from appliance.engine.loader import load_model
+    from appliance.engine.model import head_weights
+
+    loaded = load_model("default", engine.config.data_dir)
+    engine.runner.fused = FusedDecode(engine.model, loaded.int4, head_weights(loaded.config, loaded.weights),
+                                      cache_dir, **options)
+    engine.runner.fused.start()
+    return engine.runner.fused
+
+
+def _plan(engine, ids_len: int, new: int, positions: torch.Tensor):
+    """One sequence in blocks 0, 1, ... of the engine's cache (no request holds them in these tests)."""
+    block = engine.config.block_size
+    tables = torch.arange(-(-ids_len // block)).view(1, -1)
+    batch = AttentionBatch([0, new], [ids_len], positions, positions.clone(), tables, block)
+    return batch, engine.backend.plan(batch)
+
+
+def _teacher_forced_logits(engine, ids: list[int], fused: bool) -> torch.Tensor:
+    """Logits predicting ids[t + 1] for t >= 8: a prefill of ids[:9], then one decode step per token, each
+    through the fused layer and head (`fused`) or the engine's eager ones. -> [len(ids) - 9, V]."""
+    model, caches, backend = engine.model, engine.runner.kv_caches, engine.backend
+    out = []
+    with torch.inference_mode():
+        batch, plan = _plan(engine, 9, 9, torch.arange(9))
+        x = model.run_layers(model.embed_tokens(torch.tensor(ids[:9])), batch.positions, caches, backend,
+                             [LayerSpan(0, model.config.num_layers, None, plan)])
+        out.append(model.logits(model.final_norm(x[-1:])))
+        for t in range(9, len(ids) - 1):
+            batch, plan = _plan(engine, t + 1, 1, torch.tensor([t]))
+            call = engine.runner.fused if fused else None
+            x = model.run_layers(model.embed_tokens(torch.tensor([ids[t]])), batch.positions, caches, backend,
+                                 [LayerSpan(0, model.config.num_layers, None, plan)], call)
+            hidden = model.final_norm(x)
+            out.append(engine.runner.fused.logits(hidden) if fused else model.logits(hidden))
+    return torch.cat(out)
+
+
+def test_the_fused_path_keeps_the_model_s_next_token_predictions(make_engine) -> None:
+    """Teacher-forced over real text: the fused path's loss and top-1 agreement with the float32 dense reference are
+    as good as the eager 4-bit path's (the one it replaces), within a small margin."""
+    reference = make_engine()  # float32, dense weights
+    fused = make_engine(dtype="bfloat16", int4_decode_tokens=32)
+    assert _with_fused(fused, fused.config.data_dir / "compiled").wait(600)
+    text = ("The river rises in the hills above the town and runs for forty miles to the sea. In the spring it "
+            "floods the low fields, and the farmers move their sheep to the high ground until the water falls. "
+            "def mean(values):\n    total = sum(values)\n    return total / len(values)\n")
+    ids = fused.tokenizer.encode(text)
+    assert len(ids) > 60
+    target = torch.tensor(ids[9:])
+    want = _teacher_forced_logits(reference, ids, fused=False)
+    results = {}
+    for name, on in (("fused", True), ("eager", False)):
+        logits = _teacher_forced_logits(fused, ids, fused=on)
+        loss = torch.nn.functional.cross_entropy(logits, target).item()
+        agree = (logits.argmax(-1) == want.argmax(-1)).float().mean().item()
+        results[name] = (loss, agree)
+    loss_ref = torch.nn.functional.cross_entropy(want, target).item()
+    (fused_loss, fused_agree), (eager_loss, eager_agree) = results["fused"], results["eager"]
+    assert abs(fused_loss - loss_ref) <= max(0.02 * loss_ref, abs(eager_loss - loss_ref) + 0.01 * loss_ref), results
+    assert fused_agree >= min(0.95, eager_agree - 0.03), results
+
+
+def test_decode_steps_of_few_sequences_run_fused(make_engine) -> None:
+    engine = make_engine(dtype="bfloat16", int4_decode_tokens=32, compiled_decode=True, fused_decode_rows=2)
+    fused = engine.runner.fused  # attached by the engine, as configured
+    assert fused is not None and fused.wait(600), fused.failed
+    ext, calls = fused._ext, {"layer": 0, "head": 0}
+
+    class Counting:  # the extension's functions, counting their calls
+        def __getattr__(self, name):
+            return getattr(ext, name)
+
+        def decode_layer(self, *args):
+            calls["layer"] += 1
+            return ext.decode_layer(*args)
+
+        def q8_matmul(self, *args):
+            calls["head"] += 1
+            return ext.q8_matmul(*args)
+
+    fused._ext = Counting()
+    prompts = [engine.tokenizer.encode(p) for p in ("Paris is the capital of", "The sea is", "One, two,")]
+    params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
+    engine.generate(prompts[:2], params)  # two streams: 5 decode steps fused, the prefill step's head fused
+    layers = engine.model_config.num_layers
+    assert calls == {"layer": 5 * layers, "head": 6}
+    calls.update(layer=0, head=0)
+    engine.generate(prompts, params)  # three streams: more than fused_decode_rows, so none of it runs fused
+    assert calls == {"layer": 0, "head": 0}
+
+
+def test_a_build_that_fails_leaves_decode_to_the_other_paths(make_engine, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    engine = make_engine(dtype="bfloat16", int4_decode_tokens=32)
+    fused = _with_fused(engine, tmp_path)  # a folder of its own: nothing built there to load
+    assert not fused.wait(600)
+    assert fused.failed and not fused.fits(1)
+    out = engine.generate([engine.tokenizer.encode("Paris is the capital of")],
+                          SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
+    assert len(out[0].token_ids) == 8  # served by the eager layers
