@@ -1,4 +1,5 @@
-"""The fused CPU decode layer (`decode_layer.cpp`), compiled on first use with the machine's own C++ compiler.
+"""The fused CPU decode layer (`decode_layer.cpp`, with `quant_matmul.h` and `simd.h`), compiled on first use
+with the machine's own C++ compiler.
 
 `build(cache_dir)` compiles the extension for this CPU (`-march=native`: AVX512-VNNI where the CPU has it, a
 portable loop elsewhere) into a folder named by the source's hash, the CPU's flags and the torch version, so a
@@ -17,6 +18,7 @@ from types import ModuleType
 import torch
 
 SOURCE = Path(__file__).with_name("decode_layer.cpp")
+HEADERS = ("quant_matmul.h", "simd.h")  # what SOURCE includes from this folder
 
 
 def _cpu_flags() -> str:
@@ -30,8 +32,10 @@ def _cpu_flags() -> str:
 
 
 def build_key() -> str:
-    """What the compiled library depends on: the source, the CPU's instruction sets, torch's version."""
+    """What the compiled library depends on: the sources, the CPU's instruction sets, torch's version."""
     digest = hashlib.sha256(SOURCE.read_bytes())
+    for header in HEADERS:
+        digest.update(SOURCE.with_name(header).read_bytes())
     digest.update(_cpu_flags().encode())
     digest.update(torch.__version__.encode())
     return digest.hexdigest()[:16]
