@@ -24,8 +24,9 @@ def test_every_engine_setting_reaches_the_engine(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("APPLIANCE_DOC_CACHE", "off")
     monkeypatch.setenv("APPLIANCE_CUDA_GRAPHS", "false")
     monkeypatch.setenv("APPLIANCE_COMPILED_DECODE", "true")  # the tests' servers run with it false (conftest)
+    monkeypatch.setenv("APPLIANCE_FUSED_DECODE_ROWS", "7")
     config = Settings().engine_config()
-    assert config.compiled_decode
+    assert config.compiled_decode and config.fused_decode_rows == 7
     assert (config.kv_cache_mb, config.blend_ratio, config.doc_cache_kv_format) == (77, 0.5, "model")
     assert config.doc_cache == "off" and not config.enable_prefix_caching and config.decode_graphs == "off"
     shared = [f.name for f in fields(EngineConfig) if f.name in Settings.model_fields]

@@ -156,7 +156,8 @@ def engine_markdown(result: dict[str, Any], plot_note: str) -> str:
     if busy:
         lines += ["", "Other processes' CPU use while each system ran (cores; near 0 = undisturbed, "
                   f"* above {BUSY_CORES}): " + ", ".join(busy) + "."]
-    loads = [f"{LABELS.get(n, n)} {r['load_s']:.1f} s"
+    loads = [f"{LABELS.get(n, n)} {r['load_s']:.1f} s" + (f" (compiled decode then built in the background "
+                                                          f"in {r['compile_s']:.1f} s)" if r.get("compile_s") else "")
              for n, r in result["systems"].items() if r.get("available")]
     lines += ["", "Load time: " + ", ".join(loads) + ".", "", plot_note, "", "Machine:", "",
               machine_markdown(result["machine"]),
