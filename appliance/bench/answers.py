@@ -12,7 +12,9 @@ system reads the same passages (a variant with another k reads the top k of the 
   and the plain pipeline (`plain`: canonical order, the `cite` prompt, no steering) with levers joined by `+`,
   alone and combined: `relevance` (passage order), `short`, `examples` (the prompt), `steer` (steered
   citations), `kN` (N passages), `copyN` (a logit bias of N toward the passages' tokens), `guard` (no third
-  copy in a row of a short block of tokens); `default+lever` pulls a lever on top of the defaults.
+  copy in a row of a short block of tokens); `default+lever` pulls a lever on top of the defaults. One lever is
+  the engine's, not the pipeline's: `fused` decodes as `serve` does (compiled decode, the fused layer; the other
+  systems decode eagerly), its builds waited for before the first question.
 
 Per system: accuracy (the gold answer in the answer's first line) and its ratio to the baseline's with a paired
 bootstrap 95% interval; answers with a supported citation in the text (model-made or steered), and with any
@@ -44,6 +46,7 @@ from appliance.rag.answering import AnswerOptions
 
 if TYPE_CHECKING:
     from appliance.bench.rag_systems import System
+    from appliance.engine.engine import LLMEngine
     from appliance.engine.front import EngineFront
     from appliance.engine.loader import LoadedModel
     from appliance.engine.tokenizer import TextTokenizer
@@ -72,6 +75,7 @@ class Variant:
     name: str
     options: AnswerOptions
     k: int
+    fused: bool = False  # decode through the fused layer (and compiled layers) as `serve` does, else eagerly
 
 
 def parse_variant(spec: str, k: int) -> Variant:
@@ -79,9 +83,11 @@ def parse_variant(spec: str, k: int) -> Variant:
     doc); raises ValueError."""
     levers = spec.split("+")
     options = AnswerOptions() if levers[0] == "default" else PLAIN
-    passages = k
+    passages, fused = k, False
     for lever in levers[1:] if levers[0] in ("default", "plain") else levers:
-        if lever in _LEVERS:
+        if lever == "fused":
+            fused = True
+        elif lever in _LEVERS:
             options = replace(options, **_LEVERS[lever])  # type: ignore[arg-type]
         elif lever.startswith("k") and lever[1:].isdigit() and int(lever[1:]) >= 1:
             passages = int(lever[1:])
@@ -89,8 +95,20 @@ def parse_variant(spec: str, k: int) -> Variant:
             options = replace(options, copy_bias=float(lever[4:]))
         else:
             raise ValueError(f"unknown lever {lever!r} in variant {spec!r} (default, plain, {', '.join(_LEVERS)}, kN, "
-                             "copyN)")
-    return Variant(spec, options, passages)
+                             "copyN, fused)")
+    return Variant(spec, options, passages, fused)
+
+
+def _variant_engine(loaded: LoadedModel, root: Path, fused: bool) -> LLMEngine:
+    """A fresh engine for one variant: eager decode, or (`fused`) serving's compiled decode, its builds done."""
+    from appliance.config import EngineConfig
+    from appliance.engine.engine import LLMEngine
+
+    engine = LLMEngine(loaded, EngineConfig(data_dir=root, compiled_decode=fused))
+    for build in (engine.runner.compiled, engine.runner.fused):
+        if build is not None:
+            build.wait()
+    return engine
 
 
 def _is_number(text: str) -> bool:
@@ -210,9 +228,7 @@ def run_answers_bench(corpus: Path = CORPUS, data_dir: Path | None = None, quest
     import torch
 
     from appliance.bench.rag_systems import LlamaCppServer, OurEngine
-    from appliance.config import EngineConfig
     from appliance.engine.async_engine import AsyncEngine
-    from appliance.engine.engine import LLMEngine
     from appliance.engine.loader import load_model, resolve_model_path
     from retrieval.service import RetrievalService
 
@@ -243,7 +259,7 @@ def run_answers_bench(corpus: Path = CORPUS, data_dir: Path | None = None, quest
                 for _, system in baselines:
                     system.close()
             for variant in parsed:  # a fresh engine each: no variant reads KV another one's requests left
-                engine = AsyncEngine(LLMEngine(loaded, EngineConfig(data_dir=root, compiled_decode=False)))
+                engine = AsyncEngine(_variant_engine(loaded, root, variant.fused))
                 try:
                     answers[variant.name] = asyncio.run(_all(gold, partial(_ask, engine, service, variant,
                                                                            collection, max_tokens)))

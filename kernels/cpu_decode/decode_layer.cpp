@@ -105,6 +105,10 @@ torch::Tensor decode_layer(const Layer& layer, const torch::Tensor& x, const tor
                            const torch::Tensor& lens) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous(), "x: contiguous float32");
   TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && key_slots.is_contiguous(), "contiguous tables");
+  TORCH_CHECK(write_slots.scalar_type() == torch::kInt64 && key_slots.scalar_type() == torch::kInt64 &&
+                  lens.scalar_type() == torch::kInt64, "slots and lengths: int64");
+  TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.size(2) == layer.kv_heads &&
+                  k_cache.size(3) == layer.dim, "caches: contiguous [blocks, block_size, kv_heads, dim]");
   const int64_t rows = x.size(0), hidden = x.size(1);
   const int64_t heads = layer.heads, kv_heads = layer.kv_heads, dim = layer.dim;
   const int64_t q_width = heads * dim, kv_width = kv_heads * dim, qkv_width = q_width + 2 * kv_width;
