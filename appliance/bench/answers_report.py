@@ -69,7 +69,8 @@ def answers_markdown(result: dict[str, Any]) -> str:
         "(`relevance`: most relevant passage last; `kN`: N passages; `short`: answer first, then one supporting "
         "sentence with its citation; `examples`: `short` with a worked example in the system prefix; `steer`: "
         "citations steered at sentence ends; `copyN`: a logit bias of N toward the passages' own tokens; `guard`: "
-        "no third copy in a row of a short block of tokens).",
+        "no third copy in a row of a short block of tokens; `fused`: decoding as `serve` does, through the fused "
+        "layer, where the other rows decode eagerly).",
         "",
         *_table(systems, reference),
     ]
@@ -106,7 +107,8 @@ def bench_answers(
     k: Annotated[int, typer.Option(min=1, max=20, help="passages per question")] = 5,
     max_tokens: Annotated[int, typer.Option(min=1, help="longest answer in tokens")] = 64,
     variants: Annotated[str, typer.Option(help="the appliance's rows, comma-separated: default or levers joined "
-                                               "by + (plain, relevance, short, examples, steer, kN, copyN, guard)")
+                                               "by + (plain, relevance, short, examples, steer, kN, copyN, guard, "
+                                               "fused)")
                         ] = ",".join(DEFAULT_VARIANTS),
     llama_cpp: Annotated[bool, typer.Option("--llama-cpp/--no-llama-cpp", help="run the baseline on llama.cpp "
                                             "too (needs the bench extra)")] = True,

@@ -28,6 +28,8 @@ def test_variants_parse_into_options() -> None:
     assert parse_variant("default+copy1.5", 5).options == AnswerOptions(copy_bias=1.5)
     assert parse_variant("steer+copy2", 5).options == replace(PLAIN, steer_citations=True, copy_bias=2.0)
     assert parse_variant("default+guard", 5).options == replace(AnswerOptions(), loop_guard=True)
+    fused = parse_variant("default+fused", 5)  # the engine's lever: the pipeline's options stay the defaults
+    assert fused.fused and fused.options == AnswerOptions() and not parse_variant("default", 5).fused
     assert not PLAIN.loop_guard
     assert parse_variant("plain", 5).options == PLAIN and not PLAIN.steer_citations and PLAIN.prompt == "cite"
     with pytest.raises(ValueError, match="unknown lever"):
