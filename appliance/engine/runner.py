@@ -53,7 +53,7 @@ class ModelRunner:
             model, self.kv_caches, block_size, num_blocks, max_batch, max_blocks, capture=decode_graphs == "capture")
         self.connector: DocCacheConnector | None = None  # the document cache's worker side (LLMEngine attaches it)
         self.compiled: CompiledDecode | None = None  # compiled decode layers on a CPU (LLMEngine attaches them)
-        self.fused: FusedDecode | None = None  # the fused decode layer for a few sequences on a CPU (the same)
+        self.fused: FusedDecode | None = None  # the fused decode layer on a CPU (LLMEngine attaches it too)
 
     def execute(self, items: list[WorkItem]) -> StepSamples:
         """Compute every item's positions through its layers in one forward pass; return what each item that
