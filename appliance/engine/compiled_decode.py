@@ -16,25 +16,20 @@ compiler, say) is logged once and decode stays eager.
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from appliance.engine.background_build import BackgroundBuild
 from appliance.engine.model import eager_layer_call
 from appliance.engine.work import WorkItem
-from appliance.openmp import release_openmp_workers
 from kernels.base import AttentionBackend, AttentionBatch
 
 if TYPE_CHECKING:
     from appliance.engine.model import CausalLM, DecoderLayer
-
-log = logging.getLogger("appliance.engine")
 
 
 def is_decode_step(items: list[WorkItem]) -> bool:
@@ -43,53 +38,32 @@ def is_decode_step(items: list[WorkItem]) -> bool:
                and item.last_layer is None and item.entering is None for item in items)
 
 
-class CompiledDecode:
+class CompiledDecode(BackgroundBuild):
     """Contract: a `LayerCall` (`model.eager_layer_call`, compiled), for decode steps only (`is_decode_step`),
-    usable once `ready`; built by `start` on a background thread (`wait` joins it)."""
+    usable once `ready`; built by `start` on a background thread (`wait` joins it: `BackgroundBuild`)."""
 
     WARM_BATCHES = (1, 3)  # a batch of one, and one that stands for every larger batch
     WARM_CONTEXT = 37  # context length of the warm-up steps (any length > 1 not tied to the cache's size)
 
+    name = "compiled decode"
+    fallback = "decode steps stay eager"
+
     def __init__(self, model: CausalLM, backend: AttentionBackend, block_size: int, cache_dir: Path,
                  compiler: str | Callable[..., Any] = "inductor") -> None:
         """`compiler`: torch.compile's backend (Inductor's C++ code; tests pass one that fails)."""
+        super().__init__()
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))
         self.model, self.backend, self.block_size = model, backend, block_size
         self._compiled = torch.compile(eager_layer_call, backend=compiler, dynamic=True)
-        self.ready = False
-        self.failed: str | None = None
-        self.compile_seconds = 0.0
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Build the graphs on a background thread; decode stays eager until they exist."""
-        self._thread = threading.Thread(target=self._build, name="compile-decode", daemon=True)
-        self._thread.start()
-
-    def wait(self, timeout_s: float | None = None) -> bool:
-        """Join the build (tests, benchmarks); whether the graphs are ready."""
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        return self.ready
 
     def __call__(self, layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                  k_cache: torch.Tensor, v_cache: torch.Tensor, backend: AttentionBackend, plan: Any) -> torch.Tensor:
         return self._compiled(layer, x, cos, sin, k_cache, v_cache, backend, plan)
 
-    def _build(self) -> None:
-        started = time.perf_counter()
-        try:
-            for batch_size in self.WARM_BATCHES:
-                self._warm_step(batch_size)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure leaves the eager path serving
-            self.failed = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"  # one line
-            log.warning("compiled decode unavailable, decode steps stay eager (%s)", self.failed)
-            return
-        finally:
-            release_openmp_workers()  # this thread's team would throttle the engine thread's (appliance/openmp.py)
-        self.compile_seconds = time.perf_counter() - started
-        self.ready = True
-        log.info("compiled decode ready after %.1f s", self.compile_seconds)
+    def _build(self) -> str:
+        for batch_size in self.WARM_BATCHES:
+            self._warm_step(batch_size)
+        return ""
 
     def _warm_step(self, batch_size: int) -> None:
         """One decode step of `batch_size` sequences through every layer, over a scratch cache of its own, made

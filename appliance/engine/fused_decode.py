@@ -1,4 +1,4 @@
-"""Decode steps of a few sequences on the CPU through one fused C++ call per layer (`kernels/cpu_decode`).
+"""Decode steps of up to `max_rows` sequences on the CPU through one fused C++ call per layer (`kernels/cpu_decode`).
 
 A decode step of one stream is bound by per-op overhead: even compiled (`compiled_decode.py`), a layer is ~13
 calls, each paying dispatch, guard and thread-team costs, and torch's 4-bit matmul unpacks weights at a third
@@ -14,22 +14,17 @@ decode keeps the other paths.
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from appliance.engine.background_build import BackgroundBuild
 from appliance.engine.quant import Int4Weight
-from appliance.openmp import release_openmp_workers
 from kernels.base import AttentionBackend
 
 if TYPE_CHECKING:
     from appliance.engine.model import CausalLM, DecoderLayer
-
-log = logging.getLogger("appliance.engine")
 
 _PROJECTIONS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
                 "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
@@ -51,16 +46,20 @@ def fusable(model: CausalLM, int4: dict[str, Int4Weight]) -> bool:
     return True
 
 
-class FusedDecode:
+class FusedDecode(BackgroundBuild):
     """Contract: a `LayerCall` for decode steps (`compiled_decode.is_decode_step`) of at most `max_rows`
     sequences over the torch attention backend's plan, usable once `ready`; built by `start` on a background
-    thread (`wait` joins it). Holds the loader's 4-bit weights only until they are tiled."""
+    thread (`wait` joins it: `BackgroundBuild`). Holds the loader's 4-bit weights only until they are tiled."""
+
+    name = "fused decode"
+    fallback = "decode steps keep the other paths"
 
     def __init__(self, model: CausalLM, int4: dict[str, Int4Weight], head: torch.Tensor, cache_dir: Path,
                  max_rows: int = 32, portable: bool = False) -> None:
         """`int4`: the loader's 4-bit weights; `head`: the LM head's float weights [V, hidden] (the GGUF's Q8_0
         values, which `tile_q8` keeps exactly); `portable`: the loop every x86-64 CPU runs instead of this CPU's
         instructions (tests)."""
+        super().__init__()
         self.model, self.cache_dir, self.max_rows, self.portable = model, cache_dir, max_rows, portable
         self._int4: dict[str, Int4Weight] | None = int4
         self._head_source: torch.Tensor | None = head
@@ -68,21 +67,6 @@ class FusedDecode:
         self._head: Any = None
         self._ext: Any = None
         self._tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (cos given, cos, sin)
-        self.ready = False
-        self.failed: str | None = None
-        self.compile_seconds = 0.0
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Compile (or load) the extension and tile the weights on a background thread."""
-        self._thread = threading.Thread(target=self._build, name="fused-decode", daemon=True)
-        self._thread.start()
-
-    def wait(self, timeout_s: float | None = None) -> bool:
-        """Join the build (tests, benchmarks); whether the fused layer is ready."""
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        return self.ready
 
     def fits(self, num_seqs: int) -> bool:
         """Whether a decode step of `num_seqs` sequences runs here."""
@@ -105,27 +89,18 @@ class FusedDecode:
             self._tables = (cos, cos.reshape(cos.shape[0], -1).float(), sin.reshape(sin.shape[0], -1).float())
         return self._tables[1], self._tables[2]
 
-    def _build(self) -> None:
-        started = time.perf_counter()
-        try:
-            from kernels.cpu_decode import build, tile_q8
+    def _build(self) -> str:
+        from kernels.cpu_decode import build, tile_q8
 
-            self._ext = build(self.cache_dir, portable=self.portable)
-            for i, layer in enumerate(self.model.layers):
-                self._layers[id(layer)] = self._layer(i, layer)
-            assert self._head_source is not None
-            self._head = self._ext.Q8Linear(*tile_q8(self._head_source))
-        except Exception as exc:  # noqa: BLE001 - any build failure leaves the other decode paths serving
-            self.failed = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"  # one line
-            log.warning("fused decode unavailable, decode steps keep the other paths (%s)", self.failed)
-            return
-        finally:
-            self._int4 = self._head_source = None
-            release_openmp_workers()  # this thread's team would throttle the engine thread's (appliance/openmp.py)
-        self.compile_seconds = time.perf_counter() - started
-        self.ready = True
-        log.info("fused decode ready after %.1f s (%s)", self.compile_seconds,
-                 "AVX512-VNNI" if self._ext.vnni else "portable loop")
+        self._ext = build(self.cache_dir, portable=self.portable)
+        for i, layer in enumerate(self.model.layers):
+            self._layers[id(layer)] = self._layer(i, layer)
+        assert self._head_source is not None
+        self._head = self._ext.Q8Linear(*tile_q8(self._head_source))
+        return "AVX512-VNNI" if self._ext.vnni else "portable loop"
+
+    def _done(self) -> None:
+        self._int4 = self._head_source = None  # tiled now, or never to be
 
     def _layer(self, index: int, layer: DecoderLayer) -> Any:
         """The extension's Layer for decoder layer `index`: its four projections tiled, norms, shapes."""

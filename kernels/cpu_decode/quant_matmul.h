@@ -53,6 +53,25 @@ struct Q4Linear {
 constexpr int64_t kTile = 16;  // output rows per tile
 constexpr int64_t kMaxRows = 4;  // activation rows computed together over one unpacked weight tile
 
+// The portable loop of either weight format, for rows r0..r0+nr-1 of tile `tile`: per row and group of 32 inputs,
+// `group_dot(g, xq, dot)` adds the group's integer products into dot[16] (xq: the row's 32 rounded inputs) and
+// `scale(g, at, dot, acc)` folds them into the row's 16 float sums (at: the row's group index into xs, xsum).
+template <typename GroupDot, typename Scale>
+void portable_tile(const QuantizedRows& x, int64_t N, int64_t tile, int64_t r0, int64_t nr, float* y,
+                   GroupDot group_dot, Scale scale) {
+  const int64_t K = x.cols, groups = K / kGroup;
+  for (int64_t j = 0; j < nr; ++j) {
+    const int64_t r = r0 + j;
+    float acc[kTile] = {};
+    for (int64_t g = 0; g < groups; ++g) {
+      int32_t dot[kTile] = {};
+      group_dot(g, x.xq.data() + r * K + g * kGroup, dot);
+      scale(g, r * groups + g, dot, acc);
+    }
+    std::memcpy(y + r * N + tile * kTile, acc, sizeof(acc));
+  }
+}
+
 // Rows r0..r0+nr-1 (nr <= kMaxRows) of y for output tile `tile` (16 outputs), written at y[r * N + tile * 16].
 void q4_tile(const Q4Linear& w, const QuantizedRows& x, int64_t tile, int64_t r0, int64_t nr, float* y) {
   const int64_t K = w.k(), N = w.n(), groups = K / kGroup;
@@ -89,26 +108,23 @@ void q4_tile(const Q4Linear& w, const QuantizedRows& x, int64_t tile, int64_t r0
   }
   for (int64_t j = 0; j < nr; ++j) _mm512_storeu_ps(y + (r0 + j) * N + tile * kTile, acc[j]);
 #else
-  for (int64_t j = 0; j < nr; ++j) {
-    const int64_t r = r0 + j;
-    float acc[kTile] = {};
-    for (int64_t g = 0; g < groups; ++g) {
-      int32_t dot[kTile] = {};
-      for (int64_t c = 0; c < 4; ++c) {
-        const uint8_t* chunk = wq + (g * 4 + c) * 64;
-        const int8_t* xq = x.xq.data() + r * K + g * kGroup + c * 8;
+  portable_tile(
+      x, N, tile, r0, nr, y,
+      [&](int64_t g, const int8_t* xq, int32_t* dot) {
+        for (int64_t c = 0; c < 4; ++c) {
+          const uint8_t* chunk = wq + (g * 4 + c) * 64;
+          for (int64_t n = 0; n < kTile; ++n)
+            for (int64_t b = 0; b < 4; ++b) {
+              const uint8_t byte = chunk[n * 4 + b];
+              dot[n] += static_cast<int32_t>(byte & 0x0F) * xq[c * 8 + b] +
+                        static_cast<int32_t>(byte >> 4) * xq[c * 8 + 4 + b];
+            }
+        }
+      },
+      [&](int64_t g, int64_t at, const int32_t* dot, float* acc) {
         for (int64_t n = 0; n < kTile; ++n)
-          for (int64_t b = 0; b < 4; ++b) {
-            const uint8_t byte = chunk[n * 4 + b];
-            dot[n] += static_cast<int32_t>(byte & 0x0F) * xq[b] + static_cast<int32_t>(byte >> 4) * xq[4 + b];
-          }
-      }
-      const float xs = x.xs[r * groups + g], xsum = x.xsum[r * groups + g];
-      for (int64_t n = 0; n < kTile; ++n)
-        acc[n] += static_cast<float>(dot[n]) * d[g * kTile + n] * xs + m[g * kTile + n] * xsum;
-    }
-    std::memcpy(y + r * N + tile * kTile, acc, sizeof(acc));
-  }
+          acc[n] += static_cast<float>(dot[n]) * d[g * kTile + n] * x.xs[at] + m[g * kTile + n] * x.xsum[at];
+      });
 #endif
 }
 
@@ -152,22 +168,18 @@ void q8_tile(const Q8Linear& w, const QuantizedRows& x, int64_t tile, int64_t r0
   }
   for (int64_t j = 0; j < nr; ++j) _mm512_storeu_ps(y + (r0 + j) * N + tile * kTile, acc[j]);
 #else
-  for (int64_t j = 0; j < nr; ++j) {
-    const int64_t r = r0 + j;
-    float acc[kTile] = {};
-    for (int64_t g = 0; g < groups; ++g) {
-      int32_t dot[kTile] = {};
-      for (int64_t c = 0; c < 8; ++c) {
-        const int8_t* chunk = wq + (g * 8 + c) * 64;
-        const int8_t* xq = x.xq.data() + r * K + g * kGroup + c * 4;
-        for (int64_t n = 0; n < kTile; ++n)
-          for (int64_t b = 0; b < 4; ++b) dot[n] += static_cast<int32_t>(chunk[n * 4 + b]) * xq[b];
-      }
-      const float xs = x.xs[r * groups + g];
-      for (int64_t n = 0; n < kTile; ++n) acc[n] += static_cast<float>(dot[n]) * d[g * kTile + n] * xs;
-    }
-    std::memcpy(y + r * N + tile * kTile, acc, sizeof(acc));
-  }
+  portable_tile(
+      x, N, tile, r0, nr, y,
+      [&](int64_t g, const int8_t* xq, int32_t* dot) {
+        for (int64_t c = 0; c < 8; ++c) {
+          const int8_t* chunk = wq + (g * 8 + c) * 64;
+          for (int64_t n = 0; n < kTile; ++n)
+            for (int64_t b = 0; b < 4; ++b) dot[n] += static_cast<int32_t>(chunk[n * 4 + b]) * xq[c * 4 + b];
+        }
+      },
+      [&](int64_t g, int64_t at, const int32_t* dot, float* acc) {
+        for (int64_t n = 0; n < kTile; ++n) acc[n] += static_cast<float>(dot[n]) * d[g * kTile + n] * x.xs[at];
+      });
 #endif
 }
 
