@@ -20,15 +20,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from appliance.engine.background_build import BackgroundBuild
+from appliance.engine.model import PROJECTIONS
 from appliance.engine.quant import Int4Weight
 from kernels.base import AttentionBackend
 
 if TYPE_CHECKING:
     from appliance.engine.model import CausalLM, DecoderLayer
-
-_PROJECTIONS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
-                "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
-
 
 def fusable(model: CausalLM, int4: dict[str, Int4Weight]) -> bool:
     """Whether every projection of every layer has 4-bit weights that tile (rows % 16, columns % 32), and so does
@@ -36,7 +33,7 @@ def fusable(model: CausalLM, int4: dict[str, Int4Weight]) -> bool:
     if model.config.vocab_size % 16 or model.config.hidden_size % 32:
         return False
     for i in range(model.config.num_layers):
-        for parts in _PROJECTIONS.values():
+        for parts in PROJECTIONS.values():
             names = [f"model.layers.{i}.{p}.weight" for p in parts]
             if any(n not in int4 for n in names):
                 return False
@@ -109,7 +106,7 @@ class FusedDecode(BackgroundBuild):
         assert self._int4 is not None
         biases = {"qkv": layer.qkv.bias}
         linears = {}
-        for name, parts in _PROJECTIONS.items():
+        for name, parts in PROJECTIONS.items():
             weight = Int4Weight.cat([self._int4[f"model.layers.{index}.{p}.weight"] for p in parts])
             # w = (q - 8) * scale + zero  ==  q * d + m
             packed, d, m = tile_q4(weight.q, weight.scale, weight.zero - 8 * weight.scale)

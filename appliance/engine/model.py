@@ -23,6 +23,10 @@ KVPair = tuple[torch.Tensor, torch.Tensor]  # (k_cache, v_cache) of one layer, e
 LayerCall = Callable[["DecoderLayer", torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                       AttentionBackend, Any], torch.Tensor]
 
+# A layer's fused projections, each the stored weights (under "model.layers.<i>.") whose rows it concatenates
+PROJECTIONS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",),
+               "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
+
 
 class DecoderLayer:
     """One transformer block: RMSNorm -> attention -> RMSNorm -> SwiGLU MLP, both with residuals."""
@@ -39,11 +43,10 @@ class DecoderLayer:
             return Linear(torch.cat([get(n + ".weight") for n in names]),
                           torch.cat([get(n + ".bias") for n in names]) if bias else None, packed, small_batch)
 
-        attn = "self_attn."
-        self.qkv = linear(attn + "q_proj", attn + "k_proj", attn + "v_proj", bias=cfg.attention_bias)
-        self.o_proj = linear(attn + "o_proj")  # [hidden, H * D]
-        self.gate_up = linear("mlp.gate_proj", "mlp.up_proj")  # [2I, hidden]
-        self.down = linear("mlp.down_proj")  # [hidden, I]
+        self.qkv = linear(*PROJECTIONS["qkv"], bias=cfg.attention_bias)
+        self.o_proj = linear(*PROJECTIONS["o"])  # [hidden, H * D]
+        self.gate_up = linear(*PROJECTIONS["gate_up"])  # [2I, hidden]
+        self.down = linear(*PROJECTIONS["down"])  # [hidden, I]
         # The residual stream stays float32 whatever the dtype (more accurate, and float32 RMSNorm is cheaper
         # on CPU than bf16 with its internal up-casts); norms hand the matmuls their input in `dtype`.
         self.input_norm = w[prefix + "input_layernorm.weight"].to(dtype=torch.float32, device=device)

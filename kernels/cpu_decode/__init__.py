@@ -66,17 +66,11 @@ def tile_q4(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> tuple[torch.Te
     packed [N, K // 2] uint8, d and m [N // 16, K // 32, 16] float32. By tiles of 16 output rows, each group
     of 32 inputs is 4 chunks of 64 bytes; in chunk c, bytes 4n..4n+3 hold the tile's row n's inputs
     8c..8c+3 in their low nibbles and 8c+4..8c+7 in their high nibbles."""
-    n, k = q.shape
-    if n % TILE or k % 32:
-        raise ValueError(f"a [{n}, {k}] weight does not tile: rows must be a multiple of 16, columns of 32")
+    n, k = _tiles(q)
     codes = q.view(n // TILE, TILE, k // 32, 4, 8)  # [tiles, row, group, chunk, 8 inputs]
     pairs = codes[..., :4] | (codes[..., 4:] << 4)  # [tiles, row, group, chunk, 4 bytes]
     packed = pairs.permute(0, 2, 3, 1, 4).contiguous().view(n, k // 2)  # [tiles, group, chunk, row, byte]
-
-    def tiled(t: torch.Tensor) -> torch.Tensor:
-        return t.float().reshape(n // TILE, TILE, k // 32).transpose(1, 2).contiguous()
-
-    return packed, tiled(d), tiled(m)
+    return packed, _tiled_groups(d), _tiled_groups(m)
 
 
 def tile_q8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,16 +80,24 @@ def tile_q8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     w: [N, K] float (N a multiple of 16, K of 32) -> packed [N, K] int8, d and corr [N // 16, K // 32, 16]
     float32, corr = 128 * the group's sum of q. By tiles of 16 output rows, each group of 32 inputs is 8 chunks
     of 64 bytes; in chunk c, bytes 4n..4n+3 hold the tile's row n's inputs 4c..4c+3."""
-    n, k = w.shape
-    if n % TILE or k % 32:
-        raise ValueError(f"a [{n}, {k}] weight does not tile: rows must be a multiple of 16, columns of 32")
+    n, k = _tiles(w)
     groups = w.float().view(n, k // 32, 32)
     d = groups.abs().amax(-1) / 127  # [N, K // 32]
     q = torch.where(d[..., None] > 0, groups / d[..., None].clamp(min=1e-30), 0).round().to(torch.int8)
     codes = q.view(n // TILE, TILE, k // 32, 8, 4)  # [tiles, row, group, chunk, 4 inputs]
     packed = codes.permute(0, 2, 3, 1, 4).contiguous().view(n, k)  # [tiles, group, chunk, row, input]
+    return packed, _tiled_groups(d), _tiled_groups(128 * q.int().sum(-1))
 
-    def tiled(t: torch.Tensor) -> torch.Tensor:
-        return t.float().reshape(n // TILE, TILE, k // 32).transpose(1, 2).contiguous()
 
-    return packed, tiled(d), tiled(128 * q.int().sum(-1))
+def _tiles(w: torch.Tensor) -> tuple[int, int]:
+    """w's shape [N, K]; raises ValueError unless its rows tile by 16 and its columns group by 32."""
+    n, k = w.shape
+    if n % TILE or k % 32:
+        raise ValueError(f"a [{n}, {k}] weight does not tile: rows must be a multiple of 16, columns of 32")
+    return n, k
+
+
+def _tiled_groups(t: torch.Tensor) -> torch.Tensor:
+    """Per-group values [N, K // 32] -> [N // 16, K // 32, 16] float32: a tile's 16 rows side by side per group."""
+    n, groups = t.shape
+    return t.float().reshape(n // TILE, TILE, groups).transpose(1, 2).contiguous()

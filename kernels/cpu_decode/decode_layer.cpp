@@ -47,7 +47,7 @@ void attend(const float* q, const float* k, const float* v, T* k_cache, T* v_cac
   const int64_t group = heads / kv_heads;
   const float scale = 1.f / std::sqrt(static_cast<float>(dim));
   at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, acc(group * dim);
+    std::vector<float> scores, acc(group * dim), totals(group);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / kv_heads, g = task % kv_heads, len = lens[r];
       const float* qg = q + (r * heads + g * group) * dim;  // [group, dim]: the query heads of KV head g
@@ -58,7 +58,6 @@ void attend(const float* q, const float* k, const float* v, T* k_cache, T* v_cac
         for (int64_t j = 0; j < group; ++j) scores[j * len + t] = dot(qg + j * dim, kt, dim) * scale;
       }
       std::fill(acc.begin(), acc.end(), 0.f);
-      std::vector<float> totals(group);
       for (int64_t j = 0; j < group; ++j) totals[j] = exp_shifted(scores.data() + j * len, len);
       for (int64_t t = 0; t < len; ++t) {
         const T* vt = v_cache + slots[t] * kv_width + g * dim;
