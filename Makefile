@@ -69,8 +69,10 @@ test: test-system-deps lint typecheck deploy-check unit
 LLAMA_CPP_CMAKE_ARGS := $(if $(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null && echo amx),-DGGML_NATIVE=OFF \
 	-DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON \
 	-DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON)
+# llama-server (the peer of `appliance bench api`) is built from the same llama.cpp, with the same flags.
 bench-extra: setup
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) install --quiet '.[bench]'
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" scripts/build_llama_server.sh $(VENV)
 
 bench-engine: bench-extra
 	$(VENV)/bin/appliance bench engine

@@ -105,9 +105,7 @@ def _variant_engine(loaded: LoadedModel, root: Path, fused: bool) -> LLMEngine:
     from appliance.engine.engine import LLMEngine
 
     engine = LLMEngine(loaded, EngineConfig(data_dir=root, compiled_decode=fused))
-    for build in (engine.runner.compiled, engine.runner.fused):
-        if build is not None:
-            build.wait()
+    engine.runner.wait_for_builds()
     return engine
 
 

@@ -1,12 +1,16 @@
-"""`appliance bench api`: does the HTTP API cost the engine anything, and does it answer while the engine works?
+"""`appliance bench api`: does the HTTP API cost the engine anything, does it answer while the engine works, and
+how does it compare with llama.cpp's own server?
 
 Systems, interleaved in rounds (the order rotating, so the machine's drift spreads over all of them):
 `engine process` (`appliance serve` as shipped: the engine steps in its own process), `engine thread` (the
 same server with APPLIANCE_ENGINE_PROCESS=false: the step loop on a thread of the server process, sharing its
-GIL) and `in-process` (the same engine configuration stepped directly by this process, no HTTP: the reference).
+GIL), `in-process` (the same engine configuration stepped directly by this process, no HTTP: the reference) and
+`llama-server` (llama.cpp's C++ OpenAI server on the same GGUF, 16 slots, 2 threads; when built: `make
+bench-extra`). Ours decode as `serve` does (compiled decode and the fused layer), their background builds waited
+for before a server is measured.
 
-Phases of each run, all greedy with `ignore_eos`: one stream; 16 streams at once; then "full load": 16 streams
-decoding while a ~2k-token prompt arrives, with `/health` probed every 50 ms and, the queue being full
+Phases of each run, all greedy with `ignore_eos`: one stream; 16 streams at once; then, for ours, "full load":
+16 streams decoding while a ~2k-token prompt arrives, with `/health` probed every 50 ms and, the queue being full
 (APPLIANCE_MAX_QUEUE=17), one more request every 100 ms that the server refuses (503). The probes come from a
 process of their own, as a load balancer's health checks would: timed in the event loop that also reads the
 16 streams, they would include that loop's own lag. A stream's decode rate
@@ -31,6 +35,7 @@ import httpx
 import typer
 
 from appliance.bench.itl import percentile
+from appliance.bench.llama_server import find_llama_server, llama_serving
 from appliance.bench.machine import describe_machine
 from appliance.bench.served import serving
 
@@ -40,10 +45,11 @@ if TYPE_CHECKING:
 
 SERVERS = {"engine process": "true", "engine thread": "false"}  # APPLIANCE_ENGINE_PROCESS
 REFERENCE = "in-process"
+PEER = "llama-server"
 QUEUE = 17  # 16 streams + the long prompt: every further request is refused
-# eager decode layers everywhere: a compiled build in the background would overlap the first measurements
 ENV = {"APPLIANCE_MAX_QUEUE": str(QUEUE), "APPLIANCE_WARMUP_TOKENS": "0", "APPLIANCE_RATE_LIMIT_PER_MINUTE": "0",
-       "APPLIANCE_KV_CACHE_MB": "1024", "APPLIANCE_COMPILED_DECODE": "false"}
+       "APPLIANCE_KV_CACHE_MB": "1024"}
+PEER_CONTEXT = 512  # tokens per llama-server slot: a prompt and `decode_tokens` fit
 LOAD_STREAM_TOKENS = 512  # the load phase's streams outlast the long prompt (and are cancelled once it is answered)
 TOPICS = ("the sea", "a mountain", "a city at night", "an old library", "the desert", "a river", "winter",
           "a forest", "a lighthouse", "the moon", "a train journey", "a market", "a storm", "a garden", "a bridge",
@@ -112,15 +118,18 @@ def probe(url: str, go: Event, stop: Event, results: Connection) -> None:
     results.send((health, refusals, unexpected))
 
 
-async def _server_phases(url: str, long_prompt: str, decode_tokens: int) -> dict[str, Any]:
+async def _server_phases(url: str, long_prompt: str | None, decode_tokens: int) -> dict[str, Any]:
+    """One stream, 16 streams, and (given the long prompt) the full-load phase."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         await _stream(client, "warming up", 8)
         one = await _stream(client, TOPICS[0], decode_tokens)
         many = await asyncio.gather(*(_stream(client, t, decode_tokens) for t in TOPICS))
-        return {"1": stream_figures([one[0]], [one[1]]),
-                "16": stream_figures([t for t, _ in many], [n for _, n in many]),
-                "load": await _full_load(client, long_prompt)}
+        phases = {"1": stream_figures([one[0]], [one[1]]),
+                  "16": stream_figures([t for t, _ in many], [n for _, n in many])}
+        if long_prompt is not None:
+            phases["load"] = await _full_load(client, long_prompt)
+        return phases
 
 
 async def _full_load(client: httpx.AsyncClient, long_prompt: str) -> dict[str, Any]:
@@ -200,21 +209,31 @@ def run_api_bench(repeats: int, decode_tokens: int, say: Callable[[str], None] =
     """Every system `repeats` times, interleaved; the raw runs and their medians."""
     from appliance.config import Settings
     from appliance.engine.engine import LLMEngine
+    from appliance.engine.loader import resolve_model_path
     from appliance.openmp import release_openmp_workers
 
-    settings = Settings(max_queue=QUEUE, kv_cache_mb=int(ENV["APPLIANCE_KV_CACHE_MB"]), compiled_decode=False)
+    settings = Settings(max_queue=QUEUE, kv_cache_mb=int(ENV["APPLIANCE_KV_CACHE_MB"]))
     engine = LLMEngine.from_config(settings.engine_config())
+    runner = engine.runner
+    builds = tuple(b.name for b in (runner.compiled, runner.fused) if b is not None)  # what the servers build too
+    runner.wait_for_builds()  # into the data dir's cache, where the servers find them
     long_prompt = long_prompt_text(engine.tokenizer)
     release_openmp_workers()  # idle while the servers run
-    systems = [REFERENCE, *SERVERS]
+    peer = find_llama_server()
+    if peer is None:
+        say("llama-server not found (`make bench-extra` builds it): its rows are left out")
+    systems = [REFERENCE, *SERVERS, *([PEER] if peer else [])]
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in systems}
     for repeat in range(repeats):
         for name in systems[repeat % len(systems):] + systems[:repeat % len(systems)]:
             if name == REFERENCE:
                 run = in_process_phases(engine, decode_tokens)
                 release_openmp_workers()
+            elif name == PEER and peer is not None:
+                with llama_serving(peer, resolve_model_path(settings.model), len(TOPICS), PEER_CONTEXT) as url:
+                    run = asyncio.run(_server_phases(url, None, decode_tokens))
             else:
-                with serving({**ENV, "APPLIANCE_ENGINE_PROCESS": SERVERS[name]}) as server:
+                with serving({**ENV, "APPLIANCE_ENGINE_PROCESS": SERVERS[name]}, builds) as server:
                     run = asyncio.run(_server_phases(server.url, long_prompt, decode_tokens))
             runs[name].append(run)
             say(f"repeat {repeat + 1}/{repeats} {name}: 1 stream {run['1']['tok_s']:.1f} tok/s, 16 streams "
@@ -222,7 +241,7 @@ def run_api_bench(repeats: int, decode_tokens: int, say: Callable[[str], None] =
                                                      f"p99 {run['load']['refusal_p99_ms']:.1f} ms" if "load" in run
                                                      else ""))
     return {"machine": describe_machine(), "repeats": repeats, "decode_tokens": decode_tokens, "runs": runs,
-            "summary": {name: _medians(r) for name, r in runs.items()}}
+            "decode": ", ".join(builds) or "eager", "summary": {name: _medians(r) for name, r in runs.items()}}
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -238,7 +257,8 @@ def api_markdown(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, torch {m['torch']}; load average at the start "
         f"{m['load_average']}. `appliance bench api --repeats {result['repeats']}`: the embedded model, greedy, "
         f"`ignore_eos`, {result['decode_tokens']} tokens a stream, systems interleaved, medians of "
-        f"{result['repeats']} rounds. The client (httpx, asyncio) runs on the same machine.",
+        f"{result['repeats']} rounds; ours decode as `serve` does ({result['decode']}). The client (httpx, "
+        "asyncio) runs on the same machine.",
         "",
         "| system | 1 stream tok/s | ITL p50 / p99 ms | 16 streams tok/s | ITL p50 / p99 ms | API / in-process "
         "(16) | `/health` p50 / p99 ms under load | refusal p50 / p99 ms | ~2k prompt s |",
@@ -246,17 +266,27 @@ def api_markdown(result: dict[str, Any]) -> str:
     ]
     for name, fig in s.items():
         one, many, load = fig["1"], fig["16"], fig.get("load")
-        ratio = many["tok_s"] / ref["16"]["tok_s"]
+        ratio = "-" if name == PEER else f"{many['tok_s'] / ref['16']['tok_s']:.2f}x"
         probes = (f"{load['health_p50_ms']:.1f} / {load['health_p99_ms']:.1f} | {load['refusal_p50_ms']:.1f} / "
                   f"{load['refusal_p99_ms']:.1f} | {load['long_prompt_s']:.1f}") if load else "- | - | -"
         lines.append(f"| {name} | {one['tok_s']:.1f} | {one['itl_p50_ms']:.0f} / {one['itl_p99_ms']:.0f} | "
-                     f"{many['tok_s']:.1f} | {many['itl_p50_ms']:.0f} / {many['itl_p99_ms']:.0f} | {ratio:.2f}x | "
+                     f"{many['tok_s']:.1f} | {many['itl_p50_ms']:.0f} / {many['itl_p99_ms']:.0f} | {ratio} | "
                      f"{probes} |")
     lines += ["", "Under load: 16 streams decoding while a ~2k-token prompt is prefilled; `/health` probed every "
                   "50 ms and a refused request (queue full, 503) every 100 ms until the prompt is answered, from a "
                   "process of their own (not the event loop reading the streams). "
                   "Targets (issue 18): `/health` p99 and refusal p99 <= 5 ms; 16 streams through the API >= 0.95x "
                   "in-process."]
+    if PEER in s:
+        ours, peer = s["engine process"], s[PEER]
+        lines += ["", f"`appliance serve` against `llama-server` ({len(TOPICS)} slots), both through their OpenAI "
+                      "chat API with the same client:", "",
+                  "| ratio | measured | target (issue 18) |", "| --- | ---: | ---: |",
+                  f"| 1 stream, ours / llama-server | {ours['1']['tok_s'] / peer['1']['tok_s']:.2f}x | >= 1.5x |",
+                  f"| 16 streams, ours / llama-server's 16 slots | {ours['16']['tok_s'] / peer['16']['tok_s']:.2f}x "
+                  "| >= 3x |",
+                  f"| 16 streams, ours / llama-server's single stream | "
+                  f"{ours['16']['tok_s'] / peer['1']['tok_s']:.2f}x | >= 5x |"]
     return "\n".join(lines)
 
 

@@ -113,9 +113,7 @@ class OursRunner:
         """`spec`: a dtype, with EAGER_SUFFIX for eager decode layers, COMPILED_SUFFIX for the torch.compile'd ones
         only, else the engine's default decode (fused and compiled layers, their builds waited for)."""
         from appliance.config import EngineConfig
-        from appliance.engine.compiled_decode import CompiledDecode
         from appliance.engine.engine import LLMEngine
-        from appliance.engine.fused_decode import FusedDecode
         from appliance.engine.loader import load_model
         from appliance.engine.sampling import SamplingParams
 
@@ -132,11 +130,7 @@ class OursRunner:
             enable_prefix_caching=False, compiled_decode=not spec.endswith(EAGER_SUFFIX),
             fused_decode_rows=0 if spec.endswith(COMPILED_SUFFIX) else EngineConfig.fused_decode_rows))
         self.load_s = time.perf_counter() - started  # what a server waits for: the builds finish while it serves
-        runner = self.engine.runner
-        builds: list[CompiledDecode | FusedDecode] = [b for b in (runner.compiled, runner.fused) if b is not None]
-        for b in builds:
-            b.wait()  # steady state: measure the compiled code, not its build (both build at once)
-        self.compile_s = max((b.compile_seconds for b in builds), default=None)
+        self.compile_s = self.engine.runner.wait_for_builds()  # steady state: the compiled code, not its build
         self._params = SamplingParams
         self._seq = 0
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO
 
 import httpx
 
@@ -29,15 +30,18 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(env: dict[str, str]) -> Iterator[Served]:
+def serving(env: dict[str, str], builds: tuple[str, ...] = ()) -> Iterator[Served]:
     """Start `appliance serve` with `env` (APPLIANCE_* on top of this process's environment) on a free port,
-    wait for /ready, yield it, stop it (SIGTERM). Raises RuntimeError with its log's tail if it exits first."""
+    wait for /ready and then for the "ready" log line of each background build named in `builds` (their
+    `BackgroundBuild.name`), yield it, stop it (SIGTERM). Raises RuntimeError with its log's tail if it exits
+    first, or if a build says it is unavailable."""
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **env, "APPLIANCE_PORT": str(port)}
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: nobody reads it until the server has failed
-        server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--log-level", "warning"],
+    level = "info" if builds else "warning"  # the builds' ready lines are info
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: read only to find lines, or once it failed
+        server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--log-level", level],
                                   env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
         try:
             while server.poll() is None:
@@ -50,7 +54,26 @@ def serving(env: dict[str, str]) -> Iterator[Served]:
             else:
                 log.seek(0)
                 raise RuntimeError(f"the server exited with {server.returncode}: {log.read()[-2000:]}")
-            yield Served(url, time.perf_counter() - started, server.pid)
+            ready_s = time.perf_counter() - started
+            _await_builds(server, log, builds)
+            yield Served(url, ready_s, server.pid)
         finally:
             server.terminate()
             server.wait(timeout=60)
+
+
+def _await_builds(server: subprocess.Popen[str], log: IO[str], builds: tuple[str, ...]) -> None:
+    """Wait until the server's log says every build in `builds` is ready; RuntimeError if one is unavailable or
+    the server exits first."""
+    waiting = set(builds)
+    while waiting:
+        log.seek(0)
+        text = log.read()
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with {server.returncode}: {text[-2000:]}")
+        for name in list(waiting):
+            if f"{name} unavailable" in text:
+                raise RuntimeError(f"the server's {name} is unavailable: {text[-2000:]}")
+            if f"{name} ready after" in text:
+                waiting.discard(name)
+        time.sleep(0.2)

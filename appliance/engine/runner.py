@@ -55,6 +55,14 @@ class ModelRunner:
         self.compiled: CompiledDecode | None = None  # compiled decode layers on a CPU (LLMEngine attaches them)
         self.fused: FusedDecode | None = None  # the fused decode layer on a CPU (LLMEngine attaches it too)
 
+    def wait_for_builds(self) -> float | None:
+        """Join the background builds attached (benchmarks measure steady state, not a build); the longest one's
+        seconds, None when there is none."""
+        builds = [b for b in (self.compiled, self.fused) if b is not None]
+        for build in builds:
+            build.wait()
+        return max((b.compile_seconds for b in builds), default=None)
+
     def execute(self, items: list[WorkItem]) -> StepSamples:
         """Compute every item's positions through its layers in one forward pass; return what each item that
         `samples` drew: the step's one transfer from the device (more only where log-probabilities are asked)."""
