@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "simd.h"
@@ -51,7 +52,23 @@ struct Q4Linear {
 };
 
 constexpr int64_t kTile = 16;  // output rows per tile
-constexpr int64_t kMaxRows = 4;  // activation rows computed together over one unpacked weight tile
+constexpr int64_t kMaxRows = 8;  // activation rows computed together over one unpacked weight tile
+
+// body(std::integral_constant<int64_t, nr>{}) for 1 <= nr <= kMaxRows: each row count gets its own loops with a
+// compile-time trip count, so its accumulators stay in registers (a runtime count spills them).
+template <typename Body>
+void with_row_count(int64_t nr, Body&& body) {
+  switch (nr) {
+    case 1: body(std::integral_constant<int64_t, 1>{}); break;
+    case 2: body(std::integral_constant<int64_t, 2>{}); break;
+    case 3: body(std::integral_constant<int64_t, 3>{}); break;
+    case 4: body(std::integral_constant<int64_t, 4>{}); break;
+    case 5: body(std::integral_constant<int64_t, 5>{}); break;
+    case 6: body(std::integral_constant<int64_t, 6>{}); break;
+    case 7: body(std::integral_constant<int64_t, 7>{}); break;
+    default: body(std::integral_constant<int64_t, kMaxRows>{}); break;
+  }
+}
 
 // The portable loop of either weight format, for rows r0..r0+nr-1 of tile `tile`: per row and group of 32 inputs,
 // `group_dot(g, xq, dot)` adds the group's integer products into dot[16] (xq: the row's 32 rounded inputs) and
@@ -79,34 +96,37 @@ void q4_tile(const Q4Linear& w, const QuantizedRows& x, int64_t tile, int64_t r0
   const float* d = w.d.data_ptr<float>() + tile * groups * kTile;
   const float* m = w.m.data_ptr<float>() + tile * groups * kTile;
 #if APPLIANCE_VNNI
-  __m512 acc[kMaxRows];
-  for (int64_t j = 0; j < nr; ++j) acc[j] = _mm512_setzero_ps();
-  const __m512i low = _mm512_set1_epi8(0x0F);
-  for (int64_t g = 0; g < groups; ++g) {
-    __m512i dot[kMaxRows];
-    for (int64_t j = 0; j < nr; ++j) dot[j] = _mm512_setzero_si512();
-    for (int64_t c = 0; c < 4; ++c) {
-      const __m512i bytes = _mm512_loadu_si512(wq + (g * 4 + c) * 64);
-      const __m512i lo = _mm512_and_si512(bytes, low);
-      const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
-      for (int64_t j = 0; j < nr; ++j) {
-        const int8_t* xq = x.xq.data() + (r0 + j) * K + g * kGroup + c * 8;
-        int32_t first, second;
-        std::memcpy(&first, xq, 4);
-        std::memcpy(&second, xq + 4, 4);
-        dot[j] = _mm512_dpbusd_epi32(dot[j], lo, _mm512_set1_epi32(first));
-        dot[j] = _mm512_dpbusd_epi32(dot[j], hi, _mm512_set1_epi32(second));
+  with_row_count(nr, [&](auto count) {
+    constexpr int64_t NR = decltype(count)::value;
+    __m512 acc[NR];
+    for (int64_t j = 0; j < NR; ++j) acc[j] = _mm512_setzero_ps();
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i dot[NR];
+      for (int64_t j = 0; j < NR; ++j) dot[j] = _mm512_setzero_si512();
+      for (int64_t c = 0; c < 4; ++c) {
+        const __m512i bytes = _mm512_loadu_si512(wq + (g * 4 + c) * 64);
+        const __m512i lo = _mm512_and_si512(bytes, low);
+        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
+        for (int64_t j = 0; j < NR; ++j) {
+          const int8_t* xq = x.xq.data() + (r0 + j) * K + g * kGroup + c * 8;
+          int32_t first, second;
+          std::memcpy(&first, xq, 4);
+          std::memcpy(&second, xq + 4, 4);
+          dot[j] = _mm512_dpbusd_epi32(dot[j], lo, _mm512_set1_epi32(first));
+          dot[j] = _mm512_dpbusd_epi32(dot[j], hi, _mm512_set1_epi32(second));
+        }
+      }
+      const __m512 dv = _mm512_loadu_ps(d + g * kTile);
+      const __m512 mv = _mm512_loadu_ps(m + g * kTile);
+      for (int64_t j = 0; j < NR; ++j) {
+        const int64_t at = (r0 + j) * groups + g;
+        acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[j]), _mm512_mul_ps(dv, _mm512_set1_ps(x.xs[at])), acc[j]);
+        acc[j] = _mm512_fmadd_ps(mv, _mm512_set1_ps(x.xsum[at]), acc[j]);
       }
     }
-    const __m512 dv = _mm512_loadu_ps(d + g * kTile);
-    const __m512 mv = _mm512_loadu_ps(m + g * kTile);
-    for (int64_t j = 0; j < nr; ++j) {
-      const int64_t at = (r0 + j) * groups + g;
-      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[j]), _mm512_mul_ps(dv, _mm512_set1_ps(x.xs[at])), acc[j]);
-      acc[j] = _mm512_fmadd_ps(mv, _mm512_set1_ps(x.xsum[at]), acc[j]);
-    }
-  }
-  for (int64_t j = 0; j < nr; ++j) _mm512_storeu_ps(y + (r0 + j) * N + tile * kTile, acc[j]);
+    for (int64_t j = 0; j < NR; ++j) _mm512_storeu_ps(y + (r0 + j) * N + tile * kTile, acc[j]);
+  });
 #else
   portable_tile(
       x, N, tile, r0, nr, y,
@@ -145,28 +165,31 @@ void q8_tile(const Q8Linear& w, const QuantizedRows& x, int64_t tile, int64_t r0
   const float* d = w.d.data_ptr<float>() + tile * groups * kTile;
   const float* corr = w.corr.data_ptr<float>() + tile * groups * kTile;
 #if APPLIANCE_VNNI
-  __m512 acc[kMaxRows];
-  for (int64_t j = 0; j < nr; ++j) acc[j] = _mm512_setzero_ps();
-  for (int64_t g = 0; g < groups; ++g) {
-    __m512i dot[kMaxRows];
-    for (int64_t j = 0; j < nr; ++j) dot[j] = _mm512_setzero_si512();
-    for (int64_t c = 0; c < 8; ++c) {
-      const __m512i wv = _mm512_loadu_si512(wq + (g * 8 + c) * 64);
-      for (int64_t j = 0; j < nr; ++j) {
-        int32_t four;
-        std::memcpy(&four, x.xq.data() + (r0 + j) * K + g * kGroup + c * 4, 4);
-        const __m512i xu = _mm512_set1_epi32(four ^ static_cast<int32_t>(0x80808080u));  // xq + 128 as u8
-        dot[j] = _mm512_dpbusd_epi32(dot[j], xu, wv);
+  with_row_count(nr, [&](auto count) {
+    constexpr int64_t NR = decltype(count)::value;
+    __m512 acc[NR];
+    for (int64_t j = 0; j < NR; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512i dot[NR];
+      for (int64_t j = 0; j < NR; ++j) dot[j] = _mm512_setzero_si512();
+      for (int64_t c = 0; c < 8; ++c) {
+        const __m512i wv = _mm512_loadu_si512(wq + (g * 8 + c) * 64);
+        for (int64_t j = 0; j < NR; ++j) {
+          int32_t four;
+          std::memcpy(&four, x.xq.data() + (r0 + j) * K + g * kGroup + c * 4, 4);
+          const __m512i xu = _mm512_set1_epi32(four ^ static_cast<int32_t>(0x80808080u));  // xq + 128 as u8
+          dot[j] = _mm512_dpbusd_epi32(dot[j], xu, wv);
+        }
+      }
+      const __m512 dv = _mm512_loadu_ps(d + g * kTile);
+      const __m512 cv = _mm512_loadu_ps(corr + g * kTile);
+      for (int64_t j = 0; j < NR; ++j) {
+        const __m512 exact = _mm512_sub_ps(_mm512_cvtepi32_ps(dot[j]), cv);
+        acc[j] = _mm512_fmadd_ps(exact, _mm512_mul_ps(dv, _mm512_set1_ps(x.xs[(r0 + j) * groups + g])), acc[j]);
       }
     }
-    const __m512 dv = _mm512_loadu_ps(d + g * kTile);
-    const __m512 cv = _mm512_loadu_ps(corr + g * kTile);
-    for (int64_t j = 0; j < nr; ++j) {
-      const __m512 exact = _mm512_sub_ps(_mm512_cvtepi32_ps(dot[j]), cv);
-      acc[j] = _mm512_fmadd_ps(exact, _mm512_mul_ps(dv, _mm512_set1_ps(x.xs[(r0 + j) * groups + g])), acc[j]);
-    }
-  }
-  for (int64_t j = 0; j < nr; ++j) _mm512_storeu_ps(y + (r0 + j) * N + tile * kTile, acc[j]);
+    for (int64_t j = 0; j < NR; ++j) _mm512_storeu_ps(y + (r0 + j) * N + tile * kTile, acc[j]);
+  });
 #else
   portable_tile(
       x, N, tile, r0, nr, y,
@@ -183,7 +206,7 @@ void q8_tile(const Q8Linear& w, const QuantizedRows& x, int64_t tile, int64_t r0
 #endif
 }
 
-// Either layer through its tiles, 4 activation rows at a time: y [rows, N] float32.
+// Either layer through its tiles, kMaxRows activation rows at a time: y [rows, N] float32.
 template <typename Linear, typename Tile>
 void tiled_linear(const Linear& w, const QuantizedRows& x, float* y, Tile tile_fn) {
   at::parallel_for(0, w.n() / kTile, 4, [&](int64_t begin, int64_t end) {

@@ -30,7 +30,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("rows", [1, 4, 5])  # one row, a full group of four, and a group and a remainder
+@pytest.mark.parametrize("rows", [1, 5, 8, 11])  # one row, a partial and a full block of 8, a block and a remainder
 def test_4bit_and_8bit_matmuls_follow_the_dequantized_weights(builds, rows: int) -> None:
     gen = torch.Generator().manual_seed(rows)
     n, k = 48, 96
