@@ -71,7 +71,7 @@ LLAMA_CPP_CMAKE_ARGS := $(if $(shell grep -qw amx_int8 /proc/cpuinfo 2>/dev/null
 	-DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_BF16=ON)
 # llama-server (the peer of `appliance bench api`) is built from the same llama.cpp, with the same flags.
 bench-extra: setup
-	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) install --quiet '.[bench]'
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" $(PIP) install --quiet -e '.[bench]'  # editable, as setup installs it
 	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" scripts/build_llama_server.sh $(VENV)
 
 bench-engine: bench-extra
