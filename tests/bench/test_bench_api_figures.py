@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from appliance.bench.api_load import stream_figures
+from appliance.bench.api_load import TEXT_DELTA, USAGE, sse_events, stream_figures
 
 
 def test_rates_sum_over_streams_and_gaps_are_per_stream() -> None:
@@ -21,3 +23,28 @@ def test_rates_sum_over_streams_and_gaps_are_per_stream() -> None:
 def test_a_stream_with_one_chunk_adds_no_rate() -> None:
     figures = stream_figures([[1.0], [0.0, 0.25]], [1, 2])
     assert figures["tok_s"] == pytest.approx(4.0)
+
+
+# what the two servers send: ours (json.dumps spacing) and llama-server's (compact), a role chunk first
+OURS = (b'data: {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}\n\n'
+        b'data: {"choices": [{"index": 0, "delta": {"content": "Once"}}], "usage": null}\n\n'
+        b'data: {"choices": [{"index": 0, "delta": {"content": "\\" upon"}}]}\n\n'
+        b'data: {"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}\n\ndata: [DONE]\n\n')
+PEERS = (b'data: {"choices":[{"delta":{"role":"assistant","content":null}}]}\n\n'
+         b'data: {"choices":[{"delta":{"content":" a"}}]}\n\n'
+         b'data: {"choices":[],"usage":{"completion_tokens":1,"prompt_tokens":38}}\n\ndata: [DONE]\n\n')
+
+
+@pytest.mark.parametrize(("stream", "texts", "tokens"), [(OURS, 2, 2), (PEERS, 1, 1)])
+@pytest.mark.parametrize("piece", [1, 7, 4096])  # bytes per network read: split anywhere, or all at once
+def test_text_chunks_and_usage_are_found_however_the_stream_is_split(stream: bytes, texts: int, tokens: int,
+                                                                     piece: int) -> None:
+    buffer = bytearray()
+    events: list[bytes] = []
+    for start in range(0, len(stream), piece):
+        buffer += stream[start:start + piece]
+        events += sse_events(buffer)
+    assert not buffer.strip()  # nothing complete left behind
+    assert sum(1 for e in events if TEXT_DELTA.search(e)) == texts
+    usage = [json.loads(e.removeprefix(b"data: "))["usage"] for e in events if USAGE.search(e)]
+    assert [u["completion_tokens"] for u in usage] == [tokens]
