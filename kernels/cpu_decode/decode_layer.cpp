@@ -29,8 +29,59 @@ void rms_norm(const float* x, const float* weight, float eps, int64_t rows, int6
   }
 }
 
+// One attention task: the `group` query heads qg [group, dim] sharing one KV head, over the `len` keys at
+// `slots` (each key's row at k_cache + slots[t] * kv_width + offset) -> out [group, dim]. scores: [group, len].
+template <typename T>
+void attend_heads(const float* qg, int64_t group, int64_t dim, const T* k_cache, const T* v_cache,
+                  const int64_t* slots, int64_t len, int64_t kv_width, int64_t offset, float* scores, float* out) {
+  const float scale = 1.f / std::sqrt(static_cast<float>(dim));
+  for (int64_t t = 0; t < len; ++t) {
+    const T* kt = k_cache + slots[t] * kv_width + offset;
+    for (int64_t j = 0; j < group; ++j) scores[j * len + t] = dot(qg + j * dim, kt, dim) * scale;
+  }
+  std::fill(out, out + group * dim, 0.f);
+  for (int64_t j = 0; j < group; ++j) {
+    const float total = exp_shifted(scores + j * len, len);
+    for (int64_t t = 0; t < len; ++t)
+      axpy(out + j * dim, scores[j * len + t], v_cache + slots[t] * kv_width + offset, dim);
+    for (int64_t i = 0; i < dim; ++i) out[j * dim + i] /= total;
+  }
+}
+
+#if APPLIANCE_VNNI
+// attend_heads for dim = 16 * D16: each head's query and its weighted sum of values stay in registers over
+// the keys (the generic loop reloads and stores the sum for every key).
+template <int64_t D16, typename T>
+void attend_heads_vector(const float* qg, int64_t group, const T* k_cache, const T* v_cache,
+                         const int64_t* slots, int64_t len, int64_t kv_width, int64_t offset, float* scores,
+                         float* out) {
+  constexpr int64_t dim = 16 * D16;
+  const __m512 scale = _mm512_set1_ps(1.f / std::sqrt(static_cast<float>(dim)));
+  for (int64_t j = 0; j < group; ++j) {
+    __m512 q[D16];
+    for (int64_t d = 0; d < D16; ++d) q[d] = _mm512_mul_ps(_mm512_loadu_ps(qg + j * dim + 16 * d), scale);
+    float* s = scores + j * len;
+    for (int64_t t = 0; t < len; ++t) {
+      const T* kt = k_cache + slots[t] * kv_width + offset;
+      __m512 acc = _mm512_mul_ps(q[0], load16(kt));
+      for (int64_t d = 1; d < D16; ++d) acc = _mm512_fmadd_ps(q[d], load16(kt + 16 * d), acc);
+      s[t] = _mm512_reduce_add_ps(acc);
+    }
+    const __m512 inv = _mm512_set1_ps(1.f / exp_shifted(s, len));
+    __m512 sum[D16];
+    for (int64_t d = 0; d < D16; ++d) sum[d] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < len; ++t) {
+      const T* vt = v_cache + slots[t] * kv_width + offset;
+      const __m512 p = _mm512_set1_ps(s[t]);
+      for (int64_t d = 0; d < D16; ++d) sum[d] = _mm512_fmadd_ps(p, load16(vt + 16 * d), sum[d]);
+    }
+    for (int64_t d = 0; d < D16; ++d) _mm512_storeu_ps(out + j * dim + 16 * d, _mm512_mul_ps(sum[d], inv));
+  }
+}
+#endif
+
 // Grouped-query attention of each row's single query over its cached keys; also writes the row's own k, v.
-// One task per (row, KV head): the query heads sharing that KV head read each key once from cache.
+// One task per (row, KV head): the query heads sharing that KV head read each key from cache together.
 template <typename T>
 void attend(const float* q, const float* k, const float* v, T* k_cache, T* v_cache, const int64_t* write_slots,
             const int64_t* key_slots, int64_t key_stride, const int64_t* lens, int64_t rows, int64_t heads,
@@ -45,28 +96,25 @@ void attend(const float* q, const float* k, const float* v, T* k_cache, T* v_cac
     }
   }
   const int64_t group = heads / kv_heads;
-  const float scale = 1.f / std::sqrt(static_cast<float>(dim));
   at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores, acc(group * dim), totals(group);
+    std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / kv_heads, g = task % kv_heads, len = lens[r];
       const float* qg = q + (r * heads + g * group) * dim;  // [group, dim]: the query heads of KV head g
       const int64_t* slots = key_slots + r * key_stride;
+      float* dst = out + (r * heads + g * group) * dim;
       scores.resize(group * len);  // [group, len]
-      for (int64_t t = 0; t < len; ++t) {
-        const T* kt = k_cache + slots[t] * kv_width + g * dim;
-        for (int64_t j = 0; j < group; ++j) scores[j * len + t] = dot(qg + j * dim, kt, dim) * scale;
+#if APPLIANCE_VNNI
+      if (dim == 64) {
+        attend_heads_vector<4>(qg, group, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), dst);
+        continue;
       }
-      std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t j = 0; j < group; ++j) totals[j] = exp_shifted(scores.data() + j * len, len);
-      for (int64_t t = 0; t < len; ++t) {
-        const T* vt = v_cache + slots[t] * kv_width + g * dim;
-        for (int64_t j = 0; j < group; ++j) axpy(acc.data() + j * dim, scores[j * len + t], vt, dim);
+      if (dim == 128) {
+        attend_heads_vector<8>(qg, group, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), dst);
+        continue;
       }
-      for (int64_t j = 0; j < group; ++j) {
-        float* dst = out + (r * heads + g * group + j) * dim;
-        for (int64_t i = 0; i < dim; ++i) dst[i] = acc[j * dim + i] / totals[j];
-      }
+#endif
+      attend_heads(qg, group, dim, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), dst);
     }
   });
 }

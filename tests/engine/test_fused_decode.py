@@ -16,12 +16,14 @@ from appliance.engine.sampling import SamplingParams
 from kernels.base import AttentionBatch
 from kernels.cpu_decode import build, tile_q4, tile_q8
 
+X86_64 = platform.machine() in ("x86_64", "AMD64")  # where the portable build (x86-64-v2) exists
+
 
 @pytest.fixture(scope="module")
 def builds(model_cache_dir: Path) -> dict[str, object]:
     """The extension for this CPU and the portable one (x86-64 only), built once into the tests' data dir."""
     found = {"native": build(model_cache_dir / "compiled")}
-    if platform.machine() in ("x86_64", "AMD64"):
+    if X86_64:
         found["portable"] = build(model_cache_dir / "compiled", portable=True)
     return found
 
@@ -115,12 +117,14 @@ def _teacher_forced_logits(engine, ids: list[int], fused: bool) -> torch.Tensor:
     return torch.cat(out)
 
 
-def test_the_fused_path_keeps_the_model_s_next_token_predictions(make_engine) -> None:
+@pytest.mark.parametrize("portable", [False, True] if X86_64 else [False])
+def test_the_fused_path_keeps_the_model_s_next_token_predictions(make_engine, portable: bool) -> None:
     """Teacher-forced over real text: the fused path's loss and top-1 agreement with the float32 dense reference are
-    as good as the eager 4-bit path's (the one it replaces), within a small margin."""
+    as good as the eager 4-bit path's (the one it replaces), within a small margin; on this CPU's build and on the
+    portable loop (its own matmul and attention code)."""
     reference = make_engine()  # float32, dense weights
     fused = make_engine(dtype="bfloat16", int4_decode_tokens=32)
-    assert _with_fused(fused, fused.config.data_dir / "compiled").wait(600)
+    assert _with_fused(fused, fused.config.data_dir / "compiled", portable=portable).wait(600)
     text = ("The river rises in the hills above the town and runs for forty miles to the sea. In the spring it "
             "floods the low fields, and the farmers move their sheep to the high ground until the water falls. "
             "def mean(values):\n    total = sum(values)\n    return total / len(values)\n")
