@@ -29,11 +29,14 @@ void rms_norm(const float* x, const float* weight, float eps, int64_t rows, int6
   }
 }
 
-// One attention task: the `group` query heads qg [group, dim] sharing one KV head, over the `len` keys at
-// `slots` (each key's row at k_cache + slots[t] * kv_width + offset) -> out [group, dim]. scores: [group, len].
+// Attention of the `group` query heads qg [group, dim] sharing one KV head over `len` keys at `slots` (each
+// key's row at k_cache + slots[t] * kv_width + offset), left unnormalized so that spans of one sequence's keys
+// can be merged (`merge_spans`): per head j, stats[j] = {max score, sum of e^(score - max)} and
+// out[j] = the values weighted by e^(score - max). scores: [group, len] scratch.
 template <typename T>
 void attend_heads(const float* qg, int64_t group, int64_t dim, const T* k_cache, const T* v_cache,
-                  const int64_t* slots, int64_t len, int64_t kv_width, int64_t offset, float* scores, float* out) {
+                  const int64_t* slots, int64_t len, int64_t kv_width, int64_t offset, float* scores, float* out,
+                  float* stats) {
   const float scale = 1.f / std::sqrt(static_cast<float>(dim));
   for (int64_t t = 0; t < len; ++t) {
     const T* kt = k_cache + slots[t] * kv_width + offset;
@@ -41,10 +44,9 @@ void attend_heads(const float* qg, int64_t group, int64_t dim, const T* k_cache,
   }
   std::fill(out, out + group * dim, 0.f);
   for (int64_t j = 0; j < group; ++j) {
-    const float total = exp_shifted(scores + j * len, len);
+    stats[2 * j + 1] = exp_shifted(scores + j * len, len, stats[2 * j]);
     for (int64_t t = 0; t < len; ++t)
       axpy(out + j * dim, scores[j * len + t], v_cache + slots[t] * kv_width + offset, dim);
-    for (int64_t i = 0; i < dim; ++i) out[j * dim + i] /= total;
   }
 }
 
@@ -54,7 +56,7 @@ void attend_heads(const float* qg, int64_t group, int64_t dim, const T* k_cache,
 template <int64_t D16, typename T>
 void attend_heads_vector(const float* qg, int64_t group, const T* k_cache, const T* v_cache,
                          const int64_t* slots, int64_t len, int64_t kv_width, int64_t offset, float* scores,
-                         float* out) {
+                         float* out, float* stats) {
   constexpr int64_t dim = 16 * D16;
   const __m512 scale = _mm512_set1_ps(1.f / std::sqrt(static_cast<float>(dim)));
   for (int64_t j = 0; j < group; ++j) {
@@ -67,7 +69,7 @@ void attend_heads_vector(const float* qg, int64_t group, const T* k_cache, const
       for (int64_t d = 1; d < D16; ++d) acc = _mm512_fmadd_ps(q[d], load16(kt + 16 * d), acc);
       s[t] = _mm512_reduce_add_ps(acc);
     }
-    const __m512 inv = _mm512_set1_ps(1.f / exp_shifted(s, len));
+    stats[2 * j + 1] = exp_shifted(s, len, stats[2 * j]);
     __m512 sum[D16];
     for (int64_t d = 0; d < D16; ++d) sum[d] = _mm512_setzero_ps();
     for (int64_t t = 0; t < len; ++t) {
@@ -75,13 +77,36 @@ void attend_heads_vector(const float* qg, int64_t group, const T* k_cache, const
       const __m512 p = _mm512_set1_ps(s[t]);
       for (int64_t d = 0; d < D16; ++d) sum[d] = _mm512_fmadd_ps(p, load16(vt + 16 * d), sum[d]);
     }
-    for (int64_t d = 0; d < D16; ++d) _mm512_storeu_ps(out + j * dim + 16 * d, _mm512_mul_ps(sum[d], inv));
+    for (int64_t d = 0; d < D16; ++d) _mm512_storeu_ps(out + j * dim + 16 * d, sum[d]);
   }
 }
 #endif
 
+// One head's output from its `spans` partial results (parts [spans, dim] with stride `part_stride` between
+// spans, stats {max, sum} with stride `stat_stride`): the weighted values over the sum, each span rescaled to
+// the largest max (flash-decoding's merge). Spans with no keys have max -inf and weigh nothing.
+void merge_spans(const float* parts, int64_t part_stride, const float* stats, int64_t stat_stride, int64_t spans,
+                 int64_t dim, float* out) {
+  float best = -INFINITY;
+  for (int64_t s = 0; s < spans; ++s) best = std::max(best, stats[s * stat_stride]);
+  float total = 0.f;
+  std::fill(out, out + dim, 0.f);
+  for (int64_t s = 0; s < spans; ++s) {
+    const float m = stats[s * stat_stride];
+    if (m == -INFINITY) continue;
+    const float w = std::exp(m - best);
+    total += w * stats[s * stat_stride + 1];
+    for (int64_t i = 0; i < dim; ++i) out[i] += w * parts[s * part_stride + i];
+  }
+  for (int64_t i = 0; i < dim; ++i) out[i] /= total;
+}
+
+constexpr int64_t kMinSpanKeys = 256;  // a sequence's keys are split into spans of at least this many
+
 // Grouped-query attention of each row's single query over its cached keys; also writes the row's own k, v.
-// One task per (row, KV head): the query heads sharing that KV head read each key from cache together.
+// Tasks: (row, KV head, span): the query heads sharing a KV head read each key from cache together; a row's
+// keys are split into spans (merged after) when there are too few (row, KV head) pairs to keep every thread
+// busy, as in a one-sequence step over a long context.
 template <typename T>
 void attend(const float* q, const float* k, const float* v, T* k_cache, T* v_cache, const int64_t* write_slots,
             const int64_t* key_slots, int64_t key_stride, const int64_t* lens, int64_t rows, int64_t heads,
@@ -95,28 +120,43 @@ void attend(const float* q, const float* k, const float* v, T* k_cache, T* v_cac
       vd[i] = static_cast<T>(v[r * kv_width + i]);
     }
   }
-  const int64_t group = heads / kv_heads;
-  at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
+  const int64_t group = heads / kv_heads, pairs = rows * kv_heads;
+  const int64_t longest = *std::max_element(lens, lens + rows);
+  const int64_t wanted = (2 * at::get_num_threads() + pairs - 1) / pairs;  // tasks enough for 2 per thread
+  const int64_t spans = std::max<int64_t>(1, std::min(wanted, longest / kMinSpanKeys));
+  std::vector<float> parts(pairs * spans * group * dim), stats(pairs * spans * group * 2);  // [pair, span, ...]
+  at::parallel_for(0, pairs * spans, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t r = task / kv_heads, g = task % kv_heads, len = lens[r];
+      const int64_t pair = task / spans, span = task % spans, r = pair / kv_heads, g = pair % kv_heads;
+      const int64_t first = lens[r] * span / spans, len = lens[r] * (span + 1) / spans - first;
       const float* qg = q + (r * heads + g * group) * dim;  // [group, dim]: the query heads of KV head g
-      const int64_t* slots = key_slots + r * key_stride;
-      float* dst = out + (r * heads + g * group) * dim;
+      const int64_t* slots = key_slots + r * key_stride + first;
+      float* part = parts.data() + task * group * dim;
+      float* stat = stats.data() + task * group * 2;
       scores.resize(group * len);  // [group, len]
 #if APPLIANCE_VNNI
       if (dim == 64) {
-        attend_heads_vector<4>(qg, group, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), dst);
+        attend_heads_vector<4>(qg, group, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), part,
+                               stat);
         continue;
       }
       if (dim == 128) {
-        attend_heads_vector<8>(qg, group, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), dst);
+        attend_heads_vector<8>(qg, group, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), part,
+                               stat);
         continue;
       }
 #endif
-      attend_heads(qg, group, dim, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), dst);
+      attend_heads(qg, group, dim, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), part, stat);
     }
   });
+  for (int64_t pair = 0; pair < pairs; ++pair) {
+    const int64_t r = pair / kv_heads, g = pair % kv_heads;
+    for (int64_t j = 0; j < group; ++j)
+      merge_spans(parts.data() + (pair * spans * group + j) * dim, group * dim,
+                  stats.data() + (pair * spans * group + j) * 2, group * 2, spans, dim,
+                  out + (r * heads + g * group + j) * dim);
+  }
 }
 
 // Rotate the first `heads` heads of each row (neox layout: halves), in place. cos/sin: [rows, dim].

@@ -75,9 +75,9 @@ inline void axpy(float* acc, float p, const Key* v, int64_t n) {
   for (int64_t i = 0; i < n; ++i) acc[i] += p * static_cast<float>(v[i]);
 }
 
-// s[i] = e^(s[i] - max s) in place; returns their sum.
-inline float exp_shifted(float* s, int64_t n) {
-  float best = -INFINITY;
+// s[i] = e^(s[i] - max s) in place; returns their sum, and max s in `best` (-inf when n is 0).
+inline float exp_shifted(float* s, int64_t n, float& best) {
+  best = -INFINITY;
   for (int64_t i = 0; i < n; ++i) best = std::max(best, s[i]);
   float total = 0.f;
 #if APPLIANCE_VNNI

@@ -97,17 +97,17 @@ def _plan(engine, ids_len: int, new: int, positions: torch.Tensor):
     return batch, engine.backend.plan(batch)
 
 
-def _teacher_forced_logits(engine, ids: list[int], fused: bool) -> torch.Tensor:
-    """Logits predicting ids[t + 1] for t >= 8: a prefill of ids[:9], then one decode step per token, each
-    through the fused layer and head (`fused`) or the engine's eager ones. -> [len(ids) - 9, V]."""
+def _teacher_forced_logits(engine, ids: list[int], fused: bool, start: int) -> torch.Tensor:
+    """Logits predicting ids[t + 1] for t >= start - 1: a prefill of ids[:start], then one decode step per token,
+    each through the fused layer and head (`fused`) or the engine's eager ones. -> [len(ids) - start, V]."""
     model, caches, backend = engine.model, engine.runner.kv_caches, engine.backend
     out = []
     with torch.inference_mode():
-        batch, plan = _plan(engine, 9, 9, torch.arange(9))
-        x = model.run_layers(model.embed_tokens(torch.tensor(ids[:9])), batch.positions, caches, backend,
+        batch, plan = _plan(engine, start, start, torch.arange(start))
+        x = model.run_layers(model.embed_tokens(torch.tensor(ids[:start])), batch.positions, caches, backend,
                              [LayerSpan(0, model.config.num_layers, None, plan)])
         out.append(model.logits(model.final_norm(x[-1:])))
-        for t in range(9, len(ids) - 1):
+        for t in range(start, len(ids) - 1):
             batch, plan = _plan(engine, t + 1, 1, torch.tensor([t]))
             call = engine.runner.fused if fused else None
             x = model.run_layers(model.embed_tokens(torch.tensor([ids[t]])), batch.positions, caches, backend,
@@ -117,24 +117,17 @@ def _teacher_forced_logits(engine, ids: list[int], fused: bool) -> torch.Tensor:
     return torch.cat(out)
 
 
-@pytest.mark.parametrize("portable", [False, True] if X86_64 else [False])
-def test_the_fused_path_keeps_the_model_s_next_token_predictions(make_engine, portable: bool) -> None:
-    """Teacher-forced over real text: the fused path's loss and top-1 agreement with the float32 dense reference are
-    as good as the eager 4-bit path's (the one it replaces), within a small margin; on this CPU's build and on the
-    portable loop (its own matmul and attention code)."""
+def _assert_predictions_kept(make_engine, ids: list[int], start: int, portable: bool) -> None:
+    """The fused path's loss and top-1 agreement with the float32 dense reference, teacher-forced over ids[start:],
+    are as good as the eager 4-bit path's (the one it replaces), within a small margin."""
     reference = make_engine()  # float32, dense weights
     fused = make_engine(dtype="bfloat16", int4_decode_tokens=32)
     assert _with_fused(fused, fused.config.data_dir / "compiled", portable=portable).wait(600)
-    text = ("The river rises in the hills above the town and runs for forty miles to the sea. In the spring it "
-            "floods the low fields, and the farmers move their sheep to the high ground until the water falls. "
-            "def mean(values):\n    total = sum(values)\n    return total / len(values)\n")
-    ids = fused.tokenizer.encode(text)
-    assert len(ids) > 60
-    target = torch.tensor(ids[9:])
-    want = _teacher_forced_logits(reference, ids, fused=False)
+    target = torch.tensor(ids[start:])
+    want = _teacher_forced_logits(reference, ids, fused=False, start=start)
     results = {}
     for name, on in (("fused", True), ("eager", False)):
-        logits = _teacher_forced_logits(fused, ids, fused=on)
+        logits = _teacher_forced_logits(fused, ids, fused=on, start=start)
         loss = torch.nn.functional.cross_entropy(logits, target).item()
         agree = (logits.argmax(-1) == want.argmax(-1)).float().mean().item()
         results[name] = (loss, agree)
@@ -142,6 +135,29 @@ def test_the_fused_path_keeps_the_model_s_next_token_predictions(make_engine, po
     (fused_loss, fused_agree), (eager_loss, eager_agree) = results["fused"], results["eager"]
     assert abs(fused_loss - loss_ref) <= max(0.02 * loss_ref, abs(eager_loss - loss_ref) + 0.01 * loss_ref), results
     assert fused_agree >= min(0.95, eager_agree - 0.03), results
+
+
+@pytest.mark.parametrize("portable", [False, True] if X86_64 else [False])
+def test_the_fused_path_keeps_the_model_s_next_token_predictions(make_engine, portable: bool) -> None:
+    """Teacher-forced over real text (English and code), on this CPU's build and on the portable loop (its own
+    matmul and attention code)."""
+    text = ("The river rises in the hills above the town and runs for forty miles to the sea. In the spring it "
+            "floods the low fields, and the farmers move their sheep to the high ground until the water falls. "
+            "def mean(values):\n    total = sum(values)\n    return total / len(values)\n")
+    ids = make_engine().tokenizer.encode(text)
+    assert len(ids) > 60
+    _assert_predictions_kept(make_engine, ids, 9, portable)
+
+
+@pytest.mark.parametrize("portable", [False, True] if X86_64 else [False])
+def test_over_a_long_context_too(make_engine, portable: bool) -> None:
+    """After 600 tokens of context one sequence's keys are split into spans that threads attend to apart and
+    that are merged after (decode_layer.cpp's `attend`): the predictions are kept there too."""
+    from appliance.bench.engine import english_text
+
+    ids = make_engine().tokenizer.encode(english_text())[:640]
+    assert len(ids) == 640
+    _assert_predictions_kept(make_engine, ids, 600, portable)
 
 
 def test_decode_steps_of_few_sequences_run_fused(make_engine) -> None:
