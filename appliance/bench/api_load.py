@@ -159,6 +159,7 @@ async def _full_load(client: httpx.AsyncClient, long_prompt: str) -> dict[str, A
     receive, send = context.Pipe(duplex=False)
     prober = context.Process(target=probe, args=(str(client.base_url), go, stop, send), daemon=True)
     prober.start()  # started (and imported) before the load, so it probes from the first moment
+    send.close()  # the child's end: a prober that dies makes `recv` raise instead of wait for ever
     started = asyncio.Semaphore(0)
     streams = [asyncio.create_task(_stream(client, t, LOAD_STREAM_TOKENS, started)) for t in TOPICS]
     for _ in TOPICS:
