@@ -36,7 +36,7 @@ import httpx
 import typer
 
 from appliance.bench.itl import percentile
-from appliance.bench.llama_server import find_llama_server, llama_serving
+from appliance.bench.llama_server import ENV_VAR, find_llama_server, llama_serving
 from appliance.bench.machine import describe_machine
 from appliance.bench.served import serving
 
@@ -307,6 +307,9 @@ def api_markdown(result: dict[str, Any]) -> str:
                   "| >= 3x |",
                   f"| 16 streams, ours / llama-server's single stream | "
                   f"{ours['16']['tok_s'] / peer['1']['tok_s']:.2f}x | >= 5x |"]
+    lines += ["", "Reproduce: `appliance bench api` (`--json FILE` keeps every round); the llama-server rows need "
+                  "`make bench-extra`, which builds llama.cpp's server from the llama-cpp-python sdist's source "
+                  f"(or `{ENV_VAR}` naming a llama-server binary)."]
     return "\n".join(lines)
 
 
