@@ -6,17 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
-from appliance.bench.served import free_port
+from appliance.bench.served import free_port, running
 
 ENV_VAR = "APPLIANCE_BENCH_LLAMA_SERVER"  # a llama-server binary to use instead of the one `make bench-extra` built
 
@@ -44,20 +39,5 @@ def llama_serving(binary: Path, model_path: Path, slots: int, context_per_slot: 
                "--threads", str(threads), "--threads-batch", str(threads), "--parallel", str(slots),
                "--ctx-size", str(slots * context_per_slot), "--flash-attn", "on", "--no-webui"]
     url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
-        try:
-            while server.poll() is None:
-                try:
-                    if httpx.get(url + "/health", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-            else:
-                log.seek(0)
-                raise RuntimeError(f"llama-server exited with {server.returncode}: {log.read()[-2000:]}")
-            yield url
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    with running(command, None, url + "/health", "llama-server"):
+        yield url

@@ -30,6 +30,30 @@ def free_port() -> int:
 
 
 @contextmanager
+def running(command: list[str], env: dict[str, str] | None, ready_url: str, what: str
+            ) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
+    """Start `command` (its output to a file), wait until GET `ready_url` answers 200, yield the process and its
+    log, stop it (SIGTERM). Raises RuntimeError naming `what` with its log's tail if it exits first."""
+    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: read only to find lines, or once it failed
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+        try:
+            while process.poll() is None:
+                try:
+                    if httpx.get(ready_url, timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.05)
+            else:
+                log.seek(0)
+                raise RuntimeError(f"{what} exited with {process.returncode}: {log.read()[-2000:]}")
+            yield process, log
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+
+
+@contextmanager
 def serving(env: dict[str, str], builds: tuple[str, ...] = ()) -> Iterator[Served]:
     """Start `appliance serve` with `env` (APPLIANCE_* on top of this process's environment) on a free port,
     wait for /ready and then for the "ready" log line of each background build named in `builds` (their
@@ -40,26 +64,11 @@ def serving(env: dict[str, str], builds: tuple[str, ...] = ()) -> Iterator[Serve
     url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     level = "info" if builds else "warning"  # the builds' ready lines are info
-    with tempfile.TemporaryFile("w+") as log:  # a file, not a pipe: read only to find lines, or once it failed
-        server = subprocess.Popen([sys.executable, "-m", "appliance.cli", "serve", "--log-level", level],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
-        try:
-            while server.poll() is None:
-                try:
-                    if httpx.get(url + "/ready", timeout=5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.05)
-            else:
-                log.seek(0)
-                raise RuntimeError(f"the server exited with {server.returncode}: {log.read()[-2000:]}")
-            ready_s = time.perf_counter() - started
-            _await_builds(server, log, builds)
-            yield Served(url, ready_s, server.pid)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+    command = [sys.executable, "-m", "appliance.cli", "serve", "--log-level", level]
+    with running(command, env, url + "/ready", "the server") as (server, log):
+        ready_s = time.perf_counter() - started
+        _await_builds(server, log, builds)
+        yield Served(url, ready_s, server.pid)
 
 
 def _await_builds(server: subprocess.Popen[str], log: IO[str], builds: tuple[str, ...]) -> None:
