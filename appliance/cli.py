@@ -126,7 +126,8 @@ def serve(
             engine = _start_engine(settings, log_level)
     except ApplianceError as exc:
         raise fail(str(exc)) from None
-    serve_app(create_app(settings, engine, engine.info.model_name), settings.host, settings.port, log_level)
+    serve_app(create_app(settings, engine, engine.info.model_name, freeze=True), settings.host, settings.port,
+              log_level)
 
 
 def _cluster_plan(settings: Settings, replicas: int, router: str, autoscale: tuple[int | None, int | None],
@@ -164,8 +165,11 @@ def _start_engine(settings: Settings, log_level: str) -> EngineFront:
         return ProcessEngine.start(settings.engine_config(), settings.max_queue, log_level)
     from appliance.engine.async_engine import AsyncEngine
     from appliance.engine.engine import LLMEngine
+    from appliance.heap import freeze_serving_engine
 
-    return AsyncEngine(LLMEngine.from_config(settings.engine_config()), settings.max_queue)
+    engine = LLMEngine.from_config(settings.engine_config())
+    freeze_serving_engine(engine)
+    return AsyncEngine(engine, settings.max_queue)
 
 
 @bench_app.command("retrieval")

@@ -53,7 +53,7 @@ class ApiIngress:
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Ray Serve's hook: the ASGI app of this replica
         from appliance.server.app import create_app
 
-        return create_app(self.settings, self.front, self.front.info.model_name)
+        return create_app(self.settings, self.front, self.front.info.model_name, freeze=True)
 
 
 def build_app(settings: Settings, plan: ClusterPlan) -> Application:

@@ -29,6 +29,7 @@ from appliance.engine.engine import LLMEngine
 from appliance.engine.info import EngineInfo
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.snapshot import ReplicaReport, snapshot_of
+from appliance.heap import freeze_serving_engine
 from appliance.server.warmup import warm_engine
 
 log = logging.getLogger("appliance.cluster")
@@ -44,6 +45,7 @@ class EngineReplica:
         """Load the engine and warm it (`warm_engine`: one RAG-shaped request) before Ray routes anything here,
         so each replica's first question costs what the next ones do."""
         engine = LLMEngine.from_config(config)
+        freeze_serving_engine(engine)
         self.front = AsyncEngine(engine, max_queue)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.node_id = ray.get_runtime_context().get_node_id()

@@ -16,6 +16,7 @@ from appliance.engine.core_messages import Command
 from appliance.engine.engine import LLMEngine
 from appliance.engine.info import EngineInfo
 from appliance.errors import ApplianceError
+from appliance.heap import freeze_serving_engine
 
 log = logging.getLogger("appliance.engine")
 
@@ -48,6 +49,7 @@ def main(config: EngineConfig, conn: Connection, log_level: str) -> None:
         log.exception("the engine could not start")
         conn.send(StartFailed(f"the engine could not start: {exc}"))
         return
+    freeze_serving_engine(engine)
     conn.send(Ready(engine.info))
     try:
         EngineCoreLoop(engine, conn.send).run(lambda block: _receive(conn, block))

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from appliance import __version__
 from appliance.config import Settings
 from appliance.engine.front import EngineFront
+from appliance.heap import freeze_long_lived
 from appliance.server.deps import AppState
 from appliance.server.errors import ERROR_RESPONSES, install_error_handlers
 from appliance.server.limits import BodyLimitMiddleware
@@ -48,12 +49,13 @@ log = logging.getLogger("appliance.server")
 
 
 def create_app(settings: Settings, engine: EngineFront, model_name: str = "default",
-               retrieval: RetrievalService | None = None) -> FastAPI:
+               retrieval: RetrievalService | None = None, freeze: bool = False) -> FastAPI:
     """Build the app around an already-loaded engine (`appliance serve` loads it first, so a bad model is
     one clear error line before anything listens). Without `retrieval`, the lifespan opens the store and
     checks the indexes under `settings.data_dir`; then it warms retrieval and the engine (`warmup.py`) so the
     first question costs what the next ones do, while the socket already listens. `/ready` answers 200 once
-    that is done."""
+    that is done. `freeze`: a serving process's app, which then keeps what it built at start out of garbage
+    collection (`appliance.heap`; not for tests, which build many apps)."""
     state = AppState(settings=settings, engine=engine, model_name=model_name, retrieval=retrieval)
 
     @asynccontextmanager
@@ -76,6 +78,8 @@ def create_app(settings: Settings, engine: EngineFront, model_name: str = "defau
                          time.perf_counter() - started, times.retrieval_s, times.engine_s)
             except Exception:  # a warm-up is an optimisation: serve without it rather than never be ready
                 log.exception("warm-up failed after %.1f s; ready without it", time.perf_counter() - started)
+            if freeze:
+                freeze_long_lived("server warmed up")  # the app, the indexes, the embedder: kept for good
             state.ready = True
 
         warming = asyncio.create_task(warm_then_ready())  # the socket listens meanwhile: /health 200, /ready 503
