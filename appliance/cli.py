@@ -168,7 +168,7 @@ def _start_engine(settings: Settings, log_level: str) -> EngineFront:
     from appliance.heap import freeze_serving_engine
 
     engine = LLMEngine.from_config(settings.engine_config())
-    freeze_serving_engine(engine)
+    freeze_serving_engine(engine.runner.wait_for_builds)
     return AsyncEngine(engine, settings.max_queue)
 
 

@@ -17,10 +17,7 @@ import gc
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from appliance.engine.engine import LLMEngine
+from collections.abc import Callable
 
 log = logging.getLogger("appliance")
 
@@ -35,16 +32,14 @@ def freeze_long_lived(what: str) -> None:
              (time.perf_counter() - started) * 1000)
 
 
-def freeze_serving_engine(engine: LLMEngine) -> None:
-    """In a serving process, once `engine` is loaded: freeze now, and again from a daemon thread once its
-    background builds (compiled decode, the fused layer) are done, since they build more long-lived objects."""
+def freeze_serving_engine(wait_for_builds: Callable[[], float | None]) -> None:
+    """In a serving process, once its engine is loaded: freeze now, and again from a daemon thread once the
+    engine's background builds (compiled decode, the fused layer), which build more long-lived objects, are done.
+    `wait_for_builds`: the engine runner's (joins them; None when there were none)."""
     freeze_long_lived("engine loaded")
-    runner = engine.runner
-    if runner.compiled is None and runner.fused is None:
-        return
 
     def after_builds() -> None:
-        runner.wait_for_builds()
-        freeze_long_lived("background builds done")
+        if wait_for_builds() is not None:
+            freeze_long_lived("background builds done")
 
     threading.Thread(target=after_builds, name="freeze-after-builds", daemon=True).start()

@@ -43,16 +43,11 @@ def test_a_serving_engine_freezes_at_load_and_again_once_its_builds_are_done() -
 
         built = threading.Event()
 
-        class Runner:  # an engine's runner with one background build still running
-            compiled, fused = object(), None
-            def wait_for_builds(self):
-                built.wait()
-                return 1.0
+        def wait_for_builds():  # a runner's, with one background build still running
+            built.wait()
+            return 1.0
 
-        class Engine:
-            runner = Runner()
-
-        freeze_serving_engine(Engine())
+        freeze_serving_engine(wait_for_builds)
         at_load = gc.get_freeze_count()
         made_by_the_build = [[i] for i in range(5000)]  # what the build leaves: long-lived
         time.sleep(0.2)
@@ -64,3 +59,18 @@ def test_a_serving_engine_freezes_at_load_and_again_once_its_builds_are_done() -
         print(at_load > 0, before_done == at_load, gc.get_freeze_count() >= at_load + 5000)
     """)
     assert out == ["True", "True", "True"]
+
+
+def test_without_background_builds_a_serving_engine_freezes_once() -> None:
+    out = _run("""
+        import logging, sys, time
+        logging.basicConfig(level="INFO", stream=sys.stdout, format="%(message)s")
+        from appliance.heap import freeze_serving_engine
+
+        freeze_serving_engine(lambda: None)  # a runner without builds: wait_for_builds returns None at once
+        time.sleep(0.3)
+        print("end")
+    """)
+    text = " ".join(out)
+    assert text.count("objects frozen out of garbage collection") == 1 and "engine loaded" in text
+    assert "background builds done" not in text

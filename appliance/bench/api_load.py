@@ -319,8 +319,8 @@ def bench_api(
     json_file: Annotated[Path | None, typer.Option("--json", help="also write the full result here")] = None,
     docs: Annotated[bool, typer.Option("--docs/--no-docs", help="update docs/BENCHMARKS.md")] = True,
 ) -> None:
-    """The HTTP API against the engine stepped in-process: decode at 1 and 16 streams, /health and refusals
-    under full load, with the engine in its own process and on a thread of the server."""
+    """The HTTP API against the engine stepped in-process and against llama.cpp's llama-server: decode at 1 and
+    16 streams, /health and refusals under full load, with the engine in its own process and on a thread."""
     from rich.console import Console
 
     from appliance.bench.report import publish

@@ -45,7 +45,7 @@ class EngineReplica:
         """Load the engine and warm it (`warm_engine`: one RAG-shaped request) before Ray routes anything here,
         so each replica's first question costs what the next ones do."""
         engine = LLMEngine.from_config(config)
-        freeze_serving_engine(engine)
+        freeze_serving_engine(engine.runner.wait_for_builds)
         self.front = AsyncEngine(engine, max_queue)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.node_id = ray.get_runtime_context().get_node_id()

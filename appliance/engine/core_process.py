@@ -49,7 +49,7 @@ def main(config: EngineConfig, conn: Connection, log_level: str) -> None:
         log.exception("the engine could not start")
         conn.send(StartFailed(f"the engine could not start: {exc}"))
         return
-    freeze_serving_engine(engine)
+    freeze_serving_engine(engine.runner.wait_for_builds)
     conn.send(Ready(engine.info))
     try:
         EngineCoreLoop(engine, conn.send).run(lambda block: _receive(conn, block))
