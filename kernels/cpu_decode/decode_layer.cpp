@@ -136,14 +136,9 @@ void attend(const float* q, const float* k, const float* v, T* k_cache, T* v_cac
       float* stat = stats.data() + task * group * 2;
       scores.resize(group * len);  // [group, len]
 #if APPLIANCE_VNNI
-      if (dim == 64) {
-        attend_heads_vector<4>(qg, group, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), part,
-                               stat);
-        continue;
-      }
-      if (dim == 128) {
-        attend_heads_vector<8>(qg, group, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), part,
-                               stat);
+      if (dim == 64 || dim == 128) {
+        (dim == 64 ? attend_heads_vector<4, T> : attend_heads_vector<8, T>)(
+            qg, group, k_cache, v_cache, slots, len, kv_width, g * dim, scores.data(), part, stat);
         continue;
       }
 #endif

@@ -9,6 +9,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -63,7 +64,7 @@ def test_a_llama_server_that_exits_at_once_is_reported_with_its_log(tmp_path: Pa
         pass
 
 
-def _write_later(log: tempfile._TemporaryFileWrapper[str], text: str) -> None:
+def _write_later(log: IO[str], text: str) -> None:
     time.sleep(0.3)
     log.write(text)
     log.flush()
