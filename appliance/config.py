@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     max_model_len: int = EngineConfig.max_model_len
     max_queue: int = 256
     engine_process: bool = True  # `appliance serve` steps the engine in its own process (false: on a thread)
+    engine_nice: int = Field(default=10, ge=0, le=19)  # the engine's threads yield the CPU to the API's (priority.py)
     doc_cache: DocCacheMode = EngineConfig.doc_cache  # type: ignore[assignment]
     doc_cache_share: float = Field(default=EngineConfig.doc_cache_share, ge=0.0, lt=1.0)  # kv_cache_mb: chunk tier
     blend_ratio: float = Field(default=EngineConfig.blend_ratio, ge=0.0, le=1.0)  # reused tokens recomputed (blend)

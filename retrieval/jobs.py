@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.priority import BACKGROUND_NICE, lower_priority
 from retrieval.chunk import Chunker
 from retrieval.embed import Embedder
 from retrieval.errors import FileError, TooLargeError, UnsupportedTypeError
@@ -256,6 +257,7 @@ class JobRunner:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
+        lower_priority(BACKGROUND_NICE)  # ingestion yields the CPU to answers (`appliance.priority`)
         while (task := self._queue.get()) is not None:
             try:
                 self.ingestor.run(*task)

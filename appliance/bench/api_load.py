@@ -9,11 +9,10 @@ GIL), `in-process` (the same engine configuration stepped directly by this proce
 bench-extra`). Ours decode as `serve` does (compiled decode and the fused layer), their background builds waited
 for before a server is measured.
 
-Phases of each run, all greedy with `ignore_eos`: one stream; 16 streams at once; then, for ours, "full load":
-16 streams decoding while a ~2k-token prompt arrives, with `/health` probed every 50 ms and, the queue being full
-(APPLIANCE_MAX_QUEUE=17), one more request every 100 ms that the server refuses (503). The probes come from a
-process of their own, as a load balancer's health checks would: timed in the event loop that also reads the
-16 streams, they would include that loop's own lag. A stream's decode rate
+Phases of each run, all greedy with `ignore_eos`: one stream; 16 streams at once; then, for ours, "full load"
+(`api_probes.py`): 16 streams decoding while a ~2k-token prompt arrives, with `/health` probed every 50 ms and,
+the queue being full (APPLIANCE_MAX_QUEUE=17), one more request every 100 ms that the server refuses (503),
+from a process of their own, as a load balancer's health checks would. A stream's decode rate
 is (its tokens - 1) / (its last token's time - its first's), the aggregate the sum over streams; inter-token
 latency is the gap between two SSE chunks of one stream. Figures: medians over rounds.
 """
@@ -22,19 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import re
 import statistics
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 
+from appliance.bench.api_probes import LOAD_PHASES, full_load
 from appliance.bench.itl import percentile
 from appliance.bench.llama_server import ENV_VAR, find_llama_server, llama_serving
 from appliance.bench.machine import describe_machine
@@ -51,7 +48,6 @@ QUEUE = 17  # 16 streams + the long prompt: every further request is refused
 ENV = {"APPLIANCE_MAX_QUEUE": str(QUEUE), "APPLIANCE_WARMUP_TOKENS": "0", "APPLIANCE_RATE_LIMIT_PER_MINUTE": "0",
        "APPLIANCE_KV_CACHE_MB": "1024"}
 PEER_CONTEXT = 512  # tokens per llama-server slot: a prompt and `decode_tokens` fit
-LOAD_STREAM_TOKENS = 512  # the load phase's streams outlast the long prompt (and are cancelled once it is answered)
 TOPICS = ("the sea", "a mountain", "a city at night", "an old library", "the desert", "a river", "winter",
           "a forest", "a lighthouse", "the moon", "a train journey", "a market", "a storm", "a garden", "a bridge",
           "an island")
@@ -109,34 +105,6 @@ async def _stream(client: httpx.AsyncClient, topic: str, max_tokens: int, starte
     return times, tokens
 
 
-def probe(url: str, go: Event, stop: Event, results: Connection) -> None:
-    """A probe process: once `go` is set and until `stop` is, GET /health every 50 ms and, every other time, a
-    request the full queue must refuse; sends back (health ms, refusal ms, unexpected statuses)."""
-    health: list[float] = []
-    refusals: list[float] = []
-    unexpected: list[int] = []
-    go.wait()
-    with httpx.Client(base_url=url, timeout=60) as client:
-        tick = 0
-        while not stop.is_set():
-            started = time.perf_counter()
-            reply = client.get("/health")
-            health.append((time.perf_counter() - started) * 1000)
-            if reply.status_code != 200:
-                unexpected.append(reply.status_code)
-            if tick % 2 == 0:
-                started = time.perf_counter()
-                reply = client.post("/v1/chat/completions", json={"messages": _prompt("nothing"), "max_tokens": 4})
-                if stop.is_set():  # the long prompt was answered meanwhile: the queue may have had room
-                    break
-                refusals.append((time.perf_counter() - started) * 1000)
-                if reply.status_code != 503:  # the queue is full: anything else means the phase is not what it says
-                    unexpected.append(reply.status_code)
-            tick += 1
-            time.sleep(0.05)
-    results.send((health, refusals, unexpected))
-
-
 async def _server_phases(url: str, long_prompt: str | None, decode_tokens: int) -> dict[str, Any]:
     """One stream, 16 streams, and (given the long prompt) the full-load phase."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -147,45 +115,8 @@ async def _server_phases(url: str, long_prompt: str | None, decode_tokens: int) 
         phases = {"1": stream_figures([one[0]], [one[1]]),
                   "16": stream_figures([t for t, _ in many], [n for _, n in many])}
         if long_prompt is not None:
-            phases["load"] = await _full_load(client, long_prompt)
+            phases["load"] = await full_load(client, long_prompt, _stream, TOPICS)
         return phases
-
-
-async def _full_load(client: httpx.AsyncClient, long_prompt: str) -> dict[str, Any]:
-    """16 streams; once each has its first token the long prompt arrives, and the probe process runs until it is
-    answered; then the streams are dropped (the server aborts them)."""
-    context = multiprocessing.get_context("spawn")
-    go, stop = context.Event(), context.Event()
-    receive, send = context.Pipe(duplex=False)
-    prober = context.Process(target=probe, args=(str(client.base_url), go, stop, send), daemon=True)
-    prober.start()  # started (and imported) before the load, so it probes from the first moment
-    send.close()  # the child's end: a prober that dies makes `recv` raise instead of wait for ever
-    started = asyncio.Semaphore(0)
-    streams = [asyncio.create_task(_stream(client, t, LOAD_STREAM_TOKENS, started)) for t in TOPICS]
-    for _ in TOPICS:
-        await started.acquire()
-    sent = time.perf_counter()
-    long = asyncio.create_task(client.post("/v1/completions", json={"prompt": long_prompt, "max_tokens": 1}))
-    await asyncio.sleep(0.5)  # the long prompt admitted (tokenized, queued): from here on the queue is full
-    go.set()
-    await asyncio.wait([long])
-    stop.set()
-    health, refusals, unexpected = await asyncio.to_thread(receive.recv)
-    prober.join()
-    if unexpected:
-        raise RuntimeError(f"probes expected /health 200 and refusals 503, got {sorted(set(unexpected))}")
-    reply = await long
-    reply.raise_for_status()
-    long_s = time.perf_counter() - sent
-    if any(stream.done() for stream in streams):  # the queue was not full all along
-        raise RuntimeError("a load stream ended before the long prompt was answered")
-    for stream in streams:
-        stream.cancel()
-    await asyncio.gather(*streams, return_exceptions=True)
-    return {"health_p50_ms": percentile(health, 0.5), "health_p99_ms": percentile(health, 0.99),
-            "refusal_p50_ms": percentile(refusals, 0.5), "refusal_p99_ms": percentile(refusals, 0.99),
-            "probes": len(health), "refusals": len(refusals), "long_prompt_s": long_s,
-            "long_prompt_tokens": reply.json()["usage"]["prompt_tokens"]}
 
 
 def in_process_phases(engine: LLMEngine, decode_tokens: int) -> dict[str, Any]:
@@ -261,7 +192,8 @@ def run_api_bench(repeats: int, decode_tokens: int, say: Callable[[str], None] =
                                                      f"p99 {run['load']['refusal_p99_ms']:.1f} ms" if "load" in run
                                                      else ""))
     return {"machine": describe_machine(), "repeats": repeats, "decode_tokens": decode_tokens, "runs": runs,
-            "decode": ", ".join(builds) or "eager", "summary": {name: _medians(r) for name, r in runs.items()}}
+            "decode": ", ".join(builds) or "eager", "engine_nice": settings.engine_nice,
+            "summary": {name: _medians(r) for name, r in runs.items()}}
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -292,9 +224,14 @@ def api_markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {name} | {one['tok_s']:.1f} | {one['itl_p50_ms']:.0f} / {one['itl_p99_ms']:.0f} | "
                      f"{many['tok_s']:.1f} | {many['itl_p50_ms']:.0f} / {many['itl_p99_ms']:.0f} | {ratio} | "
                      f"{probes} |")
+    probed = next((fig["load"] for fig in s.values() if "load" in fig), None)
     lines += ["", "Under load: 16 streams decoding while a ~2k-token prompt is prefilled; `/health` probed every "
                   "50 ms and a refused request (queue full, 503) every 100 ms until the prompt is answered, from a "
-                  "process of their own (not the event loop reading the streams). "
+                  "process of their own speaking HTTP/1.1 on one kept-alive socket (as a load balancer's check "
+                  f"does); {LOAD_PHASES} such phases a round, each with a prompt of its own, their probes pooled"
+                  + (f" (median {probed['probes']:.0f} `/health` probes and {probed['refusals']:.0f} refusals a "
+                     "round)" if probed else "") + f". The servers' engines run at nice {result['engine_nice']} "
+                  "(`APPLIANCE_ENGINE_NICE`, `appliance/priority.py`). "
                   "Targets (issue 18): `/health` p99 and refusal p99 <= 5 ms; 16 streams through the API >= 0.95x "
                   "in-process."]
     if PEER in s:

@@ -77,5 +77,6 @@ def build_app(settings: Settings, plan: ClusterPlan) -> Application:
     api = serve.deployment(name="Api", num_replicas=1, max_ongoing_requests=settings.max_queue + 64,
                            ray_actor_options={"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}
                            )(ingress)
-    return api.bind(engine.bind(config, settings.max_queue, plan.app_name, settings.warmup_tokens), settings,
+    return api.bind(engine.bind(config, settings.max_queue, plan.app_name, settings.warmup_tokens,
+                               settings.engine_nice), settings,
                     plan.app_name)

@@ -41,12 +41,12 @@ class EngineReplica:
     REPORT_EVERY_S = 1.0
 
     async def __init__(self, config: EngineConfig, max_queue: int, app_name: str,  # type: ignore[misc]
-                       warmup_tokens: int = 0) -> None:
+                       warmup_tokens: int = 0, nice: int = 0) -> None:
         """Load the engine and warm it (`warm_engine`: one RAG-shaped request) before Ray routes anything here,
         so each replica's first question costs what the next ones do."""
         engine = LLMEngine.from_config(config)
         freeze_serving_engine(engine.runner.wait_for_builds)
-        self.front = AsyncEngine(engine, max_queue)
+        self.front = AsyncEngine(engine, max_queue, nice)
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.node_id = ray.get_runtime_context().get_node_id()
         self.served = 0

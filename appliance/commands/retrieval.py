@@ -20,6 +20,7 @@ from rich.table import Table
 from appliance.commands.service import open_service
 from appliance.config import Settings
 from appliance.errors import ApplianceError
+from appliance.priority import BACKGROUND_NICE, lower_priority
 from retrieval.filters import FilterError, SearchFilters, parse_tag_args
 from retrieval.service import RetrievalService
 from retrieval.types import JobStatus
@@ -107,6 +108,7 @@ def ingest(
     """Ingest documents into a collection: parse, chunk, embed and index them (progress bar + summary); every
     document gets the `--tag key=value` tags (filters select on them)."""
     tags = _tags(tag)
+    lower_priority(BACKGROUND_NICE, whole_process=True)  # a serving engine's answers come first
     try:
         service = open_service(data_dir, model, embedder, chunk_tokens)
     except ApplianceError as exc:

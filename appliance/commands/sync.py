@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from appliance.commands.retrieval import ChunkTokens, DataDir, Embedder, Model
 from appliance.commands.service import open_service
 from appliance.errors import ApplianceError
+from appliance.priority import BACKGROUND_NICE, lower_priority
 from retrieval.sync import FolderSync, SyncReport, watch
 
 console = Console()
@@ -77,6 +78,7 @@ def sync(
 ) -> None:
     """Keep a collection equal to a folder: ingest new files, re-ingest changed ones (by content hash), record
     renames, remove documents whose file is gone (or that came from elsewhere)."""
+    lower_priority(BACKGROUND_NICE, whole_process=True)  # a serving engine's answers come first
     try:
         service = open_service(data_dir, model, embedder, chunk_tokens)
     except ApplianceError as exc:

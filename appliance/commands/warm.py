@@ -19,6 +19,7 @@ from appliance.commands.errors import err, exit_on_appliance_error
 from appliance.config import Settings
 from appliance.engine.doc_cache.capacity import WarmPlan
 from appliance.errors import ApplianceError
+from appliance.priority import BACKGROUND_NICE, lower_priority
 from retrieval.service import RetrievalService
 from retrieval.types import Chunk
 
@@ -105,6 +106,7 @@ def warm(
     from appliance.commands.service import open_service
 
     settings = Settings.with_flags(data_dir=data_dir, model=model)
+    lower_priority(BACKGROUND_NICE, whole_process=True)  # a serving engine's answers come first
     with exit_on_appliance_error():
         service = open_service(data_dir, model, None, 256)
         try:

@@ -16,20 +16,26 @@ from appliance.engine.engine import LLMEngine
 from appliance.engine.front import EngineFront
 from appliance.engine.snapshot import EngineSnapshot, snapshot_of
 from appliance.openmp import release_openmp_workers
+from appliance.priority import lower_priority
 
 
 class AsyncEngine(EngineFront):
     """The constructing thread gives back its OpenMP workers (it loaded the model and set up the engine): the
-    engine thread's must be the only ones for its parallel ops to run unthrottled (`appliance.openmp`)."""
+    engine thread's must be the only ones for its parallel ops to run unthrottled (`appliance.openmp`). The
+    engine thread (and the workers it starts) runs at the nice value `nice` (`appliance.priority`)."""
 
-    def __init__(self, engine: LLMEngine, max_queue: int = 256) -> None:
+    def __init__(self, engine: LLMEngine, max_queue: int = 256, nice: int = 0) -> None:
         super().__init__(engine.info, engine.tokenizer, max_queue)
         release_openmp_workers()
         self.engine = engine
         self._inbox: queue.Queue[Command] = queue.Queue()
-        loop = EngineCoreLoop(engine, self._on_event)
-        self._thread = threading.Thread(target=loop.run, args=(self._receive,), name="engine", daemon=True)
+        self._loop = EngineCoreLoop(engine, self._on_event)
+        self._thread = threading.Thread(target=self._run, args=(nice,), name="engine", daemon=True)
         self._thread.start()
+
+    def _run(self, nice: int) -> None:
+        lower_priority(nice)
+        self._loop.run(self._receive)
 
     def snapshot(self) -> EngineSnapshot:
         return snapshot_of(self.engine)

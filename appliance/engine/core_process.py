@@ -17,6 +17,7 @@ from appliance.engine.engine import LLMEngine
 from appliance.engine.info import EngineInfo
 from appliance.errors import ApplianceError
 from appliance.heap import freeze_serving_engine
+from appliance.priority import lower_priority
 
 log = logging.getLogger("appliance.engine")
 
@@ -35,11 +36,13 @@ class StartFailed:
     message: str
 
 
-def main(config: EngineConfig, conn: Connection, log_level: str) -> None:
-    """The engine process's entry point (its first message is Ready or StartFailed)."""
+def main(config: EngineConfig, conn: Connection, log_level: str, nice: int = 0) -> None:
+    """The engine process's entry point (its first message is Ready or StartFailed); its threads run at the
+    nice value `nice`, below the server's (`appliance.priority`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s (engine process): %(message)s")
+    lower_priority(nice, whole_process=True)  # before the model loads: every thread it starts inherits it
     try:
         engine = LLMEngine.from_config(config)
     except ApplianceError as exc:

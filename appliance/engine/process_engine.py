@@ -46,12 +46,14 @@ class ProcessEngine(EngineFront):
         self._reader.start()
 
     @classmethod
-    def start(cls, config: EngineConfig, max_queue: int = 256, log_level: str = "info") -> ProcessEngine:
-        """Start the engine process and wait until its model is loaded. Raises ModelLoadError (or the
-        ApplianceError the process reported) when it cannot start."""
+    def start(cls, config: EngineConfig, max_queue: int = 256, log_level: str = "info", nice: int = 0
+              ) -> ProcessEngine:
+        """Start the engine process (its threads at the nice value `nice`: `appliance.priority`) and wait until
+        its model is loaded. Raises ModelLoadError (or the ApplianceError the process reported) when it cannot
+        start."""
         context = multiprocessing.get_context("spawn")  # a fork would copy this process's threads' locks
         conn, child_end = context.Pipe(duplex=True)
-        process = context.Process(target=core_process.main, args=(config, child_end, log_level),
+        process = context.Process(target=core_process.main, args=(config, child_end, log_level, nice),
                                   name="appliance-engine", daemon=True)
         process.start()
         child_end.close()

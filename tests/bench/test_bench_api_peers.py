@@ -25,7 +25,8 @@ def _figures(one: float, many: float) -> dict[str, dict[str, float]]:
 
 def _result(summary: dict[str, dict[str, dict[str, float]]]) -> dict[str, object]:
     machine = {"cpu": "test CPU", "cores": 2, "memory": "1 GiB", "torch": "x", "load_average": "0 0 0"}
-    return {"machine": machine, "repeats": 1, "decode_tokens": 96, "decode": "fused decode", "summary": summary}
+    return {"machine": machine, "repeats": 1, "decode_tokens": 96, "decode": "fused decode", "engine_nice": 10,
+            "summary": summary}
 
 
 def test_the_report_compares_the_engine_process_with_llama_server() -> None:

@@ -4,6 +4,7 @@ cross the pipe, figures that follow, and a start that fails in one line."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +19,12 @@ from tests.reference_engine import reference_config
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
 
 
+ENGINE_NICE = os.getpriority(os.PRIO_PROCESS, 0) + 3  # below this process, as `serve` runs its engine
+
+
 @pytest.fixture(scope="module")
 def process_engine(loaded_model, model_cache_dir: Path) -> Iterator[ProcessEngine]:
-    engine = ProcessEngine.start(reference_config(model_cache_dir), max_queue=8)
+    engine = ProcessEngine.start(reference_config(model_cache_dir), max_queue=8, nice=ENGINE_NICE)
     yield engine
     engine.close()
     assert engine.process.exitcode == 0  # it stopped on Shutdown, not killed
@@ -58,6 +62,16 @@ def test_outputs_match_the_engine_stepped_in_this_process(process_engine: Proces
     assert process_engine.info.max_model_len > 0 and process_engine.info.device == "cpu"
     figures = process_engine.snapshot()  # sent before the outputs that finished the requests
     assert figures.generation_tokens >= sum(len(t) for t, _ in there)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice values are Linux's")
+def test_every_thread_of_the_engine_process_runs_at_its_lower_priority(process_engine: ProcessEngine) -> None:
+    asyncio.run(_collect(process_engine, [1, 2, 3, 4], GREEDY))  # its compute threads exist by now
+    pid = process_engine.process.pid
+    threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    assert len(threads) >= 2
+    assert {tid: os.getpriority(os.PRIO_PROCESS, tid) for tid in threads} == dict.fromkeys(threads, ENGINE_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == ENGINE_NICE - 3  # the server's side keeps its own
 
 
 def test_a_request_the_engine_refuses_fails_its_stream(process_engine: ProcessEngine) -> None:

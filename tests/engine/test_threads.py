@@ -4,6 +4,9 @@ its OpenMP team is the only one."""
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
+import time
 
 import torch
 
@@ -59,3 +62,20 @@ def test_an_idle_engine_thread_holds_no_openmp_workers(make_engine, keep_torch_t
             front.close()
 
     assert on_a_thread("omp-server", serve_one_request) == 0
+
+
+def test_the_engine_thread_runs_at_the_priority_it_was_given(make_engine) -> None:
+    """`serve`'s engine thread (APPLIANCE_ENGINE_PROCESS=false) yields the CPU to the API's (appliance.priority);
+    the thread that built the front keeps its own."""
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    front = AsyncEngine(make_engine(), nice=mine + 4)
+    try:
+        stepper = next(t for t in threading.enumerate() if t.name == "engine")
+        assert stepper.native_id is not None
+        deadline = time.monotonic() + 5  # it lowers itself as it starts
+        while os.getpriority(os.PRIO_PROCESS, stepper.native_id) != mine + 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, stepper.native_id) == mine + 4
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    finally:
+        front.close()
