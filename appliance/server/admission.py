@@ -22,10 +22,15 @@ class Admission:
         self.limit = limit
         self.taken = 0
 
-    async def hold(self, stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
-        """`stream`, holding a slot until it is over. Raises QueueFullError at once when none is free."""
+    def check(self) -> None:
+        """Raise QueueFullError if no slot is free now: a route refuses with it before any work of its own
+        (`deps.generating_principal`); `hold` checks again when it takes the slot."""
         if self.taken >= self.limit:
             raise QueueFullError(f"the engine queue is full ({self.limit} requests); retry shortly")
+
+    async def hold(self, stream: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        """`stream`, holding a slot until it is over. Raises QueueFullError at once when none is free."""
+        self.check()
         self.taken += 1
         held = self._held(stream)
         await anext(held)  # started, so its `finally` runs however it ends (even unread, when collected)

@@ -154,6 +154,15 @@ async def current_principal(request: Request,
     return principal
 
 
+async def generating_principal(principal: Principal = Depends(current_principal),
+                               state: AppState = Depends(get_state)) -> Principal:
+    """The caller of a route that generates, refused with 503 + Retry-After while the server's queue is full:
+    once authenticated, but before its body is validated or its prompt is built, so that under overload a
+    refusal costs little more than `/health` (`admission.py`)."""
+    admission_of(state).check()
+    return principal
+
+
 async def require_admin(principal: Principal = Depends(current_principal)) -> Principal:
     """The caller, who must hold an admin key (403 otherwise)."""
     if principal.role != "admin":

@@ -22,7 +22,7 @@ from appliance.rag.evidence import evidence_json
 from appliance.rag.pipeline import CitationsEvent, DoneEvent, TokenEvent
 from appliance.server.answers import stream_error
 from appliance.server.conversation_turns import open_turn
-from appliance.server.deps import AppState, Principal, current_principal, get_state
+from appliance.server.deps import AppState, Principal, generating_principal, get_state
 from appliance.server.limits import bounded_max_tokens
 from appliance.server.schemas import SSE_RESPONSE, DocCacheMode, RequestModel
 from appliance.server.schemas_filters import FiltersIn, search_filters
@@ -46,7 +46,7 @@ class AskRequest(RequestModel):
 
 @router.post("/api/ask", response_model=None, responses=SSE_RESPONSE)
 async def ask(body: AskRequest, state: AppState = Depends(get_state),
-              principal: Principal = Depends(current_principal)) -> dict | StreamingResponse:
+              principal: Principal = Depends(generating_principal)) -> dict | StreamingResponse:
     params = SamplingParams(max_tokens=bounded_max_tokens(state, body.max_tokens, 256), temperature=body.temperature)
     answer = await open_turn(state, principal, body.question, body.collection, body.k, params, body.doc_cache,
                              body.conversation_id, search_filters(body.filters))

@@ -17,7 +17,7 @@ from appliance.engine.sampling import SamplingParams
 from appliance.rag.answer_json import collect
 from appliance.rag.history import text_history
 from appliance.server.answers import open_answer
-from appliance.server.deps import AppState, Principal, current_principal, engine_of, get_state
+from appliance.server.deps import AppState, Principal, current_principal, engine_of, generating_principal, get_state
 from appliance.server.errors import ApiError
 from appliance.server.limits import bounded_max_tokens
 from appliance.server.logprobs_json import chat_logprobs, completion_logprobs
@@ -46,7 +46,7 @@ def list_models(state: AppState = Depends(get_state), _: Principal = Depends(cur
 
 @router.post("/chat/completions", response_model=None, responses=SSE_RESPONSE)
 async def chat_completions(body: ChatCompletionRequest, state: AppState = Depends(get_state),
-                           principal: Principal = Depends(current_principal)) -> dict | StreamingResponse:
+                           principal: Principal = Depends(generating_principal)) -> dict | StreamingResponse:
     """A chat completion; with `"rag"`, the last user message answered from a collection, with citations, as a
     follow-up of the earlier user/assistant messages (retrieval searches for it rewritten with them).
     `response_format` (or a `guided_*` field) constrains the output; with `tools`, the model may (or, with
@@ -122,7 +122,7 @@ async def _rag_chat(body: ChatCompletionRequest, env: Envelope, params: Sampling
 
 @router.post("/completions", response_model=None, responses=SSE_RESPONSE)
 async def completions(body: CompletionRequest, state: AppState = Depends(get_state),
-                      principal: Principal = Depends(current_principal)) -> dict | StreamingResponse:
+                      principal: Principal = Depends(generating_principal)) -> dict | StreamingResponse:
     """A text completion of a prompt string (encoded as plain text) or of a list of token ids; `echo` returns
     the prompt before it (with its tokens' log-probabilities when `logprobs` is asked)."""
     tokenizer = engine_of(state).tokenizer
