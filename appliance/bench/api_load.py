@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import httpx
 import typer
 
-from appliance.bench.api_probes import LOAD_PHASES, full_load
+from appliance.bench.api_probes import LOAD_PHASES, full_load, pooled_load_figures
 from appliance.bench.itl import percentile
 from appliance.bench.llama_server import ENV_VAR, find_llama_server, llama_serving
 from appliance.bench.machine import describe_machine
@@ -197,7 +197,9 @@ def run_api_bench(repeats: int, decode_tokens: int, say: Callable[[str], None] =
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    return {phase: {key: statistics.median(r[phase][key] for r in runs) for key in runs[0][phase]}
+    """Each phase's figures, the median over rounds; the full load's pooled over rounds."""
+    return {phase: pooled_load_figures([r[phase] for r in runs]) if phase == "load"
+            else {key: statistics.median(r[phase][key] for r in runs) for key in runs[0][phase]}
             for phase in runs[0]}
 
 
@@ -225,13 +227,14 @@ def api_markdown(result: dict[str, Any]) -> str:
                      f"{many['tok_s']:.1f} | {many['itl_p50_ms']:.0f} / {many['itl_p99_ms']:.0f} | {ratio} | "
                      f"{probes} |")
     probed = next((fig["load"] for fig in s.values() if "load" in fig), None)
+    pooled = (f" ({probed['probes']:.0f} `/health` probes and {probed['refusals']:.0f} refusals a system)"
+              if probed else "")
     lines += ["", "Under load: 16 streams decoding while a ~2k-token prompt is prefilled; `/health` probed every "
                   "50 ms and a refused request (queue full, 503) every 100 ms until the prompt is answered, from a "
                   "process of their own speaking HTTP/1.1 on one kept-alive socket (as a load balancer's check "
-                  f"does); {LOAD_PHASES} such phases a round, each with a prompt of its own, their probes pooled"
-                  + (f" (median {probed['probes']:.0f} `/health` probes and {probed['refusals']:.0f} refusals a "
-                     "round)" if probed else "") + f". The servers' engines run at nice {result['engine_nice']} "
-                  "(`APPLIANCE_ENGINE_NICE`, `appliance/priority.py`). "
+                  f"does); {LOAD_PHASES} such phases a round, each with a prompt of its own; the percentiles are "
+                  f"over every round's probes together{pooled}. The servers' engines run at nice "
+                  f"{result['engine_nice']} (`APPLIANCE_ENGINE_NICE`, `appliance/priority.py`). "
                   "Targets (issue 18): `/health` p99 and refusal p99 <= 5 ms; 16 streams through the API >= 0.95x "
                   "in-process."]
     if PEER in s:

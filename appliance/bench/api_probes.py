@@ -4,8 +4,8 @@ the engine works as hard as it can?
 Each phase: 16 streams decoding, then a ~2k-token prompt arriving (prefilled in chunks beside their decode
 steps); from a process of its own, a probe GETs `/health` every 50 ms and, every other time, sends a request
 that the full queue must refuse (503), until the long prompt is answered. `LOAD_PHASES` phases per round, each
-with a prompt of its own (the prefix cache must not skip its prefill), pool their probes: ~40 a phase, too few
-for a p99 that is more than the slowest one.
+with a prompt of its own (the prefix cache must not skip its prefill), pool their probes, and the report pools
+every round's: ~20 `/health` probes a phase are too few for a p99 that is more than the slowest one.
 
 The probe talks HTTP/1.1 over one kept-alive socket, as a load balancer's health check does, rather than
 through a Python HTTP client: on a machine whose cores the engine keeps busy, httpx's own work (~0.4 ms of CPU
@@ -30,7 +30,7 @@ import httpx
 
 from appliance.bench.itl import percentile
 
-LOAD_PHASES = 4
+LOAD_PHASES = 6
 LOAD_STREAM_TOKENS = 512  # the load phase's streams outlast the long prompt (and are cancelled once it is answered)
 PROBE_EVERY_S = 0.05
 StreamRequest = Callable[[httpx.AsyncClient, str, int, asyncio.Semaphore], Coroutine[Any, Any, tuple[list[float], int]]]
@@ -115,10 +115,24 @@ async def full_load(client: httpx.AsyncClient, long_prompt: str, stream: StreamR
         refusals += figures["refusals"]
         seconds.append(figures["long_prompt_s"])
         tokens = figures["long_prompt_tokens"]
+    return {**probe_figures(health, refusals), "health_ms": health, "refusal_ms": refusals,
+            "long_prompt_s": statistics.median(seconds), "long_prompt_tokens": tokens}
+
+
+def probe_figures(health: list[float], refusals: list[float]) -> dict[str, float]:
+    """p50 and p99 of the probes' times (ms), and how many there were."""
     return {"health_p50_ms": percentile(health, 0.5), "health_p99_ms": percentile(health, 0.99),
             "refusal_p50_ms": percentile(refusals, 0.5), "refusal_p99_ms": percentile(refusals, 0.99),
-            "probes": len(health), "refusals": len(refusals), "long_prompt_s": statistics.median(seconds),
-            "long_prompt_tokens": tokens}
+            "probes": len(health), "refusals": len(refusals)}
+
+
+def pooled_load_figures(loads: list[dict[str, Any]]) -> dict[str, float]:
+    """The full-load figures of several rounds: percentiles over every round's probes together (a median of
+    per-round p99s would be a median of near-maxima), the long prompt's median time."""
+    return {**probe_figures([ms for load in loads for ms in load["health_ms"]],
+                            [ms for load in loads for ms in load["refusal_ms"]]),
+            "long_prompt_s": statistics.median(load["long_prompt_s"] for load in loads),
+            "long_prompt_tokens": loads[0]["long_prompt_tokens"]}
 
 
 async def _load_phase(client: httpx.AsyncClient, long_prompt: str, stream: StreamRequest, topics: tuple[str, ...]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from appliance.bench.api_probes import http_request, probe_requests
+from appliance.bench.api_probes import http_request, pooled_load_figures, probe_requests
 
 
 def _serve(replies: list[list[bytes]]) -> tuple[int, threading.Thread]:
@@ -73,3 +73,16 @@ def test_the_refused_request_is_a_complete_json_post() -> None:
     head, _, body = refused.partition(b"\r\n\r\n")
     assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:8123\r\n")
     assert f"Content-Length: {len(body)}".encode() in head
+
+
+def test_rounds_pool_their_probes_for_the_percentiles() -> None:
+    def load(outlier: float | None, seconds: float) -> dict:
+        health = [1.0] * 99 + ([outlier] if outlier else [1.0])
+        return {"health_ms": health, "refusal_ms": [2.0] * 49 + [outlier or 2.0], "long_prompt_s": seconds,
+                "long_prompt_tokens": 2000}
+
+    pooled = pooled_load_figures([load(50.0, 2.0), load(40.0, 3.0), load(None, 2.5)])
+    # two slow probes in 300 are under the 1% tail; a median of each round's p99 would say ~40 ms
+    assert pooled["health_p99_ms"] < 2.0 and pooled["probes"] == 300 and pooled["refusals"] == 150
+    assert pooled["health_p50_ms"] == 1.0 and pooled["refusal_p50_ms"] == 2.0
+    assert pooled["long_prompt_s"] == 2.5  # the median round
