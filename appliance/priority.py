@@ -5,9 +5,10 @@ waking thread take a core from a running one only when the waking thread is owed
 earlier; otherwise it waits for the next scheduler tick (4 ms at the common HZ=250). The server's event loop,
 which wakes for every request and works in short bursts, often waits that long: measured with 16 streams
 decoding and a 2k-token prompt arriving on 2 cores, 70-80% of the event loop's stalls over 1.5 ms were time
-spent runnable but not running, and `/health` took 6.5-8 ms at p99 (docs/BENCHMARKS.md, "HTTP API under load").
-At a lower priority (a higher nice value, a smaller share of the CPU when there is contention, the whole CPU when
-there is none) the engine gives way at once: `/health` p99 under 3 ms, decode unchanged.
+spent runnable but not running, and `/health` took 6.5-8 ms at p99. At a lower priority (a higher nice value:
+a smaller share of the CPU when there is contention, the whole CPU when there is none) the engine gives way at
+once: `/health` p99 2.6-2.8 ms in the same runs, decode unchanged within the machine's drift
+(docs/BENCHMARKS.md, "HTTP API under load: the engine below the API's priority").
 
 So there are three tiers, set only downwards (no privilege needed): the server's threads at the nice value they
 were started with, the engine at `APPLIANCE_ENGINE_NICE` (10 by default), and work that nobody waits for by the
