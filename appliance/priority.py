@@ -34,7 +34,8 @@ log = logging.getLogger("appliance")
 def lower_priority(nice: int, whole_process: bool = False) -> int:
     """Set the nice value of the calling thread (whole_process: of every thread of this process) to `nice`, or
     leave it where it is if it is already that low or lower (raising a priority needs a privilege). Returns
-    how many threads were changed. Where threads have no nice values of their own (not Linux), the process's."""
+    how many threads were changed. Where threads have no nice values of their own (not Linux), only a
+    whole-process request does anything (the process's value): one thread's must not lower the server."""
     nice = min(max(nice, 0), MAX_NICE)
     if nice == 0:
         return 0
@@ -52,7 +53,7 @@ def lower_priority(nice: int, whole_process: bool = False) -> int:
 def _threads(whole_process: bool) -> list[int]:
     """The thread ids to lower (0: the process, where threads have no nice values of their own)."""
     if not os.path.isdir("/proc/self/task"):
-        return [0]
+        return [0] if whole_process else []
     if not whole_process:
         return [threading.get_native_id()]
     return [int(tid) for tid in os.listdir("/proc/self/task")]
