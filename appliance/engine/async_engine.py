@@ -29,13 +29,13 @@ class AsyncEngine(EngineFront):
         release_openmp_workers()
         self.engine = engine
         self._inbox: queue.Queue[Command] = queue.Queue()
-        self._loop = EngineCoreLoop(engine, self._on_event)
+        self._core = EngineCoreLoop(engine, self._on_event)
         self._thread = threading.Thread(target=self._run, args=(nice,), name="engine", daemon=True)
         self._thread.start()
 
     def _run(self, nice: int) -> None:
         lower_priority(nice)
-        self._loop.run(self._receive)
+        self._core.run(self._receive)
 
     def snapshot(self) -> EngineSnapshot:
         return snapshot_of(self.engine)
