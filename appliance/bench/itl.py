@@ -100,10 +100,12 @@ def run_itl_bench(data_dir: Path | None, arrivals: int = 12, interval_s: float =
         root = data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-itl-")))
         loaded, kv_dir, prompts, _ = encoded_prompts(root, texts, pages, f"{WARM_COLLECTION}-gold-{len(texts)}",
                                                      k, "auto", say, corpus_dir)
-        config = EngineConfig(data_dir=kv_dir, kv_cache_mb=2048, doc_cache="blend", compiled_decode=False)
+        config = EngineConfig(data_dir=kv_dir, kv_cache_mb=2048, doc_cache="blend")
         if max_batched_tokens:
             config = replace(config, max_num_batched_tokens=max_batched_tokens)
         engine = LLMEngine(loaded, config)
+        builds = [b.name for b in (engine.runner.compiled, engine.runner.fused) if b is not None]
+        engine.runner.wait_for_builds()  # the streams decode as `serve`'s do
         runs: dict[str, list[dict[str, float]]] = {s: [] for s in SCENARIOS}
         for r in range(rounds):
             for scenario in SCENARIOS:
@@ -113,7 +115,8 @@ def run_itl_bench(data_dir: Path | None, arrivals: int = 12, interval_s: float =
     rows = {s: {key: statistics.median(f[key] for f in found) for key in found[0]} for s, found in runs.items()}
     return {"machine": describe_machine(), "streams": streams, "arrivals": len(prompts), "interval_s": interval_s,
             "rounds": rounds, "mean_prompt_tokens": statistics.mean(len(p.token_ids) for p in prompts),
-            "max_num_batched_tokens": engine.config.max_num_batched_tokens, "scenarios": rows}
+            "max_num_batched_tokens": engine.config.max_num_batched_tokens, "decode": ", ".join(builds) or "eager",
+            "scenarios": rows}
 
 
 def itl_markdown(result: dict[str, Any]) -> str:
@@ -126,7 +129,7 @@ def itl_markdown(result: dict[str, Any]) -> str:
         f"{result['mean_prompt_tokens']:.0f} tokens, chunks pre-encoded on disk) arrive one every "
         f"{result['interval_s']:g} s, answered in `blend` or, as the reference, `off` (a full prefill, "
         f"{result['max_num_batched_tokens']} tokens a step at most, the engine's token budget); `none`: nothing "
-        f"arrives. Medians of "
+        f"arrives. The engine decodes as `serve` does ({result.get('decode', 'eager')}). Medians of "
         f"{result['rounds']} interleaved rounds.",
         "",
         "| arriving | streams' ITL p50 ms | streams' ITL p99 ms | p99 / none's | arrivals' TTFT p50 ms |",
