@@ -164,12 +164,8 @@ def _start_engine(settings: Settings, log_level: str) -> EngineFront:
 
         return ProcessEngine.start(settings.engine_config(), settings.max_queue, log_level, settings.engine_nice)
     from appliance.engine.async_engine import AsyncEngine
-    from appliance.engine.engine import LLMEngine
-    from appliance.heap import freeze_serving_engine
 
-    engine = LLMEngine.from_config(settings.engine_config())
-    freeze_serving_engine(engine.runner.wait_for_builds)
-    return AsyncEngine(engine, settings.max_queue, settings.engine_nice)
+    return AsyncEngine.serving(settings.engine_config(), settings.max_queue, settings.engine_nice)
 
 
 @bench_app.command("retrieval")

@@ -25,8 +25,8 @@ import logging
 import os
 import threading
 
-BACKGROUND_NICE = 19  # the lowest: ingestion and the batch commands
 MAX_NICE = 19
+BACKGROUND_NICE = MAX_NICE  # the lowest: ingestion and the batch commands
 
 log = logging.getLogger("appliance")
 

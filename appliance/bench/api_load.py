@@ -14,7 +14,8 @@ Phases of each run, all greedy with `ignore_eos`: one stream; 16 streams at once
 the queue being full (APPLIANCE_MAX_QUEUE=17), one more request every 100 ms that the server refuses (503),
 from a process of their own, as a load balancer's health checks would. A stream's decode rate
 is (its tokens - 1) / (its last token's time - its first's), the aggregate the sum over streams; inter-token
-latency is the gap between two SSE chunks of one stream. Figures: medians over rounds.
+latency is the gap between two SSE chunks of one stream. Figures: medians over rounds, but the full load's
+percentiles, which are over every round's probes together.
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def run_api_bench(repeats: int, decode_tokens: int, say: Callable[[str], None] =
     settings = Settings(max_queue=QUEUE, kv_cache_mb=int(ENV["APPLIANCE_KV_CACHE_MB"]))
     engine = LLMEngine.from_config(settings.engine_config())
     runner = engine.runner
-    builds = tuple(b.name for b in (runner.compiled, runner.fused) if b is not None)  # what the servers build too
+    builds = tuple(b.name for b in runner.builds)  # what the servers build too
     runner.wait_for_builds()  # into the data dir's cache, where the servers find them
     long_prompt = long_prompt_text(engine.tokenizer)
     release_openmp_workers()  # idle while the servers run

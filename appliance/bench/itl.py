@@ -104,7 +104,7 @@ def run_itl_bench(data_dir: Path | None, arrivals: int = 12, interval_s: float =
         if max_batched_tokens:
             config = replace(config, max_num_batched_tokens=max_batched_tokens)
         engine = LLMEngine(loaded, config)
-        builds = [b.name for b in (engine.runner.compiled, engine.runner.fused) if b is not None]
+        builds = [b.name for b in engine.runner.builds]
         engine.runner.wait_for_builds()  # the streams decode as `serve`'s do
         runs: dict[str, list[dict[str, float]]] = {s: [] for s in SCENARIOS}
         for r in range(rounds):

@@ -25,11 +25,9 @@ from appliance.cluster.ledger import LedgerEntry, PassageLedger
 from appliance.config import EngineConfig
 from appliance.engine.async_engine import AsyncEngine
 from appliance.engine.core_messages import AddRequest
-from appliance.engine.engine import LLMEngine
 from appliance.engine.info import EngineInfo
 from appliance.engine.outputs import RequestOutput
 from appliance.engine.snapshot import ReplicaReport, snapshot_of
-from appliance.heap import freeze_serving_engine
 from appliance.server.warmup import warm_engine
 
 log = logging.getLogger("appliance.cluster")
@@ -44,9 +42,8 @@ class EngineReplica:
                        warmup_tokens: int = 0, nice: int = 0) -> None:
         """Load the engine and warm it (`warm_engine`: one RAG-shaped request) before Ray routes anything here,
         so each replica's first question costs what the next ones do."""
-        engine = LLMEngine.from_config(config)
-        freeze_serving_engine(engine.runner.wait_for_builds)
-        self.front = AsyncEngine(engine, max_queue, nice)
+        self.front = AsyncEngine.serving(config, max_queue, nice)
+        engine = self.front.engine
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.node_id = ray.get_runtime_context().get_node_id()
         self.served = 0

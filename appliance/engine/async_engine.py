@@ -10,11 +10,13 @@ from __future__ import annotations
 import queue
 import threading
 
+from appliance.config import EngineConfig
 from appliance.engine.core_loop import EngineCoreLoop
 from appliance.engine.core_messages import Command, Shutdown
 from appliance.engine.engine import LLMEngine
 from appliance.engine.front import EngineFront
 from appliance.engine.snapshot import EngineSnapshot, snapshot_of
+from appliance.heap import freeze_serving_engine
 from appliance.openmp import release_openmp_workers
 from appliance.priority import lower_priority
 
@@ -32,6 +34,15 @@ class AsyncEngine(EngineFront):
         self._core = EngineCoreLoop(engine, self._on_event)
         self._thread = threading.Thread(target=self._run, args=(nice,), name="engine", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def serving(cls, config: EngineConfig, max_queue: int, nice: int) -> AsyncEngine:
+        """A serving process's engine on a thread (`serve` with APPLIANCE_ENGINE_PROCESS=false, a cluster
+        replica): loaded from `config`, what it built kept out of garbage collection (`appliance.heap`), its
+        thread at the nice value `nice` (`appliance.priority`)."""
+        engine = LLMEngine.from_config(config)
+        freeze_serving_engine(engine.runner.wait_for_builds)
+        return cls(engine, max_queue, nice)
 
     def _run(self, nice: int) -> None:
         lower_priority(nice)

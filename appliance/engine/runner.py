@@ -21,6 +21,7 @@ from appliance.engine.work import WorkItem
 from kernels.base import AttentionBackend, AttentionBatch
 
 if TYPE_CHECKING:
+    from appliance.engine.background_build import BackgroundBuild
     from appliance.engine.doc_cache.connector import DocCacheConnector
 
 
@@ -55,10 +56,15 @@ class ModelRunner:
         self.compiled: CompiledDecode | None = None  # compiled decode layers on a CPU (LLMEngine attaches them)
         self.fused: FusedDecode | None = None  # the fused decode layer on a CPU (LLMEngine attaches it too)
 
+    @property
+    def builds(self) -> list[BackgroundBuild]:
+        """The background builds attached (compiled decode, the fused layer), ready or not."""
+        return [b for b in (self.compiled, self.fused) if b is not None]
+
     def wait_for_builds(self) -> float | None:
         """Join the background builds attached (benchmarks measure steady state, not a build); the longest one's
         seconds, None when there is none."""
-        builds = [b for b in (self.compiled, self.fused) if b is not None]
+        builds = self.builds
         for build in builds:
             build.wait()
         return max((b.compile_seconds for b in builds), default=None)
