@@ -61,6 +61,12 @@ class EngineReplica:
     def info(self) -> EngineInfo:
         return self.front.info
 
+    def check_health(self) -> None:
+        """Ray Serve calls this every few seconds: a replica whose engine has stopped (its streams ended with an
+        error) is marked unhealthy and replaced."""
+        if self.front.down is not None:
+            raise RuntimeError(self.front.down)
+
     async def generate(self, command: AddRequest, passages: dict[str, int] | None = None
                        ) -> AsyncIterator[RequestOutput]:
         """Stream one request's outputs. `passages` is for the router only (the layout carries the same)."""

@@ -7,6 +7,7 @@ schedule work on the requesters' event loops).
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 
@@ -20,11 +21,15 @@ from appliance.heap import freeze_serving_engine
 from appliance.openmp import release_openmp_workers
 from appliance.priority import lower_priority
 
+log = logging.getLogger("appliance.engine")
+
 
 class AsyncEngine(EngineFront):
     """The constructing thread gives back its OpenMP workers (it loaded the model and set up the engine): the
     engine thread's must be the only ones for its parallel ops to run unthrottled (`appliance.openmp`). The
-    engine thread (and the workers it starts) runs at the nice value `nice` (`appliance.priority`)."""
+    engine thread (and the workers it starts) runs at the nice value `nice` (`appliance.priority`). Should the
+    loop itself raise (a failed step only fails its requests), the engine is `down`: every stream ends with an
+    error and new requests are refused, never left waiting for a thread that is gone."""
 
     def __init__(self, engine: LLMEngine, max_queue: int = 256, nice: int = 0) -> None:
         super().__init__(engine.info, engine.tokenizer, max_queue)
@@ -46,7 +51,11 @@ class AsyncEngine(EngineFront):
 
     def _run(self, nice: int) -> None:
         lower_priority(nice)
-        self._core.run(self._receive)
+        try:
+            self._core.run(self._receive)
+        except Exception as exc:  # noqa: BLE001 - reported to every stream; the thread ends either way
+            log.exception("the engine thread stopped")
+            self._went_down(f"the engine thread stopped: {exc}")
 
     def snapshot(self) -> EngineSnapshot:
         return snapshot_of(self.engine)

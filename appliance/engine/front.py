@@ -55,6 +55,7 @@ class EngineFront(ABC):
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count()
+        self._down: str | None = None
 
     @property
     def max_model_len(self) -> int:
@@ -66,8 +67,8 @@ class EngineFront(ABC):
 
     @property
     def down(self) -> str | None:
-        """Why the engine can serve no more requests (its process died), else None."""
-        return None
+        """Why the engine can serve no more requests (its process or thread died), else None."""
+        return self._down
 
     @abstractmethod
     def _send(self, command: Command) -> None: ...
@@ -145,6 +146,12 @@ class EngineFront(ABC):
             self._fail([event.request_id], RequestError(event.message))
         elif isinstance(event, StepFailed):
             self._fail(event.request_ids, ApplianceError(event.message))
+
+    def _went_down(self, reason: str) -> None:
+        """The step loop is gone: refuse new requests (`down`, so /ready answers 503) and end every stream in
+        flight with EngineUnavailableError."""
+        self._down = reason
+        self._fail(None, EngineUnavailableError(reason))
 
     def _fail(self, request_ids: list[str] | None, exc: Exception) -> None:
         """End these streams (None: every one) with `exc`."""

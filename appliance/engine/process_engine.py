@@ -24,7 +24,7 @@ from appliance.engine.core_process import Ready, StartFailed
 from appliance.engine.front import EngineFront
 from appliance.engine.info import EngineInfo
 from appliance.engine.loader import load_tokenizer
-from appliance.errors import ApplianceError, EngineUnavailableError, ModelLoadError
+from appliance.errors import ApplianceError, ModelLoadError
 
 log = logging.getLogger("appliance.engine")
 
@@ -39,7 +39,6 @@ class ProcessEngine(EngineFront):
         self._conn = conn
         self._outbox: queue.Queue[Command | None] = queue.Queue()
         self._closing = False
-        self._down: str | None = None
         self._sender = threading.Thread(target=self._send_loop, name="engine-sender", daemon=True)
         self._reader = threading.Thread(target=self._read_loop, name="engine-reader", daemon=True)
         self._sender.start()
@@ -68,10 +67,6 @@ class ProcessEngine(EngineFront):
             raise ApplianceError(first.message)
         assert isinstance(first, Ready), first
         return cls(process, conn, first.info, config, max_queue)
-
-    @property
-    def down(self) -> str | None:
-        return self._down
 
     def close(self) -> None:
         """Stop the engine process (Shutdown, then SIGTERM's stronger cousins if it does not exit in time)."""
@@ -103,8 +98,8 @@ class ProcessEngine(EngineFront):
                 break
             self._on_event(event)
         self.process.join(5)
-        self._down = f"the engine process stopped (exit code {self.process.exitcode})"
+        reason = f"the engine process stopped (exit code {self.process.exitcode})"
         if not self._closing:
-            log.error("%s: every request in flight ends with an error and /ready answers 503", self._down)
-        self._fail(None, EngineUnavailableError(self._down))
+            log.error("%s: every request in flight ends with an error and /ready answers 503", reason)
+        self._went_down(reason)
         self._outbox.put(None)

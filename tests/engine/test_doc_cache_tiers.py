@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -91,3 +92,25 @@ def test_disk_tier_deletes_least_recently_used_files_over_budget(tmp_path: Path)
     os.utime(disk.path("b" * 32), (1, 1))
     disk.put(entry("c" * 32))
     assert ("a" * 32) in disk and ("b" * 32) not in disk and ("c" * 32) in disk
+
+
+def test_a_broken_or_vanishing_file_is_a_miss_never_an_error(tmp_path: Path) -> None:
+    disk = DiskTier(tmp_path, "model", 10**9, torch.float32)
+    disk.put(entry("a" * 32, doc="d"))
+    broken = disk.path("b" * 32)
+    broken.parent.mkdir(exist_ok=True)
+    broken.write_bytes(b"not a safetensors file")  # e.g. a disk that filled up under another writer
+    assert disk.get("b" * 32) is None
+    assert disk.invalidate("d") == 1 and disk.get("a" * 32) is None
+
+
+def test_two_processes_invalidating_one_document_at_once_both_finish(tmp_path: Path) -> None:
+    """Two replicas share a data dir: each deletes files the other is about to open (found in CI: the engine
+    thread died on the file the other replica had just deleted)."""
+    writer = DiskTier(tmp_path, "model", 10**9, torch.float32)
+    for i in range(300):
+        writer.put(entry(f"{i:032d}", tokens=1, doc="d"))
+    tiers = [DiskTier(tmp_path, "model", 10**9, torch.float32) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        removed = list(pool.map(lambda tier: tier.invalidate("d"), tiers))
+    assert sum(removed) == 300 and not list(tmp_path.glob("*/*.safetensors"))

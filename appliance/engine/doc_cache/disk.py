@@ -1,9 +1,12 @@
 """The persistent chunk tier: one safetensors file per passage under `<data_dir>/kvcache/<salt>/`.
 
-Files are written atomically (temp file + `os.replace`), so another process (`appliance warm`) can fill the
-directory while the server reads it. The `int8` format stores each (layer, token, head) vector as int8 with
-a bfloat16 scale (absmax / 127): about half the bytes of bfloat16. Reads are memory-mapped by safetensors.
-Over its byte budget, the least recently used files (by mtime, refreshed on read) are deleted.
+Files are written atomically (temp file + `os.replace`), so another process (`appliance warm`, another
+replica) can fill the directory while the server reads it, and delete files from it (eviction, invalidation):
+a file that is gone, cut short or not safetensors when it is opened is a miss, never an error.
+
+The `int8` format stores each (layer, token, head) vector as int8 with a bfloat16 scale (absmax / 127): about
+half the bytes of bfloat16. Reads are memory-mapped by safetensors. Over its byte budget, the least recently
+used files (by mtime, refreshed on read) are deleted.
 """
 
 from __future__ import annotations
@@ -15,13 +18,17 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from appliance.engine.doc_cache.tier import ChunkEntry
 from appliance.engine.model_config import ModelConfig
 
 KVFormat = Literal["model", "int8"]
+
+# what opening a chunk file raises when it is gone (deleted between listing and opening: torch's memory map
+# raises RuntimeError), cut short or not safetensors
+UNREADABLE = (OSError, ValueError, RuntimeError, SafetensorError)
 
 
 def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +60,7 @@ class DiskTier:
         self.budget_bytes = budget_bytes
         self.dtype = dtype
         root.mkdir(parents=True, exist_ok=True)
-        self.bytes_used = sum(p.stat().st_size for p in self._files())
+        self.bytes_used = sum(size for _, size, _ in self._listing())
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.safetensors"
@@ -76,11 +83,12 @@ class DiskTier:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=metadata)
+            size = os.path.getsize(tmp)  # the file itself may be evicted by another process at once
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        self.bytes_used += path.stat().st_size
+        self.bytes_used += size
         if self.bytes_used > self.budget_bytes:
             self._evict()
 
@@ -91,7 +99,7 @@ class DiskTier:
                 metadata = f.metadata() or {}
             tensors = load_file(str(path))
             os.utime(path)
-        except (FileNotFoundError, OSError, ValueError):
+        except UNREADABLE:
             return None
         if metadata.get("format") == "int8":
             k = dequantize(tensors["k"], tensors["k_scale"], self.dtype)
@@ -107,28 +115,40 @@ class DiskTier:
             try:
                 with safe_open(str(path), framework="pt") as f:
                     doc_ids = json.loads((f.metadata() or {}).get("doc_ids", "[]"))
-            except (OSError, ValueError):
+            except UNREADABLE:
                 continue
-            if doc_id in doc_ids:
-                self._remove(path)
+            if doc_id in doc_ids and self._remove(path):
                 removed += 1
         return removed
 
     def _files(self) -> list[Path]:
         return list(self.root.glob("*/*.safetensors"))
 
-    def _remove(self, path: Path) -> None:
+    def _listing(self) -> list[tuple[Path, int, float]]:
+        """(path, size, mtime) of each file still there when it is looked at."""
+        listing = []
+        for path in self._files():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            listing.append((path, st.st_size, st.st_mtime))
+        return listing
+
+    def _remove(self, path: Path) -> bool:
+        """Delete one file; False when another process had already."""
         try:
             size = path.stat().st_size
             path.unlink()
-            self.bytes_used -= size
         except FileNotFoundError:
-            pass
+            return False
+        self.bytes_used -= size
+        return True
 
     def _evict(self) -> None:
-        files = sorted(self._files(), key=lambda p: p.stat().st_mtime)
-        self.bytes_used = sum(p.stat().st_size for p in files)
-        for path in files:
+        files = sorted(self._listing(), key=lambda listed: listed[2])
+        self.bytes_used = sum(size for _, size, _ in files)
+        for path, _, _ in files:
             if self.bytes_used <= self.budget_bytes:
                 break
             self._remove(path)
