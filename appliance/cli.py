@@ -103,6 +103,10 @@ def serve(
     min_replicas: Annotated[int | None, typer.Option(min=0, help="With --replicas: autoscale from this many")] = None,
     max_replicas: Annotated[int | None, typer.Option(min=1, help="... up to this many")] = None,
     target_ongoing: Annotated[float, typer.Option(min=0.1, help="... aiming at this many requests per replica")] = 4.0,
+    upscale_delay: Annotated[float, typer.Option(min=0, help="... adding a replica once the load has stayed over "
+                                                 "the target this many seconds")] = 30.0,
+    downscale_delay: Annotated[float, typer.Option(min=0, help="... removing one once it has stayed under it this "
+                                                   "many seconds")] = 600.0,
 ) -> None:
     """Start the HTTP server (OpenAI-compatible API, search, ask, admin and the web UI)."""
     from appliance.server.app import create_app, serve_app
@@ -115,8 +119,9 @@ def serve(
     if not is_loopback(settings.host) and not settings.admin_key and not _has_stored_keys(settings):
         raise fail(f"refusing to listen on {settings.host} without an API key: set APPLIANCE_ADMIN_KEY or create "
                    "one with 'appliance keys create --role admin' (unauthenticated access is only allowed on loopback)")
-    plan = None if replicas is None else _cluster_plan(settings, replicas, router, (min_replicas, max_replicas),
-                                                         target_ongoing)
+    plan = None if replicas is None else _cluster_plan(
+        settings, replicas, router, min_replicas=min_replicas, max_replicas=max_replicas,
+        target_ongoing_requests=target_ongoing, upscale_delay_s=upscale_delay, downscale_delay_s=downscale_delay)
     configure_logging(log_level)  # only once every flag is accepted: a refusal leaves the caller's logging alone
     if plan is not None:
         _serve_cluster(settings, plan, ray_address)
@@ -130,8 +135,9 @@ def serve(
               log_level)
 
 
-def _cluster_plan(settings: Settings, replicas: int, router: str, autoscale: tuple[int | None, int | None],
-                  target_ongoing: float) -> ClusterPlan:
+def _cluster_plan(settings: Settings, replicas: int, router: str, *, min_replicas: int | None,
+                  max_replicas: int | None, target_ongoing_requests: float, upscale_delay_s: float,
+                  downscale_delay_s: float) -> ClusterPlan:
     """`serve --replicas N`'s flags as a plan for Ray Serve (refused with a clear error before anything starts)."""
     try:
         from appliance.cluster.app import ClusterPlan
@@ -140,11 +146,12 @@ def _cluster_plan(settings: Settings, replicas: int, router: str, autoscale: tup
         raise fail(f"--replicas needs Ray Serve: pip install 'rag-appliance[cluster]' ({exc})") from None
     if router not in ROUTERS:
         raise fail(f"unknown router {router!r} (one of {', '.join(ROUTERS)})")
-    if (autoscale[0] is None) != (autoscale[1] is None):
+    if (min_replicas is None) != (max_replicas is None):
         raise fail("--min-replicas and --max-replicas go together")
     threads = settings.threads or max(1, (os.cpu_count() or 1) // replicas)
-    return ClusterPlan(replicas=replicas, router=router, threads_per_replica=threads, min_replicas=autoscale[0],
-                       max_replicas=autoscale[1], target_ongoing_requests=target_ongoing)
+    return ClusterPlan(replicas=replicas, router=router, threads_per_replica=threads, min_replicas=min_replicas,
+                       max_replicas=max_replicas, target_ongoing_requests=target_ongoing_requests,
+                       upscale_delay_s=upscale_delay_s, downscale_delay_s=downscale_delay_s)
 
 
 def _serve_cluster(settings: Settings, plan: ClusterPlan, ray_address: str | None) -> None:

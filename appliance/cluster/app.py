@@ -29,6 +29,8 @@ class ClusterPlan:
     min_replicas: int | None = None  # autoscaling between these when both are set
     max_replicas: int | None = None
     target_ongoing_requests: float = 4.0
+    upscale_delay_s: float = 30.0  # how long the load stays over the target before a replica is added,
+    downscale_delay_s: float = 600.0  # and under it before one is removed (Ray Serve's defaults)
     app_name: str = "appliance"
 
     def autoscaling(self) -> AutoscalingConfig | None:
@@ -36,7 +38,8 @@ class ClusterPlan:
             return None
         return AutoscalingConfig(min_replicas=self.min_replicas, max_replicas=self.max_replicas,
                                  initial_replicas=self.replicas,
-                                 target_ongoing_requests=self.target_ongoing_requests)
+                                 target_ongoing_requests=self.target_ongoing_requests,
+                                 upscale_delay_s=self.upscale_delay_s, downscale_delay_s=self.downscale_delay_s)
 
 
 class ApiIngress:

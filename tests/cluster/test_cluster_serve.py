@@ -10,84 +10,46 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 
 from appliance.cluster.app import ClusterPlan
-from appliance.cluster.serve import start_cluster, stop_cluster
-from appliance.config import Settings
 from appliance.engine.async_engine import AsyncEngine
 from appliance.engine.engine import LLMEngine
 from appliance.server.app import create_app
-from tests.server.conftest import free_port, served
+from tests.cluster.conftest import Cluster, cluster_settings, serving
+from tests.server.conftest import served
 
 pytestmark = pytest.mark.slow
 
 QUESTION = {"question": "How tall is Olympus Mons?", "collection": "space", "max_tokens": 16}
 
 
-@dataclass
-class Cluster:
-    url: str
-    settings: Settings
-
-    def replicas(self) -> list[dict]:
-        response = httpx.get(f"{self.url}/api/admin/cluster", timeout=10)
-        assert response.status_code == 200, response.text
-        return response.json()["replicas"]
-
-    def served(self) -> dict[str, int]:
-        return {r["replica_id"]: r["served"] for r in self.replicas()}
-
-    def wait_for(self, condition: Callable[[list[dict]], bool], timeout_s: float = 15) -> list[dict]:
-        """Poll the replicas' reports (about a second old) until `condition` holds; fail after `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            replicas = self.replicas()
-            if condition(replicas):
-                return replicas
-            assert time.monotonic() < deadline, f"still {replicas}"
-            time.sleep(0.25)
-
-
 @pytest.fixture(scope="module")
 def cluster(rag_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     import ray
-    from ray import serve
     from ray.cluster_utils import Cluster as RayCluster
 
-    data_dir = tmp_path_factory.mktemp("cluster") / "data"
-    shutil.copytree(rag_data_dir, data_dir)  # this module ingests and deletes: the shared one stays as it is
     nodes = RayCluster(initialize_head=True, head_node_args={"num_cpus": 1})
     nodes.add_node(num_cpus=1)
     ray.init(address=nodes.address, logging_level="warning")
-    settings = Settings(data_dir=data_dir, port=free_port(), dtype="float32", kv_cache_mb=256,
-                        compiled_decode=False, doc_cache="blend", warmup_tokens=200)
+    # this module ingests and deletes: the shared data dir stays as it is
+    settings = cluster_settings(rag_data_dir, tmp_path_factory.mktemp("cluster") / "data")
     plan = ClusterPlan(replicas=2, router="affinity", threads_per_replica=1, app_name="appliance-test")
-    start_cluster(settings, plan)
-    url = f"http://127.0.0.1:{settings.port}"
     try:
-        deadline = time.monotonic() + 120
-        while httpx.get(f"{url}/ready", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "the cluster never became ready"
-            time.sleep(0.5)
-        found = Cluster(url, settings)
-        found.wait_for(lambda replicas: len(replicas) == 2)
-        time.sleep(2.5)  # reports taken after the API's warm-up request
-        yield found
+        with serving(settings, plan) as found:
+            time.sleep(2.5)  # reports taken after the API's warm-up request
+            yield found
     finally:
-        stop_cluster(plan)
-        serve.shutdown()
         ray.shutdown()
         nodes.shutdown()
 
