@@ -57,6 +57,10 @@ class DecoderLayer:
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
 
+    def linear(self, name: str) -> Linear:
+        """The fused projection `name` (a key of PROJECTIONS)."""
+        return {"qkv": self.qkv, "o": self.o_proj, "gate_up": self.gate_up, "down": self.down}[name]
+
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
                  v_cache: torch.Tensor, backend: AttentionBackend, plan: Any) -> torch.Tensor:
         """x: [T, hidden] float32 residual stream -> [T, hidden] float32."""

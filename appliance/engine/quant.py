@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +71,8 @@ def int4_from_gguf(raw: np.ndarray, qtype: int, rows: int, cols: int) -> Int4Wei
 class Linear:
     """y = x W^T (+ b). W is dense; batches of at most `small_batch` tokens read a compact copy instead:
     the GGUF's exact 4-bit blocks when given (`int4`), else, with `int8=True`, W quantized per output row.
-    The compact path computes in KERNEL_DTYPE and returns x's dtype."""
+    The compact path computes in KERNEL_DTYPE and returns x's dtype; a faster kernel over the same 4-bit
+    weights can take it over (`use_small_batch_kernel`)."""
 
     def __init__(self, dense: torch.Tensor, bias: torch.Tensor | None = None, int4: Int4Weight | None = None,
                  small_batch: int = 0, int8: bool = False) -> None:
@@ -81,6 +83,7 @@ class Linear:
         self.scales_zeros: torch.Tensor | None = None
         self.int8: torch.Tensor | None = None
         self.int8_scale: torch.Tensor | None = None
+        self.small_kernel: Callable[[torch.Tensor], torch.Tensor] | None = None
         if small_batch <= 0:
             return
         if int4 is not None and dense.shape[0] % 16 == 0:  # the kernel packs 16 rows at once
@@ -92,10 +95,18 @@ class Linear:
             self.int8 = (dense.float() / scale[:, None]).round().to(torch.int8)  # [N, K]
             self.int8_scale = scale.to(KERNEL_DTYPE)
 
+    def use_small_batch_kernel(self, kernel: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """From now on, batches of at most `small_batch` tokens go through `kernel`: x [T, K] float32 (contiguous)
+        -> y [T, N] float32, the bias included, over this layer's 4-bit weights (the fused decode layer's
+        matmul lends itself to the eager layers once built: `fused_decode.py`)."""
+        self.small_kernel = kernel
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x: [T, K] -> [T, N]."""
         if x.shape[0] > self.small_batch or (self.packed is None and self.int8 is None):
             return F.linear(x, self.dense, self.bias)
+        if self.small_kernel is not None:
+            return self.small_kernel(x.float().contiguous()).to(x.dtype)
         xk = x.to(KERNEL_DTYPE)
         if self.packed is not None:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(xk, self.packed, GROUP, self.scales_zeros)

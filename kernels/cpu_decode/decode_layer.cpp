@@ -238,7 +238,7 @@ torch::Tensor decode_layer(const Layer& layer, const torch::Tensor& x, const tor
   return out;
 }
 
-// y: [rows, N] float32 = x [rows, K] float32 through one 4-bit linear (tests).
+// y: [rows, N] float32 = x [rows, K] float32 through one 4-bit linear (the eager layers' small steps, tests).
 torch::Tensor q4_matmul(const Q4Linear& w, const torch::Tensor& x) {
   TORCH_CHECK(x.dtype() == torch::kFloat32 && x.is_contiguous() && x.size(1) == w.k(), "x: [rows, K] float32");
   torch::Tensor y = torch::empty({x.size(0), w.n()}, x.options());

@@ -119,22 +119,26 @@ def _teacher_forced_logits(engine, ids: list[int], fused: bool, start: int) -> t
 
 def _assert_predictions_kept(make_engine, ids: list[int], start: int, portable: bool) -> None:
     """The fused path's loss and top-1 agreement with the float32 dense reference, teacher-forced over ids[start:],
-    are as good as the eager 4-bit path's (the one it replaces), within a small margin."""
+    are as good as the eager 4-bit path's through torch's kernel (the one it replaces), within a small margin; so
+    are the eager layers' once the fused matmul is lent to them."""
     reference = make_engine()  # float32, dense weights
     fused = make_engine(dtype="bfloat16", int4_decode_tokens=32)
     assert _with_fused(fused, fused.config.data_dir / "compiled", portable=portable).wait(600)
+    eager = make_engine(dtype="bfloat16", int4_decode_tokens=32)  # nothing lent: torch's 4-bit kernel
     target = torch.tensor(ids[start:])
     want = _teacher_forced_logits(reference, ids, fused=False, start=start)
     results = {}
-    for name, on in (("fused", True), ("eager", False)):
-        logits = _teacher_forced_logits(fused, ids, fused=on, start=start)
+    for name, engine, on in (("fused", fused, True), ("eager, lent matmul", fused, False), ("eager", eager, False)):
+        logits = _teacher_forced_logits(engine, ids, fused=on, start=start)
         loss = torch.nn.functional.cross_entropy(logits, target).item()
         agree = (logits.argmax(-1) == want.argmax(-1)).float().mean().item()
         results[name] = (loss, agree)
     loss_ref = torch.nn.functional.cross_entropy(want, target).item()
-    (fused_loss, fused_agree), (eager_loss, eager_agree) = results["fused"], results["eager"]
-    assert abs(fused_loss - loss_ref) <= max(0.02 * loss_ref, abs(eager_loss - loss_ref) + 0.01 * loss_ref), results
-    assert fused_agree >= min(0.95, eager_agree - 0.03), results
+    eager_loss, eager_agree = results["eager"]
+    for name in ("fused", "eager, lent matmul"):
+        loss, agree = results[name]
+        assert abs(loss - loss_ref) <= max(0.02 * loss_ref, abs(eager_loss - loss_ref) + 0.01 * loss_ref), results
+        assert agree >= min(0.95, eager_agree - 0.03), results
 
 
 @pytest.mark.parametrize("portable", [False, True] if X86_64 else [False])
@@ -198,3 +202,23 @@ def test_a_build_that_fails_leaves_decode_to_the_other_paths(make_engine, tmp_pa
     out = engine.generate([engine.tokenizer.encode("Paris is the capital of")],
                           SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))
     assert len(out[0].token_ids) == 8  # served by the eager layers
+
+
+def test_the_eager_layers_small_steps_take_the_fused_matmul_once_built(make_engine) -> None:
+    """On this CPU's build (AVX512-VNNI), each projection of each layer is lent the fused 4-bit matmul; a step of
+    at most `int4_decode_tokens` tokens then goes through it, a larger one through the dense weights."""
+    engine = make_engine(dtype="bfloat16", int4_decode_tokens=32)
+    fused = _with_fused(engine, engine.config.data_dir / "compiled")
+    assert fused.wait(600)
+    linears = [layer.linear(name) for layer in engine.model.layers for name in ("qkv", "o", "gate_up", "down")]
+    if not fused._ext.vnni:
+        assert all(linear.small_kernel is None for linear in linears)  # the portable loop lends nothing
+        return
+    assert all(linear.small_kernel is not None for linear in linears)
+    qkv, calls = engine.model.layers[0].qkv, []
+    lent = qkv.small_kernel
+    qkv.use_small_batch_kernel(lambda x: calls.append(x.shape[0]) or lent(x))
+    with torch.inference_mode():
+        small = qkv(torch.randn(32, engine.model_config.hidden_size).bfloat16())
+        qkv(torch.randn(33, engine.model_config.hidden_size).bfloat16())
+    assert calls == [32] and small.dtype == torch.bfloat16
