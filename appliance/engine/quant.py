@@ -105,7 +105,9 @@ class Linear:
         """x: [T, K] -> [T, N]."""
         if x.shape[0] > self.small_batch or (self.packed is None and self.int8 is None):
             return F.linear(x, self.dense, self.bias)
-        if self.small_kernel is not None:
+        # not inside a torch.compile trace (`compiled_decode.py`): its graphs keep torch's kernel, and need no
+        # guard on whether one was lent meanwhile
+        if not torch.compiler.is_compiling() and self.small_kernel is not None:
             return self.small_kernel(x.float().contiguous()).to(x.dtype)
         xk = x.to(KERNEL_DTYPE)
         if self.packed is not None:

@@ -222,3 +222,19 @@ def test_the_eager_layers_small_steps_take_the_fused_matmul_once_built(make_engi
         small = qkv(torch.randn(32, engine.model_config.hidden_size).bfloat16())
         qkv(torch.randn(33, engine.model_config.hidden_size).bfloat16())
     assert calls == [32] and small.dtype == torch.bfloat16
+
+
+def test_the_compiled_layers_keep_their_graphs_when_the_matmul_is_lent(make_engine) -> None:
+    """Compiled decode, built first, serves steps of more sequences than the fused layer takes; lending the
+    fused matmul to the eager layers afterwards must not make those graphs recompile (a stall of seconds in
+    the middle of serving)."""
+    from torch._dynamo.utils import counters
+
+    engine = make_engine(dtype="bfloat16", int4_decode_tokens=32, compiled_decode=True, fused_decode_rows=0)
+    assert engine.runner.compiled is not None and engine.runner.compiled.wait(600)
+    assert _with_fused(engine, engine.config.data_dir / "compiled", max_rows=2).wait(600)
+    compiled_frames = counters["frames"]["total"]
+    prompts = [engine.tokenizer.encode(p) for p in ("Paris is the capital of", "The sea is", "One, two,")]
+    out = engine.generate(prompts, SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))  # 3 streams
+    assert [len(o.token_ids) for o in out] == [8, 8, 8]
+    assert counters["frames"]["total"] == compiled_frames
