@@ -150,7 +150,7 @@ class EngineFront(ABC):
     def _went_down(self, reason: str) -> None:
         """The step loop is gone: refuse new requests (`down`, so /ready answers 503) and end every stream in
         flight with EngineUnavailableError."""
-        self._down = reason
+        self._down = reason  # before `_fail` takes the lock: a stream registered after it is refused in `generate`
         self._fail(None, EngineUnavailableError(reason))
 
     def _fail(self, request_ids: list[str] | None, exc: Exception) -> None:

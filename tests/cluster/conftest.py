@@ -46,7 +46,8 @@ class Cluster:
 
 
 def cluster_settings(source: Path, data_dir: Path) -> Settings:
-    """Settings of a test cluster over a copy of the ingested data dir `source` at `data_dir`."""
+    """Copy the ingested data dir `source` to `data_dir` (a cluster's tests ingest and delete there) and return
+    the settings of a test cluster over it."""
     shutil.copytree(source, data_dir)
     return Settings(data_dir=data_dir, port=free_port(), dtype="float32", kv_cache_mb=256, compiled_decode=False,
                     doc_cache="blend", warmup_tokens=200)
