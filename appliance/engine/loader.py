@@ -2,7 +2,9 @@
 
 A GGUF file is dequantized once and written under `<data_dir>/models/<name>-<key>/` as a small
 Hugging Face-style folder (safetensors weights with HF names, tokenizer.json, our config), so the
-next start only memory-maps safetensors. Weights always use Hugging Face names inside the engine.
+next start only memory-maps safetensors. Processes starting together on a fresh data dir (cluster replicas,
+`appliance warm` beside `serve`) convert it once: a file lock beside the folder makes the others wait for the
+first and load what it wrote. Weights always use Hugging Face names inside the engine.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 
 from appliance.engine.model_config import ModelConfig, config_from_gguf, config_from_hf
 from appliance.engine.quant import Int4Weight, int4_from_gguf
@@ -26,6 +29,7 @@ from appliance.errors import ModelLoadError
 log = logging.getLogger("appliance.loader")
 
 _CACHE_FORMAT = "2"
+CONVERSION_WAIT_S = 600.0  # how long a process waits for another's conversion of the same model
 _INT4_PARTS = ("int4_q", "int4_scale", "int4_zero")
 _CONFIG_FILE = "appliance_config.json"
 
@@ -118,13 +122,25 @@ def load_model(model: str = "default", data_dir: Path | None = None) -> LoadedMo
     if path.is_dir():
         return _load_hf_folder(path, path.name, weights_fingerprint(sorted(path.glob("*.safetensors"))))
     fingerprint = weights_fingerprint([path])
-    cache = _cache_dir(path, data_dir) if data_dir is not None else None
-    if cache is not None and (cache / "model.safetensors").is_file():
+    if data_dir is None:
+        return _load_gguf(path, fingerprint)
+    cache = _cache_dir(path, data_dir)
+    if (cache / "model.safetensors").is_file():
         return _load_hf_folder(cache, path.stem, fingerprint)
-    loaded = _load_gguf(path, fingerprint)
-    if cache is not None:
-        _write_cache(cache, loaded)
-    return loaded
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    # one process converts; the others starting beside it (cluster replicas, `warm` and `serve`) wait for it
+    # and load what it wrote
+    try:
+        with FileLock(str(cache.parent / f"{cache.name}.lock"), timeout=CONVERSION_WAIT_S):
+            if (cache / "model.safetensors").is_file():
+                return _load_hf_folder(cache, path.stem, fingerprint)
+            loaded = _load_gguf(path, fingerprint)
+            _write_cache(cache, loaded)
+            return loaded
+    except Timeout:
+        log.warning("another process has been converting %s for over %.0f s: converting it here too, uncached",
+                    path.name, CONVERSION_WAIT_S)
+        return _load_gguf(path, fingerprint)
 
 
 def load_tokenizer(model: str = "default", data_dir: Path | None = None) -> TextTokenizer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,23 @@ def test_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ModelLoadError, match="not supported"):
         load_model(str(tmp_path / "bert"))
+
+
+def test_processes_starting_together_convert_the_model_once(tmp_path: Path, monkeypatch) -> None:
+    """Replicas starting together on a fresh data dir: one converts the GGUF, the others wait for it and load
+    what it wrote (they used to convert it each, and all but one failed to cache it)."""
+    import appliance.engine.loader as loader
+
+    conversions = []
+    convert = loader._load_gguf
+
+    def counted(*args):
+        conversions.append(args[0])
+        return convert(*args)
+
+    monkeypatch.setattr(loader, "_load_gguf", counted)
+    with ThreadPoolExecutor(3) as pool:
+        loaded = list(pool.map(lambda _: load_model("default", tmp_path), range(3)))
+    assert len(conversions) == 1
+    assert all(torch.equal(m.weights["model.norm.weight"], loaded[0].weights["model.norm.weight"]) for m in loaded)
+    assert [p.name for p in (tmp_path / "models").iterdir() if p.name.startswith(".tmp-")] == []
