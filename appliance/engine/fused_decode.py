@@ -96,7 +96,10 @@ class FusedDecode(BackgroundBuild):
 
         self._ext = build(self.cache_dir, portable=self.portable)
         for i, layer in enumerate(self.model.layers):
-            self._layers[id(layer)] = self._layer(i, layer)
+            linears = self._linears(i, layer)
+            self._layers[id(layer)] = self._layer(layer, linears)
+            if self._ext.vnni:  # measured faster than torch's 4-bit kernel there; the portable loop was not measured
+                self._lend(layer, linears)
         assert self._head_source is not None
         self._head = self._ext.Q8Linear(*tile_q8(self._head_source))
         return "AVX512-VNNI" if self._ext.vnni else "portable loop"
@@ -104,21 +107,26 @@ class FusedDecode(BackgroundBuild):
     def _done(self) -> None:
         self._int4 = self._head_source = None  # tiled now, or never to be
 
-    def _layer(self, index: int, layer: DecoderLayer) -> Any:
-        """The extension's Layer for decoder layer `index`: its four projections tiled, norms, shapes."""
+    def _linears(self, index: int, layer: DecoderLayer) -> dict[str, Any]:
+        """The extension's Q4Linear of each projection of decoder layer `index` (a key of PROJECTIONS each)."""
         from kernels.cpu_decode import tile_q4
 
         assert self._int4 is not None
-        biases = {"qkv": layer.qkv.bias}
         linears = {}
         for name, parts in PROJECTIONS.items():
             weight = Int4Weight.cat([self._int4[f"model.layers.{index}.{p}.weight"] for p in parts])
             # w = (q - 8) * scale + zero  ==  q * d + m
             packed, d, m = tile_q4(weight.q, weight.scale, weight.zero - 8 * weight.scale)
-            bias = biases.get(name)
+            bias = layer.linear(name).bias
             linears[name] = self._ext.Q4Linear(packed, d, m, None if bias is None else bias.float())
-        if self._ext.vnni:  # measured faster than torch's 4-bit kernel there; the portable loop was not measured
-            for name, linear in linears.items():
-                layer.linear(name).use_small_batch_kernel(functools.partial(self._ext.q4_matmul, linear))
+        return linears
+
+    def _layer(self, layer: DecoderLayer, linears: dict[str, Any]) -> Any:
+        """The extension's Layer: the four projections, norms, shapes."""
         return self._ext.Layer(linears["qkv"], linears["o"], linears["gate_up"], linears["down"], layer.input_norm,
                                layer.post_norm, layer.eps, layer.num_heads, layer.num_kv_heads, layer.head_dim)
+
+    def _lend(self, layer: DecoderLayer, linears: dict[str, Any]) -> None:
+        """Lend each projection's 4-bit matmul to the eager layer's `Linear` (its small steps)."""
+        for name, linear in linears.items():
+            layer.linear(name).use_small_batch_kernel(functools.partial(self._ext.q4_matmul, linear))

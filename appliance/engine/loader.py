@@ -125,15 +125,19 @@ def load_model(model: str = "default", data_dir: Path | None = None) -> LoadedMo
     if data_dir is None:
         return _load_gguf(path, fingerprint)
     cache = _cache_dir(path, data_dir)
-    if (cache / "model.safetensors").is_file():
-        return _load_hf_folder(cache, path.stem, fingerprint)
+
+    def cached() -> LoadedModel | None:
+        return _load_hf_folder(cache, path.stem, fingerprint) if (cache / "model.safetensors").is_file() else None
+
+    if (found := cached()) is not None:  # no lock needed (nor a writable data dir) once it is there
+        return found
     cache.parent.mkdir(parents=True, exist_ok=True)
     # one process converts; the others starting beside it (cluster replicas, `warm` and `serve`) wait for it
     # and load what it wrote
     try:
         with FileLock(str(cache.parent / f"{cache.name}.lock"), timeout=CONVERSION_WAIT_S):
-            if (cache / "model.safetensors").is_file():
-                return _load_hf_folder(cache, path.stem, fingerprint)
+            if (found := cached()) is not None:
+                return found
             loaded = _load_gguf(path, fingerprint)
             _write_cache(cache, loaded)
             return loaded
@@ -248,10 +252,9 @@ def _load_hf_folder(folder: Path, name: str, fingerprint: str) -> LoadedModel:
 
 
 def _write_cache(cache: Path, loaded: LoadedModel) -> None:
-    """Write the converted model atomically (a temp folder renamed into place)."""
+    """Write the converted model atomically (a temp folder renamed into place; `cache.parent` exists)."""
     from safetensors.torch import save_file
 
-    cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache.parent))
     try:
         tensors = dict(loaded.weights)

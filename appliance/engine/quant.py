@@ -106,8 +106,9 @@ class Linear:
         if x.shape[0] > self.small_batch or (self.packed is None and self.int8 is None):
             return F.linear(x, self.dense, self.bias)
         # not inside a torch.compile trace (`compiled_decode.py`): its graphs keep torch's kernel, and need no
-        # guard on whether one was lent meanwhile
-        if not torch.compiler.is_compiling() and self.small_kernel is not None:
+        # guard on whether one was lent meanwhile (a trace-time constant; unlike `is_compiling`, not a process-wide
+        # flag that a background compilation would set for the engine thread's eager steps too)
+        if not torch.compiler.is_dynamo_compiling() and self.small_kernel is not None:
             return self.small_kernel(x.float().contiguous()).to(x.dtype)
         xk = x.to(KERNEL_DTYPE)
         if self.packed is not None:

@@ -123,3 +123,17 @@ def test_processes_starting_together_convert_the_model_once(tmp_path: Path, monk
     assert len(conversions) == 1
     assert all(torch.equal(m.weights["model.norm.weight"], loaded[0].weights["model.norm.weight"]) for m in loaded)
     assert [p.name for p in (tmp_path / "models").iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_a_conversion_held_up_elsewhere_is_waited_for_only_so_long(tmp_path: Path, monkeypatch) -> None:
+    """Past CONVERSION_WAIT_S the process converts the model itself, without caching it (the other writes it)."""
+    from filelock import FileLock
+
+    import appliance.engine.loader as loader
+
+    monkeypatch.setattr(loader, "CONVERSION_WAIT_S", 0.2)
+    cache = loader._cache_dir(resolve_model_path("default"), tmp_path)
+    cache.parent.mkdir(parents=True)
+    with FileLock(str(cache.parent / f"{cache.name}.lock")):  # another process converting, for ever
+        loaded = load_model("default", tmp_path)
+    assert loaded.weights and not cache.exists()
