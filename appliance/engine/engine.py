@@ -95,6 +95,7 @@ class LLMEngine:
                 head = head_weights(loaded.config, loaded.weights)
                 self.runner.fused = FusedDecode(self.model, loaded.int4, head, config.data_dir / "compiled",
                                                 min(config.fused_decode_rows, small_batch))
+                mover.fused = self.runner.fused
                 self.runner.fused.start()
         self.scheduler = Scheduler(self.block_manager, self.connector, config.max_num_seqs,
                                    config.max_num_batched_tokens, loaded.config.num_layers)

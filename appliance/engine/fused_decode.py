@@ -1,4 +1,4 @@
-"""Decode steps of up to `max_rows` sequences on the CPU through one fused C++ call per layer (`kernels/cpu_decode`).
+"""Steps of up to `max_rows` rows (tokens) on the CPU through one fused C++ call per layer (`kernels/cpu_decode`).
 
 A decode step of one stream is bound by per-op overhead: even compiled (`compiled_decode.py`), a layer is ~13
 calls, each paying dispatch, guard and thread-team costs, and torch's 4-bit matmul unpacks weights at a third
@@ -10,15 +10,20 @@ Its 4-bit matmul also serves the eager layers' steps of at most `int4_decode_tok
 decode step beside a prompt's chunk, a small prompt chunk, a document-cache phase): in place of torch's 4-bit
 kernel (`quant.Linear.use_small_batch_kernel`), on CPUs with AVX512-VNNI.
 
+Any layer span of at most `max_rows` rows runs here, not only decode steps: each row is one token that sees
+the keys of its sequence up to its own position (`RowPlan`), so a prompt's chunk beside running streams, or a
+document-cache phase of a few tokens, costs what as many decode rows would instead of an eager step.
+
 The extension is compiled on a background thread at start (~25 s the first time, then loaded from
-`<data_dir>/compiled/cpu_decode-<key>` in under a second) while the other paths serve; steps of at most
-`max_rows` sequences switch to it once `ready`. A build that fails (no C++ compiler) is logged once and
-decode keeps the other paths.
+`<data_dir>/compiled/cpu_decode-<key>` in under a second) while the other paths serve; spans of at most
+`max_rows` rows switch to it once `ready`. A build that fails (no C++ compiler) is logged once and
+steps keep the other paths.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +32,7 @@ import torch
 from appliance.engine.background_build import BackgroundBuild
 from appliance.engine.model import PROJECTIONS
 from appliance.engine.quant import Int4Weight
-from kernels.base import AttentionBackend
+from kernels.base import AttentionBackend, AttentionBatch
 
 if TYPE_CHECKING:
     from appliance.engine.model import CausalLM, DecoderLayer
@@ -48,10 +53,35 @@ def fusable(model: CausalLM, int4: dict[str, Int4Weight]) -> bool:
     return True
 
 
+@dataclass
+class RowPlan:
+    """What the fused layer reads of a span's rows: where each row's K/V is written and which keys it sees."""
+
+    slot_mapping: torch.Tensor  # [T] int64: the cache slot of each row's own K/V
+    key_slots: torch.Tensor  # [T, L] int64: the cache slots of each row's sequence, positions 0.. (padded)
+    lens: torch.Tensor  # [T] int64: keys row t sees, a prefix of key_slots[t]: every position up to its own
+    sequence: torch.Tensor  # [T] int64: the row's sequence in the batch (its rows consecutive)
+
+
+def row_plan(batch: AttentionBatch) -> RowPlan:
+    """Each row (token) of `batch` sees its sequence's keys up to its own position, in any order of positions
+    (a chunk, a decode token, the document cache's sparse recomputed tokens); the layer writes every row's K/V
+    before any row attends, so rows of one sequence in the same step see each other's."""
+    counts = torch.tensor([batch.query_start_loc[i + 1] - batch.query_start_loc[i] for i in range(batch.num_seqs)],
+                          device=batch.positions.device)
+    sequence = torch.repeat_interleave(torch.arange(batch.num_seqs, device=counts.device), counts)  # [T]
+    lens = batch.positions + 1  # [T]
+    idx = torch.arange(int(lens.max()), device=lens.device)  # [L]
+    tables = batch.block_tables[sequence]  # [T, max_blocks]
+    key_slots = tables.gather(1, (idx // batch.block_size).expand(len(lens), -1)) * batch.block_size \
+        + idx % batch.block_size  # [T, L]
+    return RowPlan(batch.slot_mapping, key_slots, lens, sequence)
+
+
 class FusedDecode(BackgroundBuild):
-    """Contract: a `LayerCall` for decode steps (`compiled_decode.is_decode_step`) of at most `max_rows`
-    sequences over the torch attention backend's plan, usable once `ready`; built by `start` on a background
-    thread (`wait` joins it: `BackgroundBuild`). Holds the loader's 4-bit weights only until they are tiled."""
+    """Contract: a `LayerCall` for layer spans of at most `max_rows` rows over a `RowPlan` (`plan`), usable once
+    `ready`; built by `start` on a background thread (`wait` joins it: `BackgroundBuild`). Holds the loader's
+    4-bit weights only until they are tiled."""
 
     name = "fused decode"
     fallback = "decode steps keep the other paths"
@@ -70,23 +100,40 @@ class FusedDecode(BackgroundBuild):
         self._ext: Any = None
         self._tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (cos given, cos, sin)
 
-    def fits(self, num_seqs: int) -> bool:
-        """Whether a decode step of `num_seqs` sequences runs here."""
-        return self.ready and num_seqs <= self.max_rows
+    def fits(self, num_rows: int) -> bool:
+        """Whether a span of `num_rows` rows (tokens) runs here."""
+        return self.ready and num_rows <= self.max_rows
+
+    def plan(self, batch: AttentionBatch) -> RowPlan:
+        """The plan this layer reads for `batch`'s rows (`row_plan`)."""
+        return row_plan(batch)
 
     def __call__(self, layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 k_cache: torch.Tensor, v_cache: torch.Tensor, backend: AttentionBackend, plan: Any) -> torch.Tensor:
-        """x: [B, hidden] float32, one token per sequence, in the plan's decode order -> x leaving `layer`."""
+                 k_cache: torch.Tensor, v_cache: torch.Tensor, backend: AttentionBackend, plan: RowPlan
+                 ) -> torch.Tensor:
+        """x: [T, hidden] float32, the rows of `plan` (from `row_plan`) -> x leaving `layer`."""
         cos32, sin32 = self._float_tables(cos, sin)
         return self._ext.decode_layer(self._layers[id(layer)], x.contiguous(), cos32, sin32, k_cache, v_cache,
-                                      plan.slot_mapping, plan.decode_slots, plan.decode_lens)
+                                      plan.slot_mapping, plan.key_slots, plan.lens, plan.sequence)
+
+    def fill(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], k_pre: torch.Tensor, v: torch.Tensor,
+             slots: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+        """Write a chunk's KV into every layer's cache, keys rotated (`kernels.rope.write_rotated`'s contract, all
+        layers in one call). k_pre, v: [layers, n, KVH, D]; slots: [n]; cos, sin: [n, 1, D] float32. False (nothing
+        written) where the chunk's dtype is not the caches'."""
+        if k_pre.dtype != kv_caches[0][0].dtype or cos.dtype != torch.float32:
+            return False
+        n = slots.shape[0]
+        self._ext.fill_rotated([k for k, _ in kv_caches], [v for _, v in kv_caches], k_pre.contiguous(),
+                               v.contiguous(), slots, cos.reshape(n, -1).contiguous(), sin.reshape(n, -1).contiguous())
+        return True
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] normed final states (N <= max_rows) -> float32 logits [N, V] from the 8-bit head."""
         return self._ext.q8_matmul(self._head, hidden.float().contiguous())
 
     def _float_tables(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin: [B, 1, D] in the model's dtype (one pair per step, shared by its layers) -> [B, D] float32."""
+        """cos, sin: [T, 1, D] in the model's dtype (one pair per span, shared by its layers) -> [T, D] float32."""
         if self._tables is None or self._tables[0] is not cos:
             self._tables = (cos, cos.reshape(cos.shape[0], -1).float(), sin.reshape(sin.shape[0], -1).float())
         return self._tables[1], self._tables[2]

@@ -87,13 +87,15 @@ class DecoderLayer:
 
 @dataclass
 class LayerSpan:
-    """Layers `first`..`last - 1` run over some rows of a flat batch (`rows` None: every row), with `plan` the
-    backend plan of exactly those rows' sequences."""
+    """Layers `first`..`last - 1` run over some rows of a flat batch (`rows` None: every row) by `call` (None:
+    the run's), with `plan` the plan `call` reads for exactly those rows' sequences (the backend's for the
+    eager and compiled layers)."""
 
     first: int
     last: int
     rows: torch.Tensor | None
     plan: Any
+    call: LayerCall | None = None
 
 
 class CausalLM:
@@ -130,11 +132,13 @@ class CausalLM:
         """x: [T, hidden] float32 residual stream, carried through `spans` in order (each span's rows through its
         layers, their K/V landing in `kv_caches`, one pair per layer of the model) -> x as the spans left it.
         Rows enter a span with the stream the previous spans left them (or the one given). `layer_call` runs
-        each layer (None: eagerly; `compiled_decode.CompiledDecode` for decode steps on a CPU)."""
+        each layer of a span that names none (None: eagerly; `compiled_decode.CompiledDecode` for decode steps on
+        a CPU)."""
         cos, sin = self.rope.tables(positions)
-        call = layer_call or eager_layer_call
+        default = layer_call or eager_layer_call
         for span in spans:
             caches = kv_caches[span.first:span.last]
+            call = span.call or default
             if span.rows is None:
                 x = self._through(x, cos, sin, span.first, caches, backend, span.plan, call)
             else:

@@ -127,13 +127,11 @@ class ModelRunner:
         return sampled
 
     def _layer_call(self, items: list[WorkItem]) -> LayerCall | None:
-        """How this step's layers run: a decode step of a few sequences through the fused layer, a larger one
-        through the compiled layers, once each is built; anything else (None) eagerly."""
-        if not is_decode_step(items):
-            return None
-        if self.fused is not None and self.fused.fits(len(items)):
-            return self.fused
-        return self.compiled if self.compiled is not None and self.compiled.ready else None
+        """How this step's layers run where its spans name nothing (`_span`): a decode step through the compiled
+        layers once built; anything else (None) eagerly."""
+        if is_decode_step(items) and self.compiled is not None and self.compiled.ready:
+            return self.compiled
+        return None
 
     def _score_prompt(self, item: WorkItem, leaving: torch.Tensor, batch: AttentionBatch, index: int
                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -166,18 +164,22 @@ class ModelRunner:
         bounds = sorted({b for r in ranges for b in r})
         rows = self._rows(batch)
         spans: list[LayerSpan] = []
-        whole = None  # the whole batch's plan, built once
         for first, last in zip(bounds, bounds[1:], strict=False):
             active = [i for i, (a, b) in enumerate(ranges) if a <= first and last <= b]
-            if len(active) == len(items):
-                if whole is None:
-                    whole = self.backend.plan(batch)
-                spans.append(LayerSpan(first, last, None, whole))
+            if len(active) == len(items):  # at most one span: where every item's layer range overlaps
+                spans.append(self._span(first, last, None, batch))
             elif active:
                 idx = torch.cat([torch.arange(rows[i].start, rows[i].stop) for i in active]).to(self.model.device)
                 sub, _ = self._prepare([items[i] for i in active])
-                spans.append(LayerSpan(first, last, idx, self.backend.plan(sub)))
+                spans.append(self._span(first, last, idx, sub))
         return spans
+
+    def _span(self, first: int, last: int, rows: torch.Tensor | None, batch: AttentionBatch) -> LayerSpan:
+        """A span of `batch`'s rows: through the fused layer when it is built and they are few enough (decode
+        tokens, a small chunk of a prompt or of a document-cache phase, or both), else by the step's call."""
+        if self.fused is not None and self.fused.fits(len(batch.positions)):
+            return LayerSpan(first, last, rows, self.fused.plan(batch), self.fused)
+        return LayerSpan(first, last, rows, self.backend.plan(batch))
 
     def _prepare(self, items: list[WorkItem]) -> tuple[AttentionBatch, torch.Tensor]:
         bs = self.block_size

@@ -18,7 +18,7 @@ from types import ModuleType
 import torch
 
 SOURCE = Path(__file__).with_name("decode_layer.cpp")
-HEADERS = ("quant_matmul.h", "simd.h")  # what SOURCE includes from this folder
+HEADERS = ("attention.h", "quant_matmul.h", "rotary.h", "simd.h")  # what SOURCE includes from this folder
 
 
 def _cpu_flags() -> str:

@@ -89,38 +89,42 @@ def _with_fused(engine, cache_dir: Path, **options):
     return engine.runner.fused
 
 
-def _plan(engine, ids_len: int, new: int, positions: torch.Tensor):
-    """One sequence in blocks 0, 1, ... of the engine's cache (no request holds them in these tests)."""
+def _batch(engine, ids_len: int, positions: torch.Tensor) -> AttentionBatch:
+    """One sequence of `ids_len` tokens in blocks 0, 1, ... of the engine's cache (no request holds them in these
+    tests), computing `positions` this step."""
     block = engine.config.block_size
     tables = torch.arange(-(-ids_len // block)).view(1, -1)
-    batch = AttentionBatch([0, new], [ids_len], positions, positions.clone(), tables, block)
-    return batch, engine.backend.plan(batch)
+    return AttentionBatch([0, len(positions)], [ids_len], positions, positions.clone(), tables, block)
 
 
-def _teacher_forced_logits(engine, ids: list[int], fused: bool, start: int) -> torch.Tensor:
-    """Logits predicting ids[t + 1] for t >= start - 1: a prefill of ids[:start], then one decode step per token,
-    each through the fused layer and head (`fused`) or the engine's eager ones. -> [len(ids) - start, V]."""
+def _teacher_forced_logits(engine, ids: list[int], fused: bool, start: int, rows: int = 1) -> torch.Tensor:
+    """Logits predicting ids[t + 1] for t >= start - 1: a prefill of ids[:start], then steps of `rows` tokens each
+    (one: decode steps; more: a prompt's chunks, each row seeing the rows before it in its step), each through
+    the fused layer and head (`fused`) or the engine's eager ones. -> [len(ids) - start, V]."""
     model, caches, backend = engine.model, engine.runner.kv_caches, engine.backend
     out = []
     with torch.inference_mode():
-        batch, plan = _plan(engine, start, start, torch.arange(start))
+        batch = _batch(engine, start, torch.arange(start))
         x = model.run_layers(model.embed_tokens(torch.tensor(ids[:start])), batch.positions, caches, backend,
-                             [LayerSpan(0, model.config.num_layers, None, plan)])
+                             [LayerSpan(0, model.config.num_layers, None, backend.plan(batch))])
         out.append(model.logits(model.final_norm(x[-1:])))
-        for t in range(start, len(ids) - 1):
-            batch, plan = _plan(engine, t + 1, 1, torch.tensor([t]))
-            call = engine.runner.fused if fused else None
-            x = model.run_layers(model.embed_tokens(torch.tensor([ids[t]])), batch.positions, caches, backend,
-                                 [LayerSpan(0, model.config.num_layers, None, plan)], call)
+        for t in range(start, len(ids) - 1, rows):
+            positions = torch.arange(t, min(t + rows, len(ids) - 1))
+            batch = _batch(engine, int(positions[-1]) + 1, positions)
+            layers = model.config.num_layers
+            span = LayerSpan(0, layers, None, engine.runner.fused.plan(batch), engine.runner.fused) if fused \
+                else LayerSpan(0, layers, None, backend.plan(batch))
+            x = model.run_layers(model.embed_tokens(torch.tensor(ids[t:t + len(positions)])), batch.positions,
+                                 caches, backend, [span])
             hidden = model.final_norm(x)
             out.append(engine.runner.fused.logits(hidden) if fused else model.logits(hidden))
     return torch.cat(out)
 
 
-def _assert_predictions_kept(make_engine, ids: list[int], start: int, portable: bool) -> None:
-    """The fused path's loss and top-1 agreement with the float32 dense reference, teacher-forced over ids[start:],
-    are as good as the eager 4-bit path's through torch's kernel (the one it replaces), within a small margin; so
-    are the eager layers' once the fused matmul is lent to them."""
+def _assert_predictions_kept(make_engine, ids: list[int], start: int, portable: bool, rows: int = 1) -> None:
+    """The fused path's loss and top-1 agreement with the float32 dense reference, teacher-forced over ids[start:]
+    in steps of `rows` tokens, are as good as the eager 4-bit path's through torch's kernel (the one it
+    replaces), within a small margin; so are the eager layers' once the fused matmul is lent to them."""
     reference = make_engine()  # float32, dense weights
     fused = make_engine(dtype="bfloat16", int4_decode_tokens=32)
     assert _with_fused(fused, fused.config.data_dir / "compiled", portable=portable).wait(600)
@@ -129,7 +133,7 @@ def _assert_predictions_kept(make_engine, ids: list[int], start: int, portable: 
     want = _teacher_forced_logits(reference, ids, fused=False, start=start)
     results = {}
     for name, engine, on in (("fused", fused, True), ("eager, lent matmul", fused, False), ("eager", eager, False)):
-        logits = _teacher_forced_logits(engine, ids, fused=on, start=start)
+        logits = _teacher_forced_logits(engine, ids, fused=on, start=start, rows=rows)
         loss = torch.nn.functional.cross_entropy(logits, target).item()
         agree = (logits.argmax(-1) == want.argmax(-1)).float().mean().item()
         results[name] = (loss, agree)
@@ -141,27 +145,57 @@ def _assert_predictions_kept(make_engine, ids: list[int], start: int, portable: 
         assert agree >= min(0.95, eager_agree - 0.03), results
 
 
+@pytest.mark.parametrize("rows", [1, 12])
 @pytest.mark.parametrize("portable", [False, True] if X86_64 else [False])
-def test_the_fused_path_keeps_the_model_s_next_token_predictions(make_engine, portable: bool) -> None:
+def test_the_fused_path_keeps_the_model_s_next_token_predictions(make_engine, portable: bool, rows: int) -> None:
     """Teacher-forced over real text (English and code), on this CPU's build and on the portable loop (its own
-    matmul and attention code)."""
+    matmul and attention code), a token a step (decode) and 12 a step (a prompt's chunks, attended by tiles)."""
     text = ("The river rises in the hills above the town and runs for forty miles to the sea. In the spring it "
             "floods the low fields, and the farmers move their sheep to the high ground until the water falls. "
             "def mean(values):\n    total = sum(values)\n    return total / len(values)\n")
     ids = make_engine().tokenizer.encode(text)
     assert len(ids) > 60
-    _assert_predictions_kept(make_engine, ids, 9, portable)
+    _assert_predictions_kept(make_engine, ids, 9, portable, rows)
 
 
 @pytest.mark.parametrize("portable", [False, True] if X86_64 else [False])
 def test_over_a_long_context_too(make_engine, portable: bool) -> None:
     """After 600 tokens of context one sequence's keys are split into spans that threads attend to apart and
     that are merged after (decode_layer.cpp's `attend`): the predictions are kept there too."""
+    _assert_predictions_kept(make_engine, _long_text(make_engine), 600, portable)
+
+
+@pytest.mark.parametrize("portable", [False, True] if X86_64 else [False])
+def test_a_prompt_s_chunks_run_fused_too(make_engine, portable: bool) -> None:
+    """Chunks of 12 tokens after a 600-token context: each row sees the context and the rows before it in its
+    own step (written by the same call before any row attends), and the predictions are kept."""
+    _assert_predictions_kept(make_engine, _long_text(make_engine), 600, portable, rows=12)
+
+
+def _long_text(make_engine) -> list[int]:
     from appliance.bench.engine import english_text
 
     ids = make_engine().tokenizer.encode(english_text())[:640]
     assert len(ids) == 640
-    _assert_predictions_kept(make_engine, ids, 600, portable)
+    return ids
+
+
+def test_each_row_sees_its_own_sequence_up_to_its_position() -> None:
+    """The fused layer's plan for a step of two sequences: a decode token, and sparse positions of another (as
+    the document cache recomputes them), against each position's slot written out by hand."""
+    from appliance.engine.fused_decode import row_plan
+
+    positions = torch.tensor([5, 1, 4, 6])  # sequence 0 decodes position 5; sequence 1 recomputes 1, 4 and 6
+    tables = torch.tensor([[3, 0], [7, 2]])  # block size 4: sequence 1's positions 4..7 are in block 2
+    batch = AttentionBatch([0, 1, 4], [6, 7], positions, torch.tensor([1, 29, 8, 10]), tables, 4)
+    plan = row_plan(batch)
+    slots = {0: [12, 13, 14, 15, 0, 1], 1: [28, 29, 30, 31, 8, 9, 10]}  # each sequence's positions 0.. in order
+    want = [(0, 6), (1, 2), (1, 5), (1, 7)]  # (sequence, keys seen) of each row
+    assert plan.lens.tolist() == [n for _, n in want]
+    for row, (seq, n) in enumerate(want):
+        assert plan.key_slots[row, :n].tolist() == slots[seq][:n]
+    assert plan.slot_mapping.tolist() == [1, 29, 8, 10]
+    assert plan.sequence.tolist() == [0, 1, 1, 1]
 
 
 def test_decode_steps_of_few_sequences_run_fused(make_engine) -> None:
@@ -191,6 +225,73 @@ def test_decode_steps_of_few_sequences_run_fused(make_engine) -> None:
     calls.update(layer=0, head=0)
     engine.generate(prompts, params)  # three streams: more than fused_decode_rows, so none of it runs fused
     assert calls == {"layer": 0, "head": 0}
+
+
+def test_a_prompt_s_chunks_beside_decoding_streams_run_fused(make_engine) -> None:
+    """A step that carries a stream's decode token and a prompt's chunk, within the fused layer's rows, goes
+    through it whole (rows of both sequences in one call); a larger one does not."""
+    engine = make_engine(dtype="bfloat16", int4_decode_tokens=32, compiled_decode=True, max_num_batched_tokens=12,
+                         fused_decode_rows=16)
+    fused = engine.runner.fused
+    assert fused is not None and fused.wait(600), fused.failed
+    ext, rows = fused._ext, []
+
+    class Counting:  # the extension's functions, recording each layer call's row count
+        def __getattr__(self, name):
+            return getattr(ext, name)
+
+        def decode_layer(self, layer, x, *args):
+            rows.append(x.shape[0])
+            return ext.decode_layer(layer, x, *args)
+
+    fused._ext = Counting()
+    greedy = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    engine.add_request("stream", engine.tokenizer.encode("Count: one, two,"), greedy)
+    while not engine.scheduler.running or engine.scheduler.running[0].num_output_tokens < 2:
+        engine.step()
+    rows.clear()
+    prompt = engine.tokenizer.encode("The river rises in the hills above the town and runs for forty miles to the "
+                                     "sea, and in the spring it floods the low fields.")
+    assert len(prompt) > 24
+    engine.add_request("arrival", prompt, SamplingParams(max_tokens=2, temperature=0.0))
+    engine.step()  # the stream's token and the prompt's first 11 tokens: 12 rows, fused
+    layers = engine.model_config.num_layers
+    assert rows == [12] * layers
+    rows.clear()
+    fused.max_rows = 8  # now 12 rows are too many: eager
+    engine.step()
+    assert rows == []
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_chunks_of_the_document_cache_are_written_as_torch_writes_them(make_engine, dtype: str) -> None:
+    """The fused layer's kernel writes a reused chunk's KV into every layer's blocks, keys rotated to the new
+    positions, as `kernels.rope.write_rotated` does layer by layer (to rounding of the last bit in bfloat16)."""
+    from appliance.engine.doc_cache.layout import ChunkSpan
+    from appliance.engine.doc_cache.tier import ChunkEntry
+
+    engine = make_engine(dtype=dtype, int4_decode_tokens=32)
+    fused = _with_fused(engine, engine.config.data_dir / "compiled")
+    assert fused.wait(600)
+    mover, cfg = engine.connector.mover, engine.model_config
+    gen = torch.Generator().manual_seed(3)
+    shape = (cfg.num_layers, 40, cfg.num_kv_heads, cfg.head_dim)
+    entry = ChunkEntry("chunk", torch.randn(shape, generator=gen).to(engine.model.dtype),
+                       torch.randn(shape, generator=gen).to(engine.model.dtype))
+    table = [5, 2, 9, 7, 11]  # positions 37..76 land in blocks 2, 9, 7 and 11 (block size 16)
+    written = {}
+    for name, kernel in (("torch", None), ("fused", fused)):
+        for k_cache, v_cache in engine.runner.kv_caches:
+            k_cache.zero_()
+            v_cache.zero_()
+        mover.fused = kernel
+        mover.fill(engine.backend, table, [(ChunkSpan(37, 40), entry)])
+        written[name] = [(k.clone(), v.clone()) for k, v in engine.runner.kv_caches]
+    for (k_torch, v_torch), (k_fused, v_fused) in zip(written["torch"], written["fused"], strict=True):
+        assert k_torch.abs().sum() > 0
+        torch.testing.assert_close(v_fused, v_torch, rtol=0, atol=0)
+        torch.testing.assert_close(k_fused.float(), k_torch.float(), rtol=1e-2 if dtype == "bfloat16" else 1e-5,
+                                   atol=1e-5)
 
 
 def test_a_build_that_fails_leaves_decode_to_the_other_paths(make_engine, tmp_path, monkeypatch) -> None:

@@ -8,6 +8,8 @@ Keys are stored before RoPE: `extract` un-rotates them from the positions they w
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from appliance.engine.doc_cache.layout import ChunkSpan
@@ -16,6 +18,9 @@ from appliance.engine.doc_cache.tier import ChunkEntry
 from appliance.engine.model import CausalLM, KVPair
 from kernels.base import AttentionBackend
 from kernels.rope import RotaryEmbedding, apply_rotary, inverse_tables
+
+if TYPE_CHECKING:
+    from appliance.engine.fused_decode import FusedDecode
 
 
 def request_slots(block_table: list[int], positions: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -35,6 +40,7 @@ class KVMover:
         scaling = dict(cfg.rope_scaling) if cfg.rope_scaling else None
         self.rope = RotaryEmbedding(cfg.head_dim, cfg.max_position, cfg.rope_theta, scaling, torch.float32,
                                     model.device)
+        self.fused: FusedDecode | None = None  # on a CPU, its kernel writes chunks once built (LLMEngine attaches it)
 
     def extract(self, block_table: list[int], span: ChunkSpan, key: str, doc_ids: frozenset[str]) -> ChunkEntry:
         """The KV of `span` as computed in a request's blocks, keys un-rotated -> entry of [layers, n, KVH, D]."""
@@ -52,11 +58,14 @@ class KVMover:
     def fill(self, backend: AttentionBackend, block_table: list[int], chunks: list[tuple[ChunkSpan, ChunkEntry]]
              ) -> None:
         """Write each chunk's KV at its span's positions in every layer, through the backend's `write_rotated`
-        (a fused kernel on GPUs)."""
+        (a fused kernel on GPUs) or, on a CPU once built, the fused layer's kernel (every layer in one call)."""
+        fused = self.fused if self.fused is not None and self.fused.ready else None
         for span, entry in chunks:
             positions = torch.arange(span.start, span.end, device=self.model.device)
             slots = request_slots(block_table, positions.cpu(), self.block_size).to(self.model.device)
             cos, sin = self.rope.tables(positions)
+            if fused is not None and fused.fill(self.kv_caches, entry.k, entry.v, slots, cos, sin):
+                continue
             for layer, (k_cache, v_cache) in enumerate(self.kv_caches):
                 backend.write_rotated(k_cache, v_cache, entry.k[layer], entry.v[layer], slots, cos, sin)
 
