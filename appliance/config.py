@@ -40,6 +40,7 @@ class EngineConfig:
     block_size: int = 16
     max_num_seqs: int = 32
     max_num_batched_tokens: int = 1024
+    decode_step_tokens: int = 28  # on a CPU, while requests decode: their tokens + document-cache work a step (0: any)
     max_model_len: int = 8192
     enable_prefix_caching: bool = True
     doc_cache: str = "exact"  # default mode of requests that do not choose one (DOC_CACHE_MODES)
@@ -78,6 +79,7 @@ class Settings(BaseSettings):
     block_size: int = EngineConfig.block_size
     max_num_seqs: int = EngineConfig.max_num_seqs
     max_num_batched_tokens: int = EngineConfig.max_num_batched_tokens
+    decode_step_tokens: int = Field(default=EngineConfig.decode_step_tokens, ge=0)  # CPU: held doc-cache work (0: none)
     max_model_len: int = EngineConfig.max_model_len
     max_queue: int = 256
     engine_process: bool = True  # `appliance serve` steps the engine in its own process (false: on a thread)

@@ -43,6 +43,7 @@ def run_scenario(engine: LLMEngine, arriving: str, prompts: list[BenchPrompt], i
     from appliance.engine.sampling import SamplingParams
 
     tok = engine.tokenizer
+    engine.block_manager.reset_prefix_cache()  # the arrivals are new in every round (their chunks stay cached)
     stream_ids = [f"stream-{i}" for i in range(streams)]
     for rid, text in zip(stream_ids, STREAM_PROMPTS * (streams // len(STREAM_PROMPTS) + 1), strict=False):
         engine.add_request(rid, tok.encode(text), SamplingParams(max_tokens=100_000, temperature=0.0,
@@ -85,10 +86,10 @@ def run_scenario(engine: LLMEngine, arriving: str, prompts: list[BenchPrompt], i
 def run_itl_bench(data_dir: Path | None, arrivals: int = 12, interval_s: float = 2.0, rounds: int = 3,
                   streams: int = 8, k: int = 5, say: Callable[[str], None] = lambda _: None,
                   corpus_dir: Path | None = None, questions: tuple[list[str], list[str]] | None = None,
-                  max_batched_tokens: int | None = None) -> dict[str, Any]:
+                  max_batched_tokens: int | None = None, decode_step_tokens: int | None = None) -> dict[str, Any]:
     """Prepare the arriving prompts (the first `arrivals` gold questions, chunks encoded on disk), then run every
-    scenario `rounds` times, interleaved, in one engine (its step token budget `max_batched_tokens`, default
-    the engine's); return the medians."""
+    scenario `rounds` times, interleaved, in one engine (its step token budget `max_batched_tokens`, and while
+    streams decode `decode_step_tokens`, default the engine's); return the medians."""
     from appliance.bench.blend import bench_questions, encoded_prompts
     from appliance.bench.rag import WARM_COLLECTION
     from appliance.config import EngineConfig
@@ -103,6 +104,8 @@ def run_itl_bench(data_dir: Path | None, arrivals: int = 12, interval_s: float =
         config = EngineConfig(data_dir=kv_dir, kv_cache_mb=2048, doc_cache="blend")
         if max_batched_tokens:
             config = replace(config, max_num_batched_tokens=max_batched_tokens)
+        if decode_step_tokens is not None:
+            config = replace(config, decode_step_tokens=decode_step_tokens)
         engine = LLMEngine(loaded, config)
         builds = [b.name for b in engine.runner.builds]
         engine.runner.wait_for_builds()  # the streams decode as `serve`'s do
@@ -115,7 +118,8 @@ def run_itl_bench(data_dir: Path | None, arrivals: int = 12, interval_s: float =
     rows = {s: {key: statistics.median(f[key] for f in found) for key in found[0]} for s, found in runs.items()}
     return {"machine": describe_machine(), "streams": streams, "arrivals": len(prompts), "interval_s": interval_s,
             "rounds": rounds, "mean_prompt_tokens": statistics.mean(len(p.token_ids) for p in prompts),
-            "max_num_batched_tokens": engine.config.max_num_batched_tokens, "decode": ", ".join(builds) or "eager",
+            "max_num_batched_tokens": engine.config.max_num_batched_tokens,
+            "decode_step_tokens": engine.config.decode_step_tokens, "decode": ", ".join(builds) or "eager",
             "scenarios": rows}
 
 
@@ -127,10 +131,11 @@ def itl_markdown(result: dict[str, Any]) -> str:
         f"Do running streams keep their pace while RAG requests arrive (`appliance bench itl`)? "
         f"{result['streams']} streams decode while {result['arrivals']} gold-question prompts (mean "
         f"{result['mean_prompt_tokens']:.0f} tokens, chunks pre-encoded on disk) arrive one every "
-        f"{result['interval_s']:g} s, answered in `blend` or, as the reference, `off` (a full prefill, "
-        f"{result['max_num_batched_tokens']} tokens a step at most, the engine's token budget); `none`: nothing "
-        f"arrives. The engine decodes as `serve` does ({result.get('decode', 'eager')}). Medians of "
-        f"{result['rounds']} interleaved rounds.",
+        f"{result['interval_s']:g} s, answered in `blend` or, as the reference, `off` (a full prefill); `none`: "
+        f"nothing arrives. A step computes at most {result['max_num_batched_tokens']} tokens "
+        f"(`APPLIANCE_MAX_NUM_BATCHED_TOKENS`); {_held(result)} The engine decodes as `serve` does "
+        f"({result.get('decode', 'eager')}). Medians of {result['rounds']} interleaved rounds, each meeting the "
+        f"arrivals anew (the prefix cache reset; their chunks stay in the chunk tier).",
         "",
         "| arriving | streams' ITL p50 ms | streams' ITL p99 ms | p99 / none's | arrivals' TTFT p50 ms |",
         "|---|---:|---:|---:|---:|",
@@ -144,6 +149,14 @@ def itl_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _held(result: dict[str, Any]) -> str:
+    cap = result.get("decode_step_tokens", 0)
+    if not cap:
+        return "blend's work is not held while the streams decode (`APPLIANCE_DECODE_STEP_TOKENS=0`)."
+    return (f"while the streams decode, blend's work and their tokens take at most {cap} a step together "
+            "(`APPLIANCE_DECODE_STEP_TOKENS`; off's prefill is not held).")
+
+
 def bench_itl(
     json_file: Annotated[Path | None, typer.Option("--json", help="also write the full result here")] = None,
     arrivals: Annotated[int, typer.Option(min=1, help="RAG requests arriving per scenario")] = 12,
@@ -152,6 +165,9 @@ def bench_itl(
     streams: Annotated[int, typer.Option(min=1, help="decoding streams")] = 8,
     max_batched_tokens: Annotated[int | None, typer.Option(min=16, help="the engine's token budget per step "
                                                                         "(default: the engine's)")] = None,
+    decode_step_tokens: Annotated[int | None, typer.Option(min=0, help="while streams decode, their tokens and "
+                                                           "blend's work a step (0: not held; default: the "
+                                                           "engine's)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="keep (and reuse) the ingested pages and model here")
                         ] = None,
     docs: Annotated[bool, typer.Option("--docs/--no-docs", help="update docs/BENCHMARKS.md")] = True,
@@ -163,5 +179,6 @@ def bench_itl(
 
     console = Console()
     result = run_itl_bench(data_dir, arrivals, interval, rounds, streams,
-                           say=lambda msg: console.print(f"[dim]{msg}[/dim]"), max_batched_tokens=max_batched_tokens)
+                           say=lambda msg: console.print(f"[dim]{msg}[/dim]"), max_batched_tokens=max_batched_tokens,
+                           decode_step_tokens=decode_step_tokens)
     publish(console, result, itl_markdown(result), "Inter-token latency under arrivals", json_file, docs)

@@ -142,6 +142,16 @@ class BlockManager:
         req.block_table = []
         req.num_hashed_blocks = 0
 
+    def reset_prefix_cache(self) -> int:
+        """Forget the prefix cache's entries for every free block (benchmarks: each round meets the prompts as
+        new); blocks in use keep theirs. Returns how many entries were dropped."""
+        dropped = 0
+        for block in self.free_queue:
+            if self.block_hashes[block] is not None:
+                self._evict(block)
+                dropped += 1
+        return dropped
+
     def _evict(self, block: int) -> None:
         h = self.block_hashes[block]
         if h is not None and self.cached.get(h) == block:

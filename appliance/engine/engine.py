@@ -98,7 +98,8 @@ class LLMEngine:
                 mover.fused = self.runner.fused
                 self.runner.fused.start()
         self.scheduler = Scheduler(self.block_manager, self.connector, config.max_num_seqs,
-                                   config.max_num_batched_tokens, loaded.config.num_layers)
+                                   config.max_num_batched_tokens, loaded.config.num_layers,
+                                   config.decode_step_tokens if self.device.type == "cpu" else 0)  # GPU: steps flat
         self.outputs = OutputProcessor(self.tokenizer, self.max_model_len)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()

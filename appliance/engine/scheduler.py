@@ -1,12 +1,14 @@
 """Decides, each step, which requests run and which of their tokens (never touches tensors).
 
-One token budget per step is shared by decode tokens and prefill chunks (chunked prefill) of many
-requests (continuous batching). Requests served from the document cache go through its connector
-(vLLM v1's scheduler-side seam): one waits in the queue until the connector has its reused KV in memory,
-is admitted with blocks for its whole prompt, and then runs the work the connector lists for it (its
-selection pass, then the tokens to recompute) within the same budget, beside the other requests' tokens.
-Running requests go first, in arrival order; when the KV pool is full the most recent running request is
-preempted (its blocks freed, recomputed later from its prefix).
+One token budget per step is shared by decode tokens and prefill chunks (chunked prefill) of many requests
+(continuous batching); requests that decode always get their token, and while any does, the work of requests
+served from the document cache (small: most of their prompt is reused) is held to `decode_step_tokens` a step
+with the decode tokens, so that the streams' pace holds while such requests arrive. Requests served from the
+document cache go through its connector (vLLM v1's scheduler-side seam): one waits in the queue until the
+connector has its reused KV in memory, is admitted with blocks for its whole prompt, and then runs the work the
+connector lists for it (its selection pass, then the tokens to recompute) within the same budget, beside the
+other requests' tokens. Running requests go first, in arrival order; when the KV pool is full the most recent
+running request is preempted (its blocks freed, recomputed later from its prefix).
 """
 
 from __future__ import annotations
@@ -36,13 +38,45 @@ class ScheduledBatch:
         return sum(item.num_tokens for item in self.items)
 
 
+@dataclass
+class StepBudget:
+    """What a step may still compute: `tokens` in all; of them, one for each of the `decodes` decode tokens not
+    yet scheduled (prompt work never takes those); and, while requests decode, `held` for the document cache's
+    work (None: no hold)."""
+
+    tokens: int
+    decodes: int
+    held: int | None = None
+
+    def allowance(self, decoding: bool, cached: bool) -> int:
+        """What a request's next work may cost: all that is left for a decode token, else what the decode
+        tokens to come leave (and at most `held` for document-cache work)."""
+        if decoding:
+            return self.tokens
+        left = self.tokens - self.decodes
+        return min(left, self.held) if cached and self.held is not None else left
+
+    def spend(self, cost: int, decoding: bool, cached: bool) -> None:
+        self.tokens -= cost
+        if decoding:
+            self.decodes -= 1
+        elif cached and self.held is not None:
+            self.held -= cost
+
+
 class Scheduler:
+    MIN_PROMPT_TOKENS = 8  # document-cache work a step carries beside decoding requests however many there are
+
     def __init__(self, block_manager: BlockManager, connector: DocCacheConnector, max_num_seqs: int,
-                 max_num_batched_tokens: int, num_layers: int) -> None:
+                 max_num_batched_tokens: int, num_layers: int, decode_step_tokens: int = 0) -> None:
+        """`decode_step_tokens`: while some request decodes, the step's decode tokens and its document-cache work
+        together stay within it (that work at least MIN_PROMPT_TOKENS); 0: no hold. Other prompts' chunks take
+        what `max_num_batched_tokens` leaves."""
         self.bm = block_manager
         self.connector = connector
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.decode_step_tokens = decode_step_tokens
         self.num_layers = num_layers
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
@@ -57,11 +91,14 @@ class Scheduler:
         for job in self.connector.poll():  # disk loads that failed: encode those chunks instead
             self.add(job)
         batch = ScheduledBatch()
-        budget = self.max_num_batched_tokens
+        decodes = sum(1 for req in self.running if self._decoding(req))
+        held = max(self.decode_step_tokens - decodes, self.MIN_PROMPT_TOKENS) \
+            if decodes and self.decode_step_tokens else None
+        budget = StepBudget(self.max_num_batched_tokens, decodes, held)
         i = 0
-        while i < len(self.running) and budget > 0:
+        while i < len(self.running) and budget.tokens > 0:
             req = self.running[i]
-            item = self._next_work(req, budget)
+            item = self._next_work(req, budget.allowance(self._decoding(req), self.connector.owns(req)))
             if item is None:
                 i += 1
                 continue
@@ -74,24 +111,29 @@ class Scheduler:
                     break
             else:
                 batch.items.append(item)
-                budget -= item.cost(self.num_layers)
+                budget.spend(item.cost(self.num_layers), self._decoding(req), self.connector.owns(req))
                 i += 1
         if not batch.preempted:
-            budget = self._admit(batch, budget)
+            self._admit(batch, budget)
         return batch
 
-    def _admit(self, batch: ScheduledBatch, budget: int) -> int:
+    def _decoding(self, req: Request) -> bool:
+        """Whether the request's next work is one decode token (its prompt done)."""
+        return not self.connector.owns(req) and req.num_prompt_tokens <= req.num_computed_tokens == req.num_tokens - 1
+
+    def _admit(self, batch: ScheduledBatch, budget: StepBudget) -> None:
         """Admit waiting requests in order while budget, sequences and blocks last; a request whose reused KV
         is not in memory yet keeps its place and lets the next ones by."""
         for req in list(self.waiting):
-            if budget <= 0 or len(self.running) >= self.max_num_seqs:
+            if budget.tokens <= 0 or len(self.running) >= self.max_num_seqs:
                 break
             if not self.connector.ready(req):
                 continue
             hits = self.bm.lookup_prefix(req)
             rest = req.num_tokens - req.num_computed_tokens - len(hits) * self.bm.block_size
             whole = self.connector.owns(req)  # blocks for the whole prompt: the reused KV goes there
-            if not self.bm.allocate(req, rest if whole else min(rest, budget), hits):
+            allowance = budget.allowance(False, whole)
+            if not self.bm.allocate(req, rest if whole else min(rest, allowance), hits):
                 break
             if req.num_preemptions == 0:
                 self.bm.record_lookup(req, len(hits))
@@ -103,15 +145,16 @@ class Scheduler:
             self.running.append(req)
             if whole:
                 self.connector.admitted(req)
-            item = self._next_work(req, budget)
+            item = self._next_work(req, allowance)
             if item is not None:
                 batch.items.append(item)
-                budget -= item.cost(self.num_layers)
-        return budget
+                budget.spend(item.cost(self.num_layers), False, whole)
 
     def _next_work(self, req: Request, budget: int) -> WorkItem | None:
         """The request's next work within `budget`: the connector's while it owns the request, else its next
         tokens (the prompt's next chunk, or one decode token)."""
+        if budget <= 0:
+            return None
         if self.connector.owns(req):
             return self.connector.next_work(req, budget)
         n = min(req.num_tokens - req.num_computed_tokens, budget)

@@ -69,3 +69,15 @@ def test_allocation_failure_changes_nothing() -> None:
     req = _req(list(range(12)))
     assert not bm.allocate(req, 12)
     assert req.block_table == [] and bm.num_free_blocks == 2
+
+
+def test_resetting_the_prefix_cache_forgets_free_blocks_only() -> None:
+    bm = BlockManager(num_blocks=16, block_size=4, salt=b"s")
+    done = _req(list(range(12)), "done")
+    _run_prefill(bm, done)
+    bm.free(done)
+    held = _req(list(range(100, 112)), "held")
+    _run_prefill(bm, held)  # still running: its blocks stay cached
+    assert bm.reset_prefix_cache() == 3
+    assert bm.lookup_prefix(_req(list(range(12)), "again")) == []
+    assert len(bm.lookup_prefix(_req(list(range(100, 112)), "same"))) == 2

@@ -111,6 +111,46 @@ def record_batches(engine: LLMEngine) -> list[list[tuple[str, int, int | None, i
     return steps
 
 
+def test_blend_work_beside_decoding_streams_is_held_to_the_decode_budget(engine_for, passages) -> None:
+    """While streams decode, each step's blend work (cost) and decode tokens together stay within
+    `decode_step_tokens`, and every stream gets its token every step; the answer is the one an unheld engine
+    gives."""
+    prompt = rag(engine_for(), "Which module joins iterables?", [passages[3], passages[1], passages[0]])
+    answers = {}
+    for hold in (0, 12):
+        engine = engine_for(max_num_batched_tokens=256, decode_step_tokens=hold)
+        warm_passages(engine, passages)
+        for i in range(3):
+            engine.add_request(f"stream-{i}", engine.tokenizer.encode(f"Count to a hundred, {i}:"),
+                               SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True), doc_cache="off")
+        while any(r.num_output_tokens == 0 for r in engine.scheduler.running) or engine.num_waiting:
+            engine.step()
+        steps = record_batches(engine)
+        answers[hold], _ = run_until(engine, prompt, "blend", "blend")
+        blend_steps = [step for step in steps if any(rid == "blend" for rid, *_ in step)]
+        num_layers = engine.model_config.num_layers
+        costs = [sum(math.ceil(n * ((num_layers if last is None else last) - first) / num_layers)
+                     for rid, first, last, n in step if rid == "blend") for step in blend_steps]
+        assert all(sum(1 for rid, *_ in step if rid.startswith("stream-")) == 3 for step in blend_steps)
+        if hold:
+            assert max(costs) <= hold - 3
+        else:
+            assert max(costs) > 12  # unheld, a step takes much more of it
+    assert answers[12] == answers[0]
+
+
+def run_until(engine: LLMEngine, prompt: RagPrompt, mode: str, rid: str) -> tuple[list[int], object]:
+    """`run`, while other requests keep running: until `rid` has finished."""
+    engine.add_request(rid, prompt.token_ids, GREEDY, prompt.layout(), mode)
+    tokens: list[int] = []
+    while True:
+        for out in engine.step():
+            if out.request_id == rid:
+                tokens += out.token_ids
+                if out.finished:
+                    return tokens, out
+
+
 def test_blend_recompute_shares_a_step_with_a_plain_prefill(engine_for, passages) -> None:
     """Blend's recomputed tokens enter past the layers its selection pass ran; in a step shared with a plain
     prefill (which runs every layer) each row must still get its own residual stream, KV and answer."""
