@@ -6,13 +6,12 @@ of what the CPU's u8 x s8 dot products allow. The fused layer does the whole lay
 GGUF's 4-bit weights in a layout of its own (`kernels.cpu_decode.tile_q4`) against activations rounded to 8 bits
 per group of 32, as llama.cpp does; the LM head of such a step reads 8-bit weights the same way (`logits`).
 
-Its 4-bit matmul also serves the eager layers' steps of at most `int4_decode_tokens` tokens once built (a
-decode step beside a prompt's chunk, a small prompt chunk, a document-cache phase): in place of torch's 4-bit
-kernel (`quant.Linear.use_small_batch_kernel`), on CPUs with AVX512-VNNI.
-
 Any layer span of at most `max_rows` rows runs here, not only decode steps: each row is one token that sees
 the keys of its sequence up to its own position (`RowPlan`), so a prompt's chunk beside running streams, or a
-document-cache phase of a few tokens, costs what as many decode rows would instead of an eager step.
+document-cache phase of a few tokens, costs what as many decode rows would instead of an eager step. Its 4-bit
+matmul also serves the eager layers' steps of at most `int4_decode_tokens` tokens that it does not take
+itself, in place of torch's 4-bit kernel (`quant.Linear.use_small_batch_kernel`), on CPUs with AVX512-VNNI;
+and its kernel writes the document cache's reused chunks into the blocks (`fill`).
 
 The extension is compiled on a background thread at start (~25 s the first time, then loaded from
 `<data_dir>/compiled/cpu_decode-<key>` in under a second) while the other paths serve; spans of at most
@@ -84,7 +83,7 @@ class FusedDecode(BackgroundBuild):
     4-bit weights only until they are tiled."""
 
     name = "fused decode"
-    fallback = "decode steps keep the other paths"
+    fallback = "steps keep the other paths"
 
     def __init__(self, model: CausalLM, int4: dict[str, Int4Weight], head: torch.Tensor, cache_dir: Path,
                  max_rows: int = 32, portable: bool = False) -> None:
