@@ -98,11 +98,12 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget.tokens > 0:
             req = self.running[i]
-            item = self._next_work(req, budget.allowance(self._decoding(req), self.connector.owns(req)))
+            decoding, cached = self._decoding(req), self.connector.owns(req)
+            item = self._next_work(req, budget.allowance(decoding, cached))
             if item is None:
                 i += 1
                 continue
-            grow = 0 if self.connector.owns(req) else item.num_tokens
+            grow = 0 if cached else item.num_tokens
             while not self.bm.allocate(req, grow):
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -111,7 +112,7 @@ class Scheduler:
                     break
             else:
                 batch.items.append(item)
-                budget.spend(item.cost(self.num_layers), self._decoding(req), self.connector.owns(req))
+                budget.spend(item.cost(self.num_layers), decoding, cached)
                 i += 1
         if not batch.preempted:
             self._admit(batch, budget)
