@@ -120,7 +120,7 @@ class FusedDecode(BackgroundBuild):
         """Write a chunk's KV into every layer's cache, keys rotated (`kernels.rope.write_rotated`'s contract, all
         layers in one call). k_pre, v: [layers, n, KVH, D]; slots: [n]; cos, sin: [n, 1, D] float32. False (nothing
         written) where the chunk's dtype is not the caches'."""
-        if k_pre.dtype != kv_caches[0][0].dtype or cos.dtype != torch.float32:
+        if k_pre.dtype != kv_caches[0][0].dtype:
             return False
         n = slots.shape[0]
         self._ext.fill_rotated([k for k, _ in kv_caches], [v for _, v in kv_caches], k_pre.contiguous(),

@@ -44,9 +44,17 @@ class StepBudget:
     yet scheduled (prompt work never takes those); and, while requests decode, `held` for the document cache's
     work (None: no hold)."""
 
+    MIN_HELD = 8  # document-cache work a step carries beside decoding requests however many there are
+
     tokens: int
     decodes: int
     held: int | None = None
+
+    @classmethod
+    def start(cls, tokens: int, decodes: int, hold: int) -> StepBudget:
+        """A step's budget: `tokens` in all, `decodes` decode tokens to come, and while any, the document cache's
+        work held with them to `hold` (0: not held), at least MIN_HELD."""
+        return cls(tokens, decodes, max(hold - decodes, cls.MIN_HELD) if decodes and hold else None)
 
     def allowance(self, decoding: bool, cached: bool) -> int:
         """What a request's next work may cost: all that is left for a decode token, else what the decode
@@ -65,12 +73,10 @@ class StepBudget:
 
 
 class Scheduler:
-    MIN_PROMPT_TOKENS = 8  # document-cache work a step carries beside decoding requests however many there are
-
     def __init__(self, block_manager: BlockManager, connector: DocCacheConnector, max_num_seqs: int,
                  max_num_batched_tokens: int, num_layers: int, decode_step_tokens: int = 0) -> None:
         """`decode_step_tokens`: while some request decodes, the step's decode tokens and its document-cache work
-        together stay within it (that work at least MIN_PROMPT_TOKENS); 0: no hold. Other prompts' chunks take
+        together stay within it (that work at least StepBudget.MIN_HELD); 0: no hold. Other prompts' chunks take
         what `max_num_batched_tokens` leaves."""
         self.bm = block_manager
         self.connector = connector
@@ -92,9 +98,7 @@ class Scheduler:
             self.add(job)
         batch = ScheduledBatch()
         decodes = sum(1 for req in self.running if self._decoding(req))
-        held = max(self.decode_step_tokens - decodes, self.MIN_PROMPT_TOKENS) \
-            if decodes and self.decode_step_tokens else None
-        budget = StepBudget(self.max_num_batched_tokens, decodes, held)
+        budget = StepBudget.start(self.max_num_batched_tokens, decodes, self.decode_step_tokens)
         i = 0
         while i < len(self.running) and budget.tokens > 0:
             req = self.running[i]

@@ -137,7 +137,7 @@ void score_tile(const float* qs, int64_t m, int64_t dim, const T* k_cache, const
 template <int64_t D16, typename T>
 void weigh_values(const float* p, int64_t m, int64_t len, const int64_t* seen, const T* v_cache,
                   const int64_t* slots, int64_t kv_width, int64_t offset, float* out) {
-  constexpr int64_t dim = 16 * D16, block = 24 / D16;  // 24 accumulators
+  constexpr int64_t dim = 16 * D16, block = kHeadBlock / D16;  // kHeadBlock accumulators
   for (int64_t i0 = 0; i0 < m; i0 += block) {
     const int64_t keys = *std::max_element(seen + i0, seen + i0 + block);
     __m512 acc[block][D16];

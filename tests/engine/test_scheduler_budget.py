@@ -59,11 +59,14 @@ def test_a_plain_prompt_is_not_held_while_requests_decode(make_engine) -> None:
 
 
 def test_the_hold_leaves_document_cache_work_a_minimum() -> None:
-    """With more decode tokens than the hold, document-cache work still gets MIN_PROMPT_TOKENS; a decode token
-    is never refused for it."""
-    budget = StepBudget(tokens=64, decodes=30, held=8)
-    assert budget.allowance(decoding=False, cached=True) == 8
+    """The decode tokens and document-cache work share the hold; with more decode tokens than the hold, that work
+    still gets MIN_HELD; nothing is held without decode tokens or a hold; a decode token is never refused."""
+    assert StepBudget.start(tokens=64, decodes=3, hold=12).held == 9
+    assert StepBudget.start(tokens=64, decodes=0, hold=12).held is None
+    assert StepBudget.start(tokens=64, decodes=3, hold=0).held is None
+    budget = StepBudget.start(tokens=64, decodes=30, hold=12)
+    assert budget.allowance(decoding=False, cached=True) == StepBudget.MIN_HELD
     assert budget.allowance(decoding=False, cached=False) == 34
-    budget.spend(8, decoding=False, cached=True)
+    budget.spend(StepBudget.MIN_HELD, decoding=False, cached=True)
     assert budget.allowance(decoding=False, cached=True) == 0
     assert budget.allowance(decoding=True, cached=False) == 56
