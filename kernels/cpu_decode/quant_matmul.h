@@ -53,6 +53,10 @@ struct Q4Linear {
 
 constexpr int64_t kTile = 16;  // output rows per tile
 constexpr int64_t kMaxRows = 8;  // activation rows computed together over one unpacked weight tile
+// How far ahead of the tile being computed its weight bytes are asked for: a decode step reads each layer's
+// weights once, from the last-level cache, and the hardware prefetcher alone stops at every page (measured:
+// one stream's step 8.3 -> 7.2 ms, 16 streams' 31.9 -> 29.1 ms; 1 KB and 4-8 KB did no better than 2 KB).
+constexpr int64_t kPrefetchBytes = 2048;
 
 // body(std::integral_constant<int64_t, nr>{}) for 1 <= nr <= kMaxRows: each row count gets its own loops with a
 // compile-time trip count, so its accumulators stay in registers (a runtime count spills them).
@@ -105,6 +109,7 @@ void q4_tile(const Q4Linear& w, const QuantizedRows& x, int64_t tile, int64_t r0
       __m512i dot[NR];
       for (int64_t j = 0; j < NR; ++j) dot[j] = _mm512_setzero_si512();
       for (int64_t c = 0; c < 4; ++c) {
+        _mm_prefetch(reinterpret_cast<const char*>(wq + (g * 4 + c) * 64 + kPrefetchBytes), _MM_HINT_T0);
         const __m512i bytes = _mm512_loadu_si512(wq + (g * 4 + c) * 64);
         const __m512i lo = _mm512_and_si512(bytes, low);
         const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(bytes, 4), low);
@@ -173,6 +178,7 @@ void q8_tile(const Q8Linear& w, const QuantizedRows& x, int64_t tile, int64_t r0
       __m512i dot[NR];
       for (int64_t j = 0; j < NR; ++j) dot[j] = _mm512_setzero_si512();
       for (int64_t c = 0; c < 8; ++c) {
+        _mm_prefetch(reinterpret_cast<const char*>(wq + (g * 8 + c) * 64 + kPrefetchBytes), _MM_HINT_T0);
         const __m512i wv = _mm512_loadu_si512(wq + (g * 8 + c) * 64);
         for (int64_t j = 0; j < NR; ++j) {
           int32_t four;
