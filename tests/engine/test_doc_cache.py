@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from appliance.engine.doc_cache.blend import request_slots
+from appliance.engine.doc_cache.connector import DocCacheConnector
 from appliance.engine.doc_cache.layout import chunk_key
 from appliance.engine.doc_cache.manager import BlendConfig
 from appliance.engine.engine import LLMEngine
@@ -149,6 +150,48 @@ def run_until(engine: LLMEngine, prompt: RagPrompt, mode: str, rid: str) -> tupl
                 tokens += out.token_ids
                 if out.finished:
                     return tokens, out
+
+
+def record_fills(engine: LLMEngine, steps: list, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, range]]:
+    """Every write of reused KV, as (the step it came before, its layers), the steps recorded by `record_batches`."""
+    mover, fills = engine.runner.connector.mover, []
+    fill = mover.fill
+
+    def recorded(backend, block_table, chunks, layers):
+        fills.append((len(steps) - 1, layers))
+        fill(backend, block_table, chunks, layers)
+
+    monkeypatch.setattr(mover, "fill", recorded)
+    return fills
+
+
+def test_reused_kv_is_written_over_the_first_steps_ahead_of_the_work(engine_for, passages, monkeypatch) -> None:
+    """While streams decode, a blend request's reused KV is written a share of the layers a step, each step at
+    least the layers its own work runs (never a layer after its work ran there: that would overwrite recomputed
+    KV), every layer once; the answer is the one an engine writing every layer at once gives."""
+    prompt = rag(engine_for(), "Which module joins iterables?", [passages[3], passages[1], passages[0]])
+    answers, spread = {}, DocCacheConnector.FILL_STEPS
+    for fill_steps in (1, spread):
+        monkeypatch.setattr(DocCacheConnector, "FILL_STEPS", fill_steps)
+        engine = engine_for(max_num_batched_tokens=256, decode_step_tokens=12)
+        warm_passages(engine, passages)
+        engine.add_request("stream", engine.tokenizer.encode("Count to a hundred:"),
+                           SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True), doc_cache="off")
+        while not engine.step():
+            pass  # the stream's prompt, until its first token
+        steps = record_batches(engine)
+        fills = record_fills(engine, steps, monkeypatch)
+        answers[fill_steps], _ = run_until(engine, prompt, "blend", "blend")
+        num_layers = engine.model_config.num_layers
+        assert [layer for _, layers in fills for layer in layers] == list(range(num_layers))
+        needed = [max((num_layers if last is None else last for rid, _, last, _ in step if rid == "blend"), default=0)
+                  for step in steps]  # the layers each step's blend work runs
+        for i in range(len(steps)):
+            assert needed[i] <= max((layers.stop for at, layers in fills if at <= i), default=0)
+        share = -(-num_layers // fill_steps)
+        assert all(len(layers) <= share or layers.stop == needed[at] for at, layers in fills)
+        assert len(fills) > 1 if fill_steps > 1 else len(fills) == 1
+    assert answers[spread] == answers[1]
 
 
 def test_blend_recompute_shares_a_step_with_a_plain_prefill(engine_for, passages) -> None:

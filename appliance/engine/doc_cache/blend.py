@@ -55,19 +55,23 @@ class KVMover:
             vs.append(v_cache.view(-1, kvh, dim)[slots])
         return ChunkEntry(key, torch.stack(ks), torch.stack(vs), doc_ids)
 
-    def fill(self, backend: AttentionBackend, block_table: list[int], chunks: list[tuple[ChunkSpan, ChunkEntry]]
-             ) -> None:
-        """Write each chunk's KV at its span's positions in every layer, through the backend's `write_rotated`
-        (a fused kernel on GPUs) or, on a CPU once built, the fused layer's kernel (every layer in one call)."""
+    def fill(self, backend: AttentionBackend, block_table: list[int], chunks: list[tuple[ChunkSpan, ChunkEntry]],
+             layers: range | None = None) -> None:
+        """Write each chunk's KV at its span's positions in `layers` (None: every layer), through the backend's
+        `write_rotated` (a fused kernel on GPUs) or, on a CPU once built, the fused layer's kernel (the layers in
+        one call)."""
+        layers = layers or range(len(self.kv_caches))
+        caches = self.kv_caches[layers.start:layers.stop]
         fused = self.fused if self.fused is not None and self.fused.ready else None
         for span, entry in chunks:
             positions = torch.arange(span.start, span.end, device=self.model.device)
             slots = request_slots(block_table, positions.cpu(), self.block_size).to(self.model.device)
             cos, sin = self.rope.tables(positions)
-            if fused is not None and fused.fill(self.kv_caches, entry.k, entry.v, slots, cos, sin):
+            k, v = entry.k[layers.start:layers.stop], entry.v[layers.start:layers.stop]  # [len(layers), n, KVH, D]
+            if fused is not None and fused.fill(caches, k, v, slots, cos, sin):
                 continue
-            for layer, (k_cache, v_cache) in enumerate(self.kv_caches):
-                backend.write_rotated(k_cache, v_cache, entry.k[layer], entry.v[layer], slots, cos, sin)
+            for (k_cache, v_cache), k_layer, v_layer in zip(caches, k, v, strict=True):
+                backend.write_rotated(k_cache, v_cache, k_layer, v_layer, slots, cos, sin)
 
     def kv_at(self, layer: int, block_table: list[int], positions: list[int]) -> KVPair:
         """A copy of the K and V at `positions` of a request's blocks in `layer` -> ([n, KVH, D], [n, KVH, D])."""

@@ -5,8 +5,9 @@ reads on the loader thread, encode jobs); `ready` says whether its reused KV is 
 admitted; `admitted` plans its work once it has blocks; `next_work` lists its next work item within the
 step's token budget; `advance` records a step's work; `drop` forgets it (finished, aborted, preempted).
 
-Worker side (called by `ModelRunner` around the forward pass): `before_forward` writes reused KV into the
-blocks of requests admitted this step and snapshots the KV a selection pass will measure; `after_forward`
+Worker side (called by `ModelRunner` around the forward pass): `before_forward` writes reused KV into an
+admitted request's blocks, over its first steps (each step at least the layers its work runs, and a share of
+the rest), and snapshots the KV a selection pass will measure; `after_forward`
 reads what the pass produced (residual streams, KV deviations, the question's attention), moves the request
 to its next phase, and saves the KV of finished encode jobs to the chunk tier.
 
@@ -67,13 +68,16 @@ class DocState:
 
     layout: PromptLayout
     frontier: int = 0  # exact KV (prefix-cache hits) ends here; filled and computed from here on
-    reused: list[tuple[ChunkSpan, ChunkEntry]] = field(default_factory=list)  # to write before the first pass
+    reused: list[tuple[ChunkSpan, ChunkEntry]] = field(default_factory=list)  # written layer by layer (`filled`)
+    filled: int = 0  # layers 0..filled-1 hold the reused KV; a step's work never runs past them
     phase: Phase | None = None
     snapshot: KVPair | None = None  # the reused KV the chunk in flight will overwrite (measured phases)
     started: float = 0.0
 
 
 class DocCacheConnector:
+    FILL_STEPS = 6  # the reused KV is written over about this many steps, each at least the layers its work runs
+
     def __init__(self, cache: DocCache, mover: KVMover, backend: AttentionBackend, num_layers: int) -> None:
         self.cache = cache
         self.mover = mover
@@ -155,11 +159,9 @@ class DocCacheConnector:
             state = self._states.get(item.request)
             if state is None:
                 continue
-            if state.reused:
-                self.mover.fill(self.backend, item.request.block_table, state.reused)
-                state.reused = []
-                self.cache.release(item.request)
             phase = state.phase
+            if state.reused:
+                self._fill(item.request, state, item.last_layer or self.num_layers)
             if phase is not None and phase.measure is not None:
                 state.snapshot = self.mover.kv_at(phase.measure, item.request.block_table, item.positions)
 
@@ -186,6 +188,18 @@ class DocCacheConnector:
                 state.snapshot = None
             if phase.ran and phase.then is not None:
                 state.phase = phase.then(phase)
+
+    def _fill(self, req: Request, state: DocState, needed: int) -> None:
+        """Write the reused KV into the next layers: those this step's work runs (up to `needed`) and a share of
+        the rest, so that no one step carries the whole write (the streams decoding beside it would wait)."""
+        share = -(-self.num_layers // self.FILL_STEPS)
+        upto = min(self.num_layers, max(needed, state.filled + share))
+        if upto > state.filled:
+            self.mover.fill(self.backend, req.block_table, state.reused, range(state.filled, upto))
+            state.filled = upto
+        if state.filled == self.num_layers:
+            state.reused = []
+            self.cache.release(req)
 
     def _save(self, job: Request) -> None:
         """An encode job's prompt is computed: its chunk's KV goes to the chunk tier."""
