@@ -12,18 +12,21 @@ import pytest
 from appliance.bench.engine import decode_rate, run_engine_bench
 from appliance.bench.report import update_section, write_engine_report
 
+SYSTEM = "ours-float32-eager"
+
 
 @pytest.fixture(scope="module")
 def tiny_result(model_cache_dir: Path, loaded_model: object) -> dict:
-    # `loaded_model` leaves the converted weights in model_cache_dir, so the subprocess loads fast
-    return run_engine_bench(["ours-float32", "no-such-system"], repeats=1, prefill_lengths=[16],
+    # `loaded_model` leaves the converted weights in model_cache_dir, so the subprocess loads fast; eager decode
+    # layers: the bench would otherwise wait ~30 s for torch.compile (tests/engine/test_compiled_decode.py has it)
+    return run_engine_bench([SYSTEM, "no-such-system"], repeats=1, prefill_lengths=[16],
                             decode_tokens=4, concurrency=[1, 2], data_dir=model_cache_dir, timeout_s=300)
 
 
 def test_result_structure_and_positive_numbers(tiny_result: dict) -> None:
     assert tiny_result["machine"]["cores"]
     assert tiny_result["workload"]["prefill_lengths"] == [16]
-    ours = tiny_result["systems"]["ours-float32"]
+    ours = tiny_result["systems"][SYSTEM]
     assert ours["available"], ours.get("reason")
     assert set(ours["prefill_tps"]) == {"16"} and set(ours["decode_tps"]) == {"1", "2"}
     figures = [*ours["prefill_tps"].values(), *ours["decode_tps"].values(), ours["peak_rss_mib"],
