@@ -60,7 +60,7 @@ class KVMover:
         """Write each chunk's KV at its span's positions in `layers` (None: every layer), through the backend's
         `write_rotated` (a fused kernel on GPUs) or, on a CPU once built, the fused layer's kernel (the layers in
         one call)."""
-        layers = layers or range(len(self.kv_caches))
+        layers = range(len(self.kv_caches)) if layers is None else layers
         caches = self.kv_caches[layers.start:layers.stop]
         fused = self.fused if self.fused is not None and self.fused.ready else None
         for span, entry in chunks:

@@ -7,9 +7,9 @@ step's token budget; `advance` records a step's work; `drop` forgets it (finishe
 
 Worker side (called by `ModelRunner` around the forward pass): `before_forward` writes reused KV into an
 admitted request's blocks, over its first steps (each step at least the layers its work runs, and a share of
-the rest), and snapshots the KV a selection pass will measure; `after_forward`
-reads what the pass produced (residual streams, KV deviations, the question's attention), moves the request
-to its next phase, and saves the KV of finished encode jobs to the chunk tier.
+the rest), and snapshots the KV a selection pass will measure; `after_forward` reads what the pass produced
+(residual streams, KV deviations, the question's attention), moves the request to its next phase, and saves
+the KV of finished encode jobs to the chunk tier.
 
 A request's work, in phases (each a list of positions through a range of layers, run a budget's worth a step,
 beside the other requests' tokens):
