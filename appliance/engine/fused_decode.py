@@ -117,9 +117,10 @@ class FusedDecode(BackgroundBuild):
 
     def fill(self, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], k_pre: torch.Tensor, v: torch.Tensor,
              slots: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
-        """Write a chunk's KV into every layer's cache, keys rotated (`kernels.rope.write_rotated`'s contract, all
-        layers in one call). k_pre, v: [layers, n, KVH, D]; slots: [n]; cos, sin: [n, 1, D] float32. False (nothing
-        written) where the chunk's dtype is not the caches'."""
+        """Write a chunk's KV into the given caches, one pair per layer (all of the model's or a range of them),
+        keys rotated (`kernels.rope.write_rotated`'s contract, every given layer in one call). k_pre, v: [len(
+        kv_caches), n, KVH, D], those layers'; slots: [n]; cos, sin: [n, 1, D] float32. False (nothing written)
+        where the chunk's dtype is not the caches'."""
         if k_pre.dtype != kv_caches[0][0].dtype:
             return False
         n = slots.shape[0]

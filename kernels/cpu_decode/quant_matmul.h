@@ -54,8 +54,9 @@ struct Q4Linear {
 constexpr int64_t kTile = 16;  // output rows per tile
 constexpr int64_t kMaxRows = 8;  // activation rows computed together over one unpacked weight tile
 // How far ahead of the tile being computed its weight bytes are asked for: a decode step reads each layer's
-// weights once, from the last-level cache, and the hardware prefetcher alone stops at every page (measured:
-// one stream's step 8.3 -> 7.2 ms, 16 streams' 31.9 -> 29.1 ms; 1 KB and 4-8 KB did no better than 2 KB).
+// weights once, from the last-level cache, and the hardware prefetcher alone stops at every page (docs/
+// BENCHMARKS.md, "Decode and arrivals": an engine's step at 1 / 16 streams -13% / -9%, `bench engine` at 4 / 16
+// streams +8% / +12%, its 1 stream unmoved; 1 KB and 4-8 KB did no better than 2 KB).
 constexpr int64_t kPrefetchBytes = 2048;
 
 // body(std::integral_constant<int64_t, nr>{}) for 1 <= nr <= kMaxRows: each row count gets its own loops with a
