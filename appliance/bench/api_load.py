@@ -21,8 +21,6 @@ percentiles, which are over every round's probes together.
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 import statistics
 import time
 from collections.abc import Callable
@@ -37,6 +35,7 @@ from appliance.bench.itl import percentile
 from appliance.bench.llama_server import ENV_VAR, find_llama_server, llama_serving
 from appliance.bench.machine import describe_machine
 from appliance.bench.served import serving
+from appliance.bench.sse_client import stream_completion
 
 if TYPE_CHECKING:
     from appliance.engine.engine import LLMEngine
@@ -65,54 +64,22 @@ def _prompt(topic: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": f"Write a long story about {topic}."}]
 
 
-# a chunk whose delta carries text ("content" set to a string that is not empty), and one with the usage (an
-# object, not null), in either server's spacing
-TEXT_DELTA = re.compile(rb'"content":\s*"[^"]')
-USAGE = re.compile(rb'"usage":\s*\{')
-
-
-def sse_events(buffer: bytearray) -> list[bytes]:
-    """Take every complete `data: {...}` line out of `buffer` (what arrived so far of an SSE stream), leaving
-    an incomplete last line in it."""
-    end = buffer.rfind(b"\n")
-    if end < 0:
-        return []
-    lines = bytes(buffer[:end]).split(b"\n")
-    del buffer[:end + 1]
-    return [line for line in lines if line.startswith(b"data: {")]
-
-
-async def _stream(client: httpx.AsyncClient, topic: str, max_tokens: int, started: asyncio.Semaphore | None = None
+async def _stream(url: str, topic: str, max_tokens: int, started: asyncio.Semaphore | None = None
                   ) -> tuple[list[float], int]:
     """One streamed chat answer: the arrival time of each chunk with text, and the tokens generated. `started`
-    is released at the first chunk. The client parses as little as it can (a byte search per chunk, JSON only
-    for the usage), so that on a machine it shares with the server it takes little of the CPU it measures."""
+    is released at the first chunk."""
     body = {"messages": _prompt(topic), "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
             "stream": True, "stream_options": {"include_usage": True}}
-    times: list[float] = []
-    tokens = 0
-    buffer = bytearray()
-    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        async for data in r.aiter_raw():
-            buffer += data
-            for event in sse_events(buffer):
-                if TEXT_DELTA.search(event):
-                    times.append(time.perf_counter())
-                    if started is not None and len(times) == 1:
-                        started.release()
-                if USAGE.search(event):
-                    tokens = json.loads(event.removeprefix(b"data: "))["usage"]["completion_tokens"]
-    return times, tokens
+    return await stream_completion(url, "/v1/chat/completions", body, started)
 
 
 async def _server_phases(url: str, long_prompt: str | None, decode_tokens: int) -> dict[str, Any]:
     """One stream, 16 streams, and (given the long prompt) the full-load phase."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        await _stream(client, "warming up", 8)
-        one = await _stream(client, TOPICS[0], decode_tokens)
-        many = await asyncio.gather(*(_stream(client, t, decode_tokens) for t in TOPICS))
+        await _stream(url, "warming up", 8)
+        one = await _stream(url, TOPICS[0], decode_tokens)
+        many = await asyncio.gather(*(_stream(url, t, decode_tokens) for t in TOPICS))
         phases = {"1": stream_figures([one[0]], [one[1]]),
                   "16": stream_figures([t for t, _ in many], [n for _, n in many])}
         if long_prompt is not None:
@@ -212,8 +179,8 @@ def api_markdown(result: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, torch {m['torch']}; load average at the start "
         f"{m['load_average']}. `appliance bench api --repeats {result['repeats']}`: the embedded model, greedy, "
         f"`ignore_eos`, {result['decode_tokens']} tokens a stream, systems interleaved, medians of "
-        f"{result['repeats']} rounds; ours decode as `serve` does ({result['decode']}). The client (httpx, "
-        "asyncio) runs on the same machine.",
+        f"{result['repeats']} rounds; ours decode as `serve` does ({result['decode']}). The client (asyncio, "
+        "no HTTP library: `appliance/bench/sse_client.py`) runs on the same machine.",
         "",
         "| system | 1 stream tok/s | ITL p50 / p99 ms | 16 streams tok/s | ITL p50 / p99 ms | API / in-process "
         "(16) | `/health` p50 / p99 ms under load | refusal p50 / p99 ms | ~2k prompt s |",

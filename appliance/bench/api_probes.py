@@ -33,7 +33,7 @@ from appliance.bench.itl import percentile
 LOAD_PHASES = 6
 LOAD_STREAM_TOKENS = 512  # the load phase's streams outlast the long prompt (and are cancelled once it is answered)
 PROBE_EVERY_S = 0.05
-StreamRequest = Callable[[httpx.AsyncClient, str, int, asyncio.Semaphore], Coroutine[Any, Any, tuple[list[float], int]]]
+StreamRequest = Callable[[str, str, int, asyncio.Semaphore], Coroutine[Any, Any, tuple[list[float], int]]]
 REFUSED_BODY = json.dumps({"messages": [{"role": "user", "content": "Write about nothing."}], "max_tokens": 4})
 
 
@@ -102,7 +102,7 @@ def probe(url: str, go: Event, stop: Event, results: Connection) -> None:
 
 async def full_load(client: httpx.AsyncClient, long_prompt: str, stream: StreamRequest, topics: tuple[str, ...]
                     ) -> dict[str, Any]:
-    """`LOAD_PHASES` full-load phases (each `_load_phase`) with their probes pooled. `stream(client, topic,
+    """`LOAD_PHASES` full-load phases (each `_load_phase`) with their probes pooled. `stream(url, topic,
     max_tokens, started)` is the client's streamed request."""
     health: list[float] = []
     refusals: list[float] = []
@@ -146,7 +146,7 @@ async def _load_phase(client: httpx.AsyncClient, long_prompt: str, stream: Strea
     prober.start()  # started (and imported) before the load, so it probes from the first moment
     send.close()  # the child's end: a prober that dies makes `recv` raise instead of wait for ever
     started = asyncio.Semaphore(0)
-    streams = [asyncio.create_task(stream(client, t, LOAD_STREAM_TOKENS, started)) for t in topics]
+    streams = [asyncio.create_task(stream(str(client.base_url), t, LOAD_STREAM_TOKENS, started)) for t in topics]
     for _ in topics:
         await started.acquire()
     sent = time.perf_counter()

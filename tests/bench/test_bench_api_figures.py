@@ -1,12 +1,15 @@
-"""`appliance bench api`'s figures from chunk arrival times: decode rate per stream, summed, and the gaps."""
+"""`appliance bench api`'s figures from chunk arrival times (decode rate per stream, summed, and the gaps), and its
+client reading them off the wire."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
 
-from appliance.bench.api_load import TEXT_DELTA, USAGE, sse_events, stream_figures
+from appliance.bench.api_load import stream_figures
+from appliance.bench.sse_client import TEXT_DELTA, USAGE, sse_events, stream_completion
 
 
 def test_rates_sum_over_streams_and_gaps_are_per_stream() -> None:
@@ -48,3 +51,51 @@ def test_text_chunks_and_usage_are_found_however_the_stream_is_split(stream: byt
     assert sum(1 for e in events if TEXT_DELTA.search(e)) == texts
     usage = [json.loads(e.removeprefix(b"data: "))["usage"] for e in events if USAGE.search(e)]
     assert [u["completion_tokens"] for u in usage] == [tokens]
+
+
+def _chunked(body: bytes, sizes: int) -> bytes:
+    """`body` as a chunked HTTP body of `sizes`-byte chunks (a chunk extension on the first), ended."""
+    pieces = [body[i:i + sizes] for i in range(0, len(body), sizes)]
+    out = b"".join(b"%x%s\r\n%s\r\n" % (len(p), b";ext=1" if i == 0 else b"", p) for i, p in enumerate(pieces))
+    return out + b"0\r\n\r\n"
+
+
+async def _served_once(response: bytes, piece: int, close_early: bool = False) -> tuple[list[float], int]:
+    """`stream_completion` against a server that answers `response`, `piece` bytes per write."""
+    request = bytearray()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request.extend(await reader.readuntil(b"\r\n\r\n"))
+        sent = response[:len(response) // 2] if close_early else response
+        for start in range(0, len(sent), piece):
+            writer.write(sent[start:start + piece])
+            await writer.drain()
+            await asyncio.sleep(0)
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        result = await stream_completion(f"http://127.0.0.1:{port}", "/v1/chat/completions", {"stream": True})
+    assert request.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    return result
+
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize(("stream", "texts", "tokens"), [(OURS, 2, 2), (PEERS, 1, 1)])
+@pytest.mark.parametrize(("sizes", "piece"), [(50, 1), (31, 7), (4096, 4096)])  # HTTP chunks, bytes per write
+def test_the_client_reads_a_chunked_stream_however_it_is_cut(stream: bytes, texts: int, tokens: int, sizes: int,
+                                                             piece: int) -> None:
+    times, got = asyncio.run(_served_once(HEAD + _chunked(stream, sizes), piece))
+    assert (len(times), got) == (texts, tokens)
+    assert times == sorted(times)
+
+
+def test_the_client_fails_on_an_error_status_and_on_a_stream_cut_short() -> None:
+    refused = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 20\r\n\r\n{\"error\": \"busy\"}.."
+    with pytest.raises(RuntimeError, match="HTTP 503"):
+        asyncio.run(_served_once(refused, 4096))
+    with pytest.raises(ConnectionError, match="before its end"):
+        asyncio.run(_served_once(HEAD + _chunked(OURS, 40), 16, close_early=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 
@@ -9,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from appliance.bench.sse_client import stream_completion
 from appliance.config import Settings
 from appliance.engine.async_engine import AsyncEngine
 from appliance.server.app import create_app
@@ -55,6 +57,19 @@ def test_chat_completion_stream_matches_non_stream(client: openai.OpenAI) -> Non
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
 
+
+
+def test_the_benchmarks_client_reads_the_stream_as_the_official_client_does(base_url: str,
+                                                                             client: openai.OpenAI) -> None:
+    """`appliance bench api`'s client (no HTTP library) on this server's real stream: one arrival a chunk with
+    text, and the usage's token count, as the `openai` client sees them."""
+    kwargs = dict(model="smollm2", temperature=0, max_tokens=12, messages=[{"role": "user", "content": "Count."}])
+    chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    texts = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)
+    body = {**kwargs, "stream": True, "stream_options": {"include_usage": True}}
+    times, tokens = asyncio.run(stream_completion(base_url, "/v1/chat/completions", body))
+    assert (len(times), tokens) == (texts, chunks[-1].usage.completion_tokens)
+    assert texts > 3 and times == sorted(times)
 
 def test_ignore_eos_generates_through_the_end_of_the_answer(client: openai.OpenAI) -> None:
     """vLLM's `ignore_eos`: the short answer that stops by itself runs on to `max_tokens` when asked."""
