@@ -198,11 +198,11 @@ def api_markdown(result: dict[str, Any]) -> str:
     pooled = (f" ({probed['probes']:.0f} `/health` probes and {probed['refusals']:.0f} refusals a system)"
               if probed else "")
     lines += ["", "Under load: 16 streams decoding while a ~2k-token prompt is prefilled; `/health` probed every "
-                  "50 ms and a refused request (queue full, 503) every 100 ms until the prompt is answered, from a "
-                  "process of their own speaking HTTP/1.1 on one kept-alive socket (as a load balancer's check "
-                  f"does); {LOAD_PHASES} such phases a round, each with a prompt of its own; the percentiles are "
-                  f"over every round's probes together{pooled}. The servers' engines run at nice "
-                  f"{result['engine_nice']} (`APPLIANCE_ENGINE_NICE`, `appliance/priority.py`). "
+                  "50 ms and a refused request (queue full, 503) every 100 ms, halfway between two, until the "
+                  "prompt is answered, from a process of their own speaking HTTP/1.1 on one kept-alive socket (as "
+                  f"a load balancer's check does); {LOAD_PHASES} such phases a round, each with a prompt of its "
+                  f"own; the percentiles are over every round's probes together{pooled}. The servers' engines "
+                  f"run at nice {result['engine_nice']} (`APPLIANCE_ENGINE_NICE`, `appliance/priority.py`). "
                   "Targets (issue 18): `/health` p99 and refusal p99 <= 5 ms; 16 streams through the API >= 0.95x "
                   "in-process."]
     if PEER in s:

@@ -2,10 +2,12 @@
 the engine works as hard as it can?
 
 Each phase: 16 streams decoding, then a ~2k-token prompt arriving (prefilled in chunks beside their decode
-steps); from a process of its own, a probe GETs `/health` every 50 ms and, every other time, sends a request
-that the full queue must refuse (503), until the long prompt is answered. `LOAD_PHASES` phases per round, each
-with a prompt of its own (the prefix cache must not skip its prefill), pool their probes, and the report pools
-every round's: ~20 `/health` probes a phase are too few for a p99 that is more than the slowest one.
+steps); from a process of its own, a probe GETs `/health` every 50 ms and, every 100 ms halfway between two of
+them, sends a request that the full queue must refuse (503), until the long prompt is answered: each request
+arrives on its own, as a health check and an overflowing client's request would, not right behind another.
+`LOAD_PHASES` phases per round, each with a prompt of its own (the prefix cache must not skip its prefill), pool
+their probes, and the report pools every round's: ~20 `/health` probes a phase are too few for a p99 that is
+more than the slowest one.
 
 The probe talks HTTP/1.1 over one kept-alive socket, as a load balancer's health check does, rather than
 through a Python HTTP client: on a machine whose cores the engine keeps busy, httpx's own work (~0.4 ms of CPU
@@ -70,8 +72,9 @@ def probe_requests(url: str) -> tuple[bytes, bytes]:
 
 
 def probe(url: str, go: Event, stop: Event, results: Connection) -> None:
-    """A probe process: once `go` is set and until `stop` is, GET /health every 50 ms and, every other time, a
-    request the full queue must refuse; sends back (health ms, refusal ms, unexpected statuses)."""
+    """A probe process: once `go` is set and until `stop` is, GET /health every 50 ms and, every 100 ms halfway
+    between two of them, a request the full queue must refuse; sends back (health ms, refusal ms, unexpected
+    statuses)."""
     health_request, refused_request = probe_requests(url)
     parts = urlsplit(url)
     health: list[float] = []
@@ -80,14 +83,15 @@ def probe(url: str, go: Event, stop: Event, results: Connection) -> None:
     go.wait()
     with socket.create_connection((parts.hostname, parts.port)) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        tick = 0
+        tick = 0  # a tick every 25 ms: /health on even ticks, a refusal on every other odd one
         while not stop.is_set():
-            started = time.perf_counter()
-            status = http_request(sock, health_request)
-            health.append((time.perf_counter() - started) * 1000)
-            if status != 200:
-                unexpected.append(status)
             if tick % 2 == 0:
+                started = time.perf_counter()
+                status = http_request(sock, health_request)
+                health.append((time.perf_counter() - started) * 1000)
+                if status != 200:
+                    unexpected.append(status)
+            elif tick % 4 == 1:
                 started = time.perf_counter()
                 status = http_request(sock, refused_request)
                 if stop.is_set():  # the long prompt was answered meanwhile: the queue may have had room
@@ -96,7 +100,7 @@ def probe(url: str, go: Event, stop: Event, results: Connection) -> None:
                 if status != 503:  # the queue is full: anything else means the phase is not what it says
                     unexpected.append(status)
             tick += 1
-            time.sleep(PROBE_EVERY_S)
+            time.sleep(PROBE_EVERY_S / 2)
     results.send((health, refusals, unexpected))
 
 
