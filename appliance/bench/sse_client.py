@@ -66,6 +66,8 @@ class StreamedAnswer(asyncio.Protocol):
         self._in_body = False
 
     def data_received(self, data: bytes) -> None:
+        if self.done.done():  # refused, or over: what else arrives is not read
+            return
         now = time.perf_counter()
         self._raw += data
         if not self._in_body and not self._read_head():
